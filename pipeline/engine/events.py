@@ -1,0 +1,155 @@
+"""Event and decision types shared by every part of VAR.
+
+Events arrive as *chunks*: consecutive tokens of one stream, the first with sequence number
+``first_seq`` and each following token one higher. A single-token record is a chunk of length 1.
+The engine works on *columnar* batches (numpy arrays) so that a micro-batch is routed with a
+handful of vectorised operations instead of a Python loop per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Iterable, Sequence
+
+import numpy as np
+
+PAD_TOKEN = -1
+"""Placeholder for "no token" in a context window (the start of a stream)."""
+
+
+class Tier(IntEnum):
+    """Which of VAR's tiers produced a decision (cheapest first)."""
+
+    CACHE = 0
+    FAST = 1
+    LEARNED = 2
+    BUDGET_FALLBACK = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+TIER_LABELS: tuple[str, ...] = tuple(t.label for t in Tier)
+
+
+@dataclass(frozen=True, slots=True)
+class EventChunk:
+    """Consecutive tokens of one stream; token ``i`` has sequence number ``first_seq + i``.
+
+    ``offset`` locates the chunk in its source (a line number for files, a Kafka offset for
+    topics) so that errors and duplicates can be reported precisely.
+    """
+
+    stream: str
+    first_seq: int
+    tokens: tuple[int, ...]
+    offset: int = -1
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """A micro-batch of token events in arrival order, stored column-wise.
+
+    ``offsets[i]`` is the source offset of the chunk event ``i`` came from.
+    """
+
+    streams: list[str]
+    seqs: np.ndarray  # int64 [n]
+    tokens: np.ndarray  # int64 [n]
+    offsets: np.ndarray  # int64 [n]
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @classmethod
+    def empty(cls) -> "EventBatch":
+        z = np.zeros(0, dtype=np.int64)
+        return cls([], z, z.copy(), z.copy())
+
+    @classmethod
+    def from_chunks(cls, chunks: Sequence[EventChunk]) -> "EventBatch":
+        """Flatten chunks (in order) into one batch."""
+        if not chunks:
+            return cls.empty()
+        streams: list[str] = []
+        seqs: list[np.ndarray] = []
+        tokens: list[int] = []
+        offsets: list[np.ndarray] = []
+        for chunk in chunks:
+            n = len(chunk.tokens)
+            streams.extend([chunk.stream] * n)
+            seqs.append(np.arange(chunk.first_seq, chunk.first_seq + n, dtype=np.int64))
+            tokens.extend(chunk.tokens)
+            offsets.append(np.full(n, chunk.offset, dtype=np.int64))
+        return cls(
+            streams,
+            np.concatenate(seqs),
+            np.asarray(tokens, dtype=np.int64),
+            np.concatenate(offsets),
+        )
+
+    @classmethod
+    def from_events(cls, events: Iterable[tuple[str, int, int]]) -> "EventBatch":
+        """Build a batch from ``(stream, seq, token)`` triples (offsets = -1)."""
+        rows = list(events)
+        return cls(
+            [r[0] for r in rows],
+            np.asarray([r[1] for r in rows], dtype=np.int64),
+            np.asarray([r[2] for r in rows], dtype=np.int64),
+            np.full(len(rows), -1, dtype=np.int64),
+        )
+
+    def select(self, index: np.ndarray) -> "EventBatch":
+        """The events at ``index`` (an int or bool array), in that order."""
+        idx = np.flatnonzero(index) if index.dtype == bool else index
+        return EventBatch(
+            [self.streams[i] for i in idx.tolist()],
+            self.seqs[idx],
+            self.tokens[idx],
+            self.offsets[idx],
+        )
+
+
+@dataclass(slots=True)
+class DecisionBatch:
+    """Routing decisions for an :class:`EventBatch`, row ``i`` for event ``i``.
+
+    Every decision records its provenance -- tier, fast-path table version, router id, MoE
+    layer and context hash -- so it can be checked afterwards against the router and table it
+    claims to come from.
+    """
+
+    experts: np.ndarray  # int64 [n, k]
+    weights: np.ndarray  # float32 [n, k], sum to 1 per row
+    confidence: np.ndarray  # float32 [n], top-1 gate probability (or its estimate)
+    entropy: np.ndarray  # float32 [n], routing entropy in nats (or its estimate)
+    tiers: np.ndarray  # int8 [n], values of Tier
+    ctx_hash: np.ndarray  # uint64 [n]
+    table_version: int
+    router_id: str
+    layer: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tiers)
+
+    def tier_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.tiers.astype(np.int64), minlength=len(Tier))
+        return {label: int(counts[t]) for t, label in enumerate(TIER_LABELS)}
+
+    def select(self, index: np.ndarray) -> "DecisionBatch":
+        return DecisionBatch(
+            self.experts[index],
+            self.weights[index],
+            self.confidence[index],
+            self.entropy[index],
+            self.tiers[index],
+            self.ctx_hash[index],
+            self.table_version,
+            self.router_id,
+            self.layer,
+        )
