@@ -1,0 +1,90 @@
+"""A throw-away Redis server (Debian's ``redis-server``) on 127.0.0.1: no persistence, LRU-capped."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from .errors import StackError, require_tool
+from .ports import LOCALHOST
+from .process import ProcessInfo
+from .service import Service
+
+
+def ping(port: int, host: str = LOCALHOST, timeout: float = 0.5) -> bool:
+    """True when a Redis server on ``host:port`` answers PING with PONG."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def ensure_installed() -> str:
+    """Path of ``redis-server``; installs Debian's package with apt-get when it is missing.
+
+    Tries ``apt-get install`` first without, then with ``apt-get update``.  Raises StackError
+    when apt-get is missing, when not running as root, or when the install fails.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        raise StackError("redis-server not found and apt-get is unavailable: install Redis 7 yourself")
+    if os.geteuid() != 0:
+        raise StackError("redis-server not found: run `sudo apt-get install -y redis-server`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise StackError("apt-get install redis-server failed", (result.stdout + result.stderr)[-2000:])
+    return require_tool("redis-server")
+
+
+class RedisServer(Service):
+    """One redis-server process whose files live in ``home_dir`` (redis.log, redis.pid).
+
+    Nothing is persisted (``--save ""``, no AOF); stop() then start() on the same port works.
+    """
+
+    name = "redis"
+    stop_timeout = 10.0
+
+    def __init__(
+        self,
+        home_dir: Path | str,
+        port: int = 6379,
+        maxmemory: str = "256mb",
+        policy: str = "allkeys-lru",
+        *,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(home_dir, startup_timeout)
+        self.port = port
+        self.maxmemory = maxmemory
+        self.policy = policy
+
+    @property
+    def url(self) -> str:
+        """Client URL, ``redis://127.0.0.1:<port>/0``."""
+        return f"redis://{LOCALHOST}:{self.port}/0"
+
+    def argv(self, binary: str = "redis-server") -> list[str]:
+        """The server's command line."""
+        return [
+            binary, "--port", str(self.port), "--bind", LOCALHOST, "--save", "", "--appendonly", "no",
+            "--maxmemory", self.maxmemory, "--maxmemory-policy", self.policy,
+            "--dir", str(self.home), "--daemonize", "no",
+        ]
+
+    def start(self) -> ProcessInfo:
+        """Launch the server and return once it answers PING; StackError on failure."""
+        binary = ensure_installed()
+        self._check_can_start([self.port])
+        return self._launch(self.argv(binary), lambda _offset: ping(self.port))
