@@ -54,64 +54,59 @@ class EventChunk:
 class EventBatch:
     """A micro-batch of token events in arrival order, stored column-wise.
 
-    ``offsets[i]`` is the source offset of the chunk event ``i`` came from.
+    Streams are interned: ``stream_names`` lists each stream of the batch once and
+    ``stream_ids[i]`` is the position of event ``i``'s stream in it, so that grouping by stream
+    is a numpy operation. ``offsets[i]`` is the source offset of the record event ``i`` came from.
     """
 
-    streams: list[str]
+    stream_names: list[str]
+    stream_ids: np.ndarray  # int64 [n]
     seqs: np.ndarray  # int64 [n]
     tokens: np.ndarray  # int64 [n]
     offsets: np.ndarray  # int64 [n]
 
     def __len__(self) -> int:
-        return len(self.streams)
+        return len(self.tokens)
+
+    @property
+    def streams(self) -> list[str]:
+        """The stream of every event (a list as long as the batch)."""
+        names = self.stream_names
+        return [names[i] for i in self.stream_ids.tolist()]
 
     @classmethod
     def empty(cls) -> "EventBatch":
         z = np.zeros(0, dtype=np.int64)
-        return cls([], z, z.copy(), z.copy())
+        return cls([], z, z.copy(), z.copy(), z.copy())
 
     @classmethod
     def from_chunks(cls, chunks: Sequence[EventChunk]) -> "EventBatch":
         """Flatten chunks (in order) into one batch."""
         if not chunks:
             return cls.empty()
-        streams: list[str] = []
-        seqs: list[np.ndarray] = []
-        tokens: list[int] = []
-        offsets: list[np.ndarray] = []
-        for chunk in chunks:
-            n = len(chunk.tokens)
-            streams.extend([chunk.stream] * n)
-            seqs.append(np.arange(chunk.first_seq, chunk.first_seq + n, dtype=np.int64))
-            tokens.extend(chunk.tokens)
-            offsets.append(np.full(n, chunk.offset, dtype=np.int64))
+        index: dict[str, int] = {}
+        ids = [index.setdefault(c.stream, len(index)) for c in chunks]
+        lengths = np.fromiter((len(c.tokens) for c in chunks), dtype=np.int64, count=len(chunks))
+        starts = np.fromiter((c.first_seq for c in chunks), dtype=np.int64, count=len(chunks))
+        first_of_chunk = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        position = np.arange(int(lengths.sum()), dtype=np.int64) - first_of_chunk
         return cls(
-            streams,
-            np.concatenate(seqs),
-            np.asarray(tokens, dtype=np.int64),
-            np.concatenate(offsets),
+            list(index),
+            np.repeat(np.asarray(ids, dtype=np.int64), lengths),
+            np.repeat(starts, lengths) + position,
+            np.fromiter((t for c in chunks for t in c.tokens), dtype=np.int64, count=int(lengths.sum())),
+            np.repeat(np.fromiter((c.offset for c in chunks), dtype=np.int64, count=len(chunks)), lengths),
         )
 
     @classmethod
     def from_events(cls, events: Iterable[tuple[str, int, int]]) -> "EventBatch":
         """Build a batch from ``(stream, seq, token)`` triples (offsets = -1)."""
-        rows = list(events)
-        return cls(
-            [r[0] for r in rows],
-            np.asarray([r[1] for r in rows], dtype=np.int64),
-            np.asarray([r[2] for r in rows], dtype=np.int64),
-            np.full(len(rows), -1, dtype=np.int64),
-        )
+        return cls.from_chunks([EventChunk(s, seq, (tok,)) for s, seq, tok in events])
 
     def select(self, index: np.ndarray) -> "EventBatch":
         """The events at ``index`` (an int or bool array), in that order."""
-        idx = np.flatnonzero(index) if index.dtype == bool else index
-        return EventBatch(
-            [self.streams[i] for i in idx.tolist()],
-            self.seqs[idx],
-            self.tokens[idx],
-            self.offsets[idx],
-        )
+        return EventBatch(self.stream_names, self.stream_ids[index], self.seqs[index], self.tokens[index],
+                          self.offsets[index])
 
 
 @dataclass(slots=True)

@@ -1,0 +1,125 @@
+"""The budget governor: a hard cap on learned-router calls, and the ledger that proves it.
+
+Policy: among any ``window`` consecutive decisions of one engine, at most
+``cap = floor(budget * window)`` are learned-router calls. (A sliding window: this implies the
+same bound for every fixed block of ``window`` decisions.) The governor is consulted *before*
+the router runs, in decision order; a denied token takes the budget fallback -- its typical
+route from the fast-path table's statistics, or the traffic-wide prior for a never-routed token
+-- and is counted as ``budget_fallback``.
+
+The :class:`WindowLedger` records, independently of the governor, how many learned calls each
+block of ``window`` decisions contained and the maximum over all sliding windows, so a report
+can show that the cap held.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """Learned-router budget: a share of decisions per window of ``window`` decisions."""
+
+    budget: float = 0.15
+    window: int = 1000
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.budget <= 1.0:
+            raise ValueError("learned-router budget must be within [0, 1]")
+        if self.window < 1:
+            raise ValueError("budget window must be >= 1 decision")
+
+    @property
+    def cap(self) -> int:
+        """Learned calls allowed per window of decisions."""
+        return math.floor(self.budget * self.window + 1e-9)
+
+
+class BudgetGovernor:
+    """Admits learned-router calls in decision order, never exceeding the policy's cap."""
+
+    def __init__(self, policy: BudgetPolicy) -> None:
+        self.policy = policy
+        self._recent: deque[int] = deque()
+        self.admitted = 0
+        self.denied = 0
+
+    def admit(self, positions: np.ndarray) -> np.ndarray:
+        """Which of the decisions at ``positions`` (increasing, 0-based) may call the router.
+
+        Greedy in order: a decision is admitted when fewer than ``cap`` learned calls were
+        admitted among the ``window - 1`` decisions before it.
+        """
+        n = len(positions)
+        if not self.policy.enabled or n == 0:
+            self.admitted += n
+            return np.ones(n, dtype=bool)
+        recent, window, cap = self._recent, self.policy.window, self.policy.cap
+        horizon = int(positions[0]) - window
+        while recent and recent[0] <= horizon:
+            recent.popleft()
+        if len(recent) + n <= cap:  # all fit even if nothing expires
+            recent.extend(positions.tolist())
+            self.admitted += n
+            return np.ones(n, dtype=bool)
+        admitted = np.zeros(n, dtype=bool)
+        for i, position in enumerate(positions.tolist()):
+            horizon = position - window
+            while recent and recent[0] <= horizon:
+                recent.popleft()
+            if len(recent) < cap:
+                recent.append(position)
+                admitted[i] = True
+        self.admitted += int(admitted.sum())
+        self.denied += n - int(admitted.sum())
+        return admitted
+
+
+class WindowLedger:
+    """Learned calls per block of ``window`` decisions, and the max over sliding windows."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.decisions = 0
+        self.block_learned: list[int] = []
+        self.max_sliding = 0
+        self._tail = np.zeros(0, dtype=np.int64)  # learned flags of the last window-1 decisions
+
+    def record(self, learned: np.ndarray) -> None:
+        """Append the learned-call flags (bool, decision order) of a batch."""
+        flags = learned.astype(np.int64)
+        self._record_blocks(flags)
+        ext = np.concatenate((self._tail, flags))
+        sums = np.concatenate(([0], np.cumsum(ext)))
+        if len(ext) >= self.window:
+            windows = sums[self.window :] - sums[: len(sums) - self.window]
+            self.max_sliding = max(self.max_sliding, int(windows.max()))
+        else:
+            self.max_sliding = max(self.max_sliding, int(ext.sum()))
+        self._tail = ext[len(ext) - (self.window - 1) :] if self.window > 1 else ext[:0]
+        self.decisions += len(flags)
+
+    def _record_blocks(self, flags: np.ndarray) -> None:
+        pos = self.decisions
+        blocks = (pos + np.arange(len(flags))) // self.window
+        counts = np.bincount(blocks - (pos // self.window), weights=flags).astype(np.int64)
+        first = pos // self.window
+        for offset, count in enumerate(counts.tolist()):
+            idx = first + offset
+            if idx < len(self.block_learned):
+                self.block_learned[idx] += count
+            else:
+                self.block_learned.append(count)
+
+    @property
+    def max_window_fraction(self) -> float:
+        """Most learned calls seen in any ``window`` consecutive decisions, over ``window``."""
+        return self.max_sliding / self.window
+
+    def block_fractions(self) -> list[float]:
+        return [count / self.window for count in self.block_learned]

@@ -1,0 +1,239 @@
+"""VAR's core call: route a micro-batch through cache -> fast path -> learned router.
+
+The engine performs no I/O. Routing a batch is split in two steps so that any store -- the
+in-memory dict here, Redis in the pipeline -- is called once per batch, between them:
+
+1. :meth:`VAREngine.prepare` computes each event's context from its stream's window, the
+   context hash and the cache key, and the *unique* keys to look up.
+2. The caller fetches those keys from its cache store (one batched call).
+3. :meth:`VAREngine.complete` assigns tiers in decision order: cache hit (exact), fast path
+   (table lookup), otherwise the learned router -- if the budget governor admits it, else the
+   budget fallback. All admitted misses are routed in ONE batched router call; the same key
+   met twice in a batch is routed once and the repeat reuses it (counted as a cache hit).
+   It returns the decisions and the confident learned decisions to write back (one batched
+   call again).
+
+:meth:`VAREngine.route_batch` chains the three steps with a synchronous store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, MutableMapping, Sequence
+
+import numpy as np
+
+from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
+from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
+from .context import Rejection, StreamWindow, build_contexts
+from .events import DecisionBatch, EventBatch, Tier
+from .hashing import cache_key, context_hash
+from .routers import Router, RouterOutput
+from .table import RoutingTable
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine policy: context window, MoE layer, cache policy and learned-router budget."""
+
+    window: int = 4
+    layer: int = 0
+    cache: CachePolicy = field(default_factory=CachePolicy)
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+
+
+@dataclass(slots=True)
+class RoutePlan:
+    """The pure first half of routing a batch (see module docstring)."""
+
+    events: EventBatch  # accepted events only
+    contexts: np.ndarray
+    ctx_hash: np.ndarray
+    keys: np.ndarray  # uint64 [n]
+    unique_keys: list[int]
+    inverse: np.ndarray  # keys[i] == unique_keys[inverse[i]]
+    windows: dict[str, StreamWindow]
+    rejections: list[Rejection]
+
+
+@dataclass(slots=True)
+class RouteResult:
+    """Decisions for the accepted events, the new windows, rejections and cache writes."""
+
+    events: EventBatch
+    contexts: np.ndarray  # int64 [n, W], what the learned router sees for each event
+    decisions: DecisionBatch
+    windows: dict[str, StreamWindow]
+    rejections: list[Rejection]
+    cache_keys: list[int]  # confident learned decisions to write back ...
+    cache_values: list[bytes]  # ... packed with cache.encode_decisions
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """Running totals since the engine started."""
+
+    decisions: int = 0
+    tiers: np.ndarray = field(default_factory=lambda: np.zeros(len(Tier), dtype=np.int64))
+    cache_lookups: int = 0
+    cache_hits: int = 0
+    router_calls: int = 0
+    rejected: int = 0
+
+
+class VAREngine:
+    """Routes batches for one router and one MoE layer; holds the governor and the table."""
+
+    def __init__(
+        self,
+        router: Router,
+        table: RoutingTable,
+        config: EngineConfig = EngineConfig(),
+        cache: DecisionCache | None = None,
+    ) -> None:
+        self.router = router
+        self.config = config
+        self.cache: DecisionCache = cache if cache is not None else MemoryDecisionCache(config.cache)
+        self.governor = BudgetGovernor(config.budget)
+        self.ledger = WindowLedger(config.budget.window)
+        self.counters = EngineCounters()
+        self.table = table
+        self.set_table(table)
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    def set_table(self, table: RoutingTable) -> None:
+        """Swap the fast-path table (e.g. when a new version is published)."""
+        spec = self.router.spec
+        if table.version > 0 and table.router_id != self.router.router_id:
+            raise ValueError(
+                f"fast-path table v{table.version} was built for router {table.router_id}, "
+                f"this engine runs {self.router.router_id}"
+            )
+        if table.vocab_size != spec.vocab_size or table.top_k != spec.top_k:
+            raise ValueError(
+                f"fast-path table has vocab {table.vocab_size}/top-k {table.top_k}, "
+                f"router has vocab {spec.vocab_size}/top-k {spec.top_k}"
+            )
+        self.table = table
+
+    def prepare(self, batch: EventBatch, windows: Mapping[str, StreamWindow]) -> RoutePlan:
+        """Contexts, context hashes and cache keys for the batch (pure; no store access)."""
+        ctx = build_contexts(batch, windows, self.window)
+        events = batch.select(ctx.accepted) if ctx.rejections else batch
+        hashes = context_hash(ctx.contexts[:, :-1])
+        keys = cache_key(hashes, events.tokens, self.config.layer)
+        unique, inverse = np.unique(keys, return_inverse=True)
+        return RoutePlan(events, ctx.contexts, hashes, keys, unique.tolist(), inverse, ctx.windows, ctx.rejections)
+
+    def complete(self, plan: RoutePlan, cached: Sequence[bytes | None]) -> RouteResult:
+        """Assign tiers and produce decisions, given the cache lookups for ``plan.unique_keys``."""
+        n, k = len(plan.events), self.router.spec.top_k
+        out = _DecisionArrays.allocate(n, k)
+        hit = self._fill_cache_hits(plan, cached, out)
+        tokens = plan.events.tokens
+        fast = ~hit & self.table.eligible[tokens]
+        out.fill(fast, self.table.experts[tokens[fast]], self.table.weights[tokens[fast]],
+                 self.table.confidence[tokens[fast]], self.table.entropy[tokens[fast]], Tier.FAST)
+        write_keys, write_values = self._route_misses(plan, np.flatnonzero(~hit & ~fast), out)
+        decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
+                                  plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer)
+        self._count(decisions, len(plan.rejections))
+        return RouteResult(plan.events, plan.contexts, decisions, plan.windows, plan.rejections, write_keys,
+                           write_values)
+
+    def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
+        """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
+        plan = self.prepare(batch, windows)
+        result = self.complete(plan, self.cache.get_many(plan.unique_keys))
+        if result.cache_keys:
+            self.cache.put_many(result.cache_keys, result.cache_values)
+        windows.update(result.windows)
+        return result
+
+    def _fill_cache_hits(self, plan: RoutePlan, cached: Sequence[bytes | None], out: "_DecisionArrays") -> np.ndarray:
+        """Fill rows whose key was found; returns the hit mask over events."""
+        found = [u for u, value in enumerate(cached) if value is not None]
+        if not found:
+            return np.zeros(len(plan.events), dtype=bool)
+        slot = np.full(len(cached), -1, dtype=np.int64)
+        slot[found] = np.arange(len(found))
+        row_slot = slot[plan.inverse]
+        hit = row_slot >= 0
+        hits = decode_decisions([cached[u] for u in found], self.router.spec.top_k)
+        take = row_slot[hit]
+        out.fill(hit, hits.experts[take], hits.weights[take], hits.confidence[take], hits.entropy[take], Tier.CACHE)
+        return hit
+
+    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, out: "_DecisionArrays") -> tuple[list[int], list[bytes]]:
+        """Governor in decision order, one batched router call, in-batch repeats and fallbacks.
+
+        Each distinct key among the misses is decided once, at its first occurrence: admitted
+        keys are routed (tier learned) and their repeats reuse the result (tier cache); denied
+        keys and their repeats take the budget fallback.
+        """
+        if len(misses) == 0:
+            return [], []
+        uniq, first, inverse = np.unique(plan.keys[misses], return_index=True, return_inverse=True)
+        by_arrival = np.argsort(first)
+        first_rows = misses[first[by_arrival]]
+        admitted = self.governor.admit(self.counters.decisions + first_rows)
+        learned_rows = first_rows[admitted]
+        slot = np.full(len(uniq), -1, dtype=np.int64)
+        slot[by_arrival[admitted]] = np.arange(len(learned_rows))
+        miss_slot = slot[inverse]
+        is_first = np.zeros(len(misses), dtype=bool)
+        is_first[first] = True
+        fallback = misses[miss_slot < 0]
+        if len(fallback):
+            out.fill(fallback, *self.table.fallback_routes(plan.events.tokens[fallback]), Tier.BUDGET_FALLBACK)
+        if len(learned_rows) == 0:
+            return [], []
+        res = self.router.route(plan.contexts[learned_rows])
+        self.counters.router_calls += 1
+        out.fill(learned_rows, res.experts, res.weights, res.confidence, res.entropy, Tier.LEARNED)
+        repeat = ~is_first & (miss_slot >= 0)
+        if repeat.any():
+            src = miss_slot[repeat]
+            out.fill(misses[repeat], res.experts[src], res.weights[src], res.confidence[src], res.entropy[src],
+                     Tier.CACHE)
+        return self._cache_writes(plan.keys[learned_rows], res)
+
+    def _cache_writes(self, keys: np.ndarray, res: RouterOutput) -> tuple[list[int], list[bytes]]:
+        keep = res.confidence >= self.config.cache.min_confidence
+        if not keep.any():
+            return [], []
+        return keys[keep].tolist(), encode_decisions(res.experts[keep], res.weights[keep], res.confidence[keep],
+                                                     res.entropy[keep])
+
+    def _count(self, decisions: DecisionBatch, rejected: int) -> None:
+        c = self.counters
+        tiers = decisions.tiers
+        c.tiers += np.bincount(tiers.astype(np.int64), minlength=len(Tier))
+        c.cache_lookups += len(tiers)
+        c.cache_hits += int((tiers == Tier.CACHE).sum())
+        c.decisions += len(tiers)
+        c.rejected += rejected
+        self.ledger.record(tiers == Tier.LEARNED)
+
+
+@dataclass(slots=True)
+class _DecisionArrays:
+    experts: np.ndarray
+    weights: np.ndarray
+    confidence: np.ndarray
+    entropy: np.ndarray
+    tiers: np.ndarray
+
+    @classmethod
+    def allocate(cls, n: int, k: int) -> "_DecisionArrays":
+        return cls(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.float32),
+                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8))
+
+    def fill(self, rows: np.ndarray, experts, weights, confidence, entropy, tier: Tier) -> None:
+        self.experts[rows] = experts
+        self.weights[rows] = weights
+        self.confidence[rows] = confidence
+        self.entropy[rows] = entropy
+        self.tiers[rows] = tier

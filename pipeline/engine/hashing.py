@@ -1,0 +1,53 @@
+"""Deterministic, vectorised 64-bit hashes for context windows and cache keys.
+
+Python's ``hash`` is salted per process, so it cannot key a cache shared by several workers.
+These functions use the splitmix64 finaliser on numpy ``uint64`` arrays (wrap-around
+arithmetic), which is fast, stable across processes and machines, and well mixed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser applied element-wise; returns a new uint64 array."""
+    x = values.astype(np.uint64, copy=True)
+    x ^= x >> _S30
+    x *= _MIX1
+    x ^= x >> _S27
+    x *= _MIX2
+    x ^= x >> _S31
+    return x
+
+
+def _as_u64(tokens: np.ndarray) -> np.ndarray:
+    # +2 keeps PAD (-1) and token 0 distinct from zero.
+    return (tokens.astype(np.int64) + 2).astype(np.uint64)
+
+
+def _position_multiplier(j: int) -> np.uint64:
+    """A distinct odd 64-bit multiplier per window position."""
+    return np.uint64((0x9E3779B97F4A7C15 * (2 * j + 3)) & 0xFFFFFFFFFFFFFFFF | 1)
+
+
+def context_hash(prev_tokens: np.ndarray) -> np.ndarray:
+    """Hash of each row of ``prev_tokens`` ([n, w] int, PAD = -1), order-sensitive.
+
+    ``mix64(sum_j (token_j + 2) * M_j)`` with a distinct odd multiplier per position; a row with
+    ``w == 0`` columns hashes to a constant, so a window of 1 still works.
+    """
+    acc = np.full(len(prev_tokens), 0x243F6A8885A308D3, dtype=np.uint64)
+    for j in range(prev_tokens.shape[1]):
+        acc += _as_u64(prev_tokens[:, j]) * _position_multiplier(j)
+    return mix64(acc)
+
+
+def cache_key(ctx_hash: np.ndarray, tokens: np.ndarray, layer: int = 0) -> np.ndarray:
+    """Decision-cache key of (context hash, token id, MoE layer), as uint64."""
+    salt = np.uint64(((layer + 1) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF)
+    return mix64((ctx_hash * _GOLDEN) ^ (_as_u64(tokens) * _MIX2 + salt))

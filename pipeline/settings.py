@@ -1,0 +1,178 @@
+"""One settings object for the CLI, the workers, docker compose and the tests.
+
+Every setting has a default, an environment variable and (usually) a command-line flag, all
+declared once on the :class:`Settings` dataclass. Precedence: flag > environment > default.
+Invalid values fail at start-up with one line naming where the value came from, e.g.
+``invalid VAR_BUDGET='1.5': must be within [0, 1]``.
+
+The README's configuration table is generated from the same declarations
+(``var config --markdown``) and a test keeps the two in sync.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+Check = Callable[[Any], "str | None"]
+
+
+class SettingsError(ValueError):
+    """A setting with an invalid value; ``str(err)`` is a one-line message."""
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low:g}"
+
+
+def _within(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be within [{low:g}, {high:g}]"
+
+
+def _setting(default: Any, env: str, help: str, check: Check | None = None,
+             choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
+    """Declare a setting: env var, help text, validation; ``flag=""`` means no CLI flag."""
+    meta = {"env": env, "help": help, "check": check, "choices": choices, "flag": flag}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. See ``var config`` or the README table for every field."""
+
+    # --- learned router ---
+    router: str = _setting("context", "VAR_ROUTER", "learned router: context (receptive field = window) or seed",
+                           choices=("context", "seed"))
+    vocab_size: int | None = _setting(None, "VAR_VOCAB_SIZE", "vocabulary size (default: inferred from the corpus)",
+                                      _at_least(1))
+    hidden: int = _setting(128, "VAR_HIDDEN", "router hidden size (seed size 128, large 4096)", _at_least(1))
+    experts: int = _setting(8, "VAR_EXPERTS", "number of experts E (seed size 8, large 64)", _at_least(1))
+    top_k: int = _setting(2, "VAR_TOP_K", "experts per token", _at_least(1))
+    window: int = _setting(4, "VAR_WINDOW", "context window W: the router sees the token and the W-1 before it",
+                           _at_least(1))
+    seed: int = _setting(0, "VAR_SEED", "seed of the router weights, synthetic corpora and the quality probe",
+                         _at_least(0))
+    device: str = _setting("cpu", "VAR_DEVICE", "torch device of the learned router (cpu, cuda)")
+    # --- decision cache ---
+    cache_ttl_s: float = _setting(60.0, "VAR_CACHE_TTL_S", "decision-cache TTL in seconds", _at_least(0.001))
+    cache_size: int = _setting(1000, "VAR_CACHE_SIZE", "in-memory decision-cache capacity (LRU entries)", _at_least(1))
+    cache_min_confidence: float = _setting(0.8, "VAR_CACHE_MIN_CONFIDENCE",
+                                           "cache only learned decisions at least this confident", _within(0, 1))
+    # --- fast path ---
+    min_frequency: float = _setting(50.0, "VAR_MIN_FREQUENCY", "fast path: token frequency must exceed this",
+                                    _at_least(0))
+    max_entropy: float = _setting(0.5, "VAR_MAX_ENTROPY", "fast path: mean routing entropy (nats) must be below this",
+                                  _at_least(0))
+    static_below: int = _setting(10, "VAR_STATIC_BELOW",
+                                 "fast path: token ids below this are always eligible (once seen)", _at_least(0))
+    table: str | None = _setting(None, "VAR_TABLE", "fast-path table file to use instead of an offline phase")
+    # --- budget governor ---
+    budget: float = _setting(0.15, "VAR_BUDGET", "learned-router budget: max share of decisions per window",
+                             _within(0, 1))
+    budget_window: int = _setting(1000, "VAR_BUDGET_WINDOW", "decisions per budget window", _at_least(1))
+    governor: bool = _setting(True, "VAR_GOVERNOR", "enforce the budget (--no-governor: off, for comparison)")
+    # --- replay ---
+    batch_size: int = _setting(1024, "VAR_BATCH_SIZE", "tokens per micro-batch", _at_least(1))
+    train_fraction: float = _setting(0.3, "VAR_TRAIN_FRACTION", "share of a corpus used by the offline phase",
+                                     _within(0, 0.95))
+    quality_sample: int = _setting(50000, "VAR_QUALITY_SAMPLE", "events used by the MoE-layer quality probe",
+                                   _at_least(100))
+
+    def with_(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, cli: Mapping[str, Any] | None = None) -> "Settings":
+        """Resolve every field: ``cli`` (non-None values) > ``env`` (non-empty) > default; validate."""
+        env = os.environ if env is None else env
+        cli = cli or {}
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            source, raw = "default", f.default
+            if env.get(f.metadata["env"]) not in (None, ""):
+                source, raw = f.metadata["env"], env[f.metadata["env"]]
+            if cli.get(f.name) is not None:
+                source, raw = cli_flag(f) or f.name, cli[f.name]
+            values[f.name] = _validated(f, source, raw)
+        if values["top_k"] > values["experts"]:
+            raise SettingsError(f"invalid top_k={values['top_k']}: cannot exceed experts={values['experts']}")
+        return cls(**values)
+
+
+_TYPES = typing.get_type_hints(Settings)
+
+
+def _base_type(name: str) -> type:
+    hint = _TYPES[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _parse(name: str, raw: Any) -> Any:
+    kind = _base_type(name)
+    if raw is None or isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    if kind is bool:
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    return kind(raw)
+
+
+def _validated(f: dataclasses.Field, source: str, raw: Any) -> Any:
+    try:
+        value = _parse(f.name, raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"invalid {source}={raw!r}: expected {_base_type(f.name).__name__}") from None
+    choices, check = f.metadata["choices"], f.metadata["check"]
+    problem = None
+    if choices and value not in choices:
+        problem = f"must be one of {', '.join(choices)}"
+    elif check is not None and value is not None:
+        problem = check(value)
+    if problem:
+        raise SettingsError(f"invalid {source}={raw!r}: {problem}")
+    return value
+
+
+def cli_flag(f: dataclasses.Field) -> str | None:
+    flag = f.metadata["flag"]
+    if flag == "":
+        return None
+    return flag or "--" + f.name.replace("_", "-")
+
+
+def setting_fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(Settings)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add the flags of the named settings; unset flags stay ``None`` so env/defaults apply."""
+    by_name = {f.name: f for f in setting_fields()}
+    for name in names:
+        f = by_name[name]
+        flag = cli_flag(f)
+        if flag is None:
+            continue
+        help_text = f"{f.metadata['help']} [{f.metadata['env']}, default {f.default}]"
+        if _base_type(name) is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text, choices=f.metadata["choices"],
+                                metavar=name.upper())
+
+
+def markdown_table() -> str:
+    """The README configuration table (one row per setting)."""
+    rows = ["| setting | env var | flag | default | meaning |", "|---|---|---|---|---|"]
+    for f in setting_fields():
+        flag = cli_flag(f)
+        rows.append(f"| {f.name} | `{f.metadata['env']}` | {f'`{flag}`' if flag else ''} | `{f.default}` "
+                    f"| {f.metadata['help']} |")
+    return "\n".join(rows)
