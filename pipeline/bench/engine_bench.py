@@ -1,0 +1,154 @@
+"""``var bench engine``: the seed's per-token routing, the batched always-learned baseline and VAR,
+side by side on the same events, for the seed-size and the large router.
+
+All three start from the same events and maintain the same per-stream context windows; they
+differ only in how decisions are made:
+
+* ``per_token``  -- the proof of concept: one learned-router call per token (timed on a sample);
+* ``batched``    -- always the learned router, one batched call per micro-batch;
+* ``var``        -- the engine: cache -> fast path -> learned router (+ governor).
+
+Each candidate runs ``repeats`` times, interleaved, and the median is reported, so that a noisy
+neighbour on the machine affects all of them alike. A table is built by an offline phase on a
+training split first (not timed).
+"""
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.corpus.jsonl import iter_batches
+from pipeline.corpus.synthetic import SyntheticSpec, generate
+from pipeline.engine.context import StreamWindow, build_contexts
+from pipeline.engine.engine import VAREngine
+from pipeline.engine.events import EventBatch, Tier
+from pipeline.engine.offline import collect_statistics
+from pipeline.engine.routers import PRESETS, TorchRouter, build_router
+from pipeline.engine.table import RoutingTable, build_table
+from pipeline.replay import engine_config, router_spec, thresholds
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class EngineBenchConfig:
+    tokens: int = 200_000
+    train_tokens: int = 300_000
+    per_token_sample: int = 2_000
+    repeats: int = 3
+    sizes: tuple[str, ...] = ("seed", "large")
+
+
+def _events(settings: Settings, cfg: EngineBenchConfig) -> tuple[list[EventBatch], list[EventBatch]]:
+    streams = 16
+    per_stream = -(-(cfg.tokens + cfg.train_tokens) // streams)
+    spec = SyntheticSpec(vocab_size=settings.vocab_size or 1000, num_streams=streams,
+                         tokens_per_stream=per_stream, seed=settings.seed)
+    chunks = generate(spec)
+    train = list(iter_batches(itertools.islice(chunks, cfg.train_tokens), settings.batch_size))
+    online = list(iter_batches(itertools.islice(chunks, cfg.tokens), settings.batch_size))
+    return train, online
+
+
+def _sync(router: TorchRouter) -> None:
+    if router.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_batched(router: TorchRouter, batches: list[EventBatch], window: int) -> float:
+    """Always-learned baseline; returns seconds."""
+    windows: dict[str, StreamWindow] = {}
+    t0 = time.perf_counter()
+    for batch in batches:
+        ctx = build_contexts(batch, windows, window)
+        windows.update(ctx.windows)
+        router.route(ctx.contexts)
+    _sync(router)
+    return time.perf_counter() - t0
+
+
+def run_per_token(router: TorchRouter, batches: list[EventBatch], window: int, sample: int) -> tuple[float, int]:
+    """The seed's loop: context window per token, one router call per token; (seconds, tokens)."""
+    windows: dict[str, list[int]] = {}
+    events = [(s, t) for b in batches for s, t in zip(b.streams, b.tokens.tolist())][:sample]
+    t0 = time.perf_counter()
+    for stream, token in events:
+        history = windows.setdefault(stream, [-1] * (window - 1))
+        router.route(np.asarray([history + [token]], dtype=np.int64))
+        if window > 1:
+            history.append(token)
+            del history[0]
+    _sync(router)
+    return time.perf_counter() - t0, len(events)
+
+
+def run_var(router: TorchRouter, table: RoutingTable, settings: Settings, batches: list[EventBatch]) -> tuple[float, VAREngine]:
+    engine = VAREngine(router, table, engine_config(settings))
+    windows: dict[str, StreamWindow] = {}
+    t0 = time.perf_counter()
+    for batch in batches:
+        engine.route_batch(batch, windows)
+    _sync(router)
+    return time.perf_counter() - t0, engine
+
+
+def _median_rate(samples: list[float], tokens: int) -> float:
+    return tokens / statistics.median(samples)
+
+
+def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
+               progress: Callable[[str], None] = lambda _: None) -> dict[str, object]:
+    """Benchmark one router size; returns tokens/s per candidate, ratios and VAR's tier mix."""
+    s = settings.with_(hidden=PRESETS[size]["hidden"], experts=PRESETS[size]["num_experts"])
+    train, online = _events(s, cfg)
+    router = build_router(router_spec(s, s.vocab_size or 1000), s.device)
+    progress(f"{size}: offline phase")
+    stats = collect_statistics(router, train, s.window)
+    table = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
+    tokens = sum(len(b) for b in online)
+    run_batched(router, online[:3], s.window)  # warm-up
+    batched, var = [], []
+    engine = None
+    for rep in range(cfg.repeats):
+        progress(f"{size}: repeat {rep + 1}/{cfg.repeats}")
+        batched.append(run_batched(router, online, s.window))
+        seconds, engine = run_var(router, table, s, online)
+        var.append(seconds)
+    per_token_s, per_token_n = run_per_token(router, online, s.window, cfg.per_token_sample)
+    assert engine is not None
+    c = engine.counters
+    rates = {"per_token": per_token_n / per_token_s, "batched": _median_rate(batched, tokens),
+             "var": _median_rate(var, tokens)}
+    return {
+        "size": size, "router_id": router.router_id, "device": s.device, "tokens": tokens,
+        "tokens_per_s": rates,
+        "ratio_var_vs_batched": rates["var"] / rates["batched"],
+        "ratio_var_vs_per_token": rates["var"] / rates["per_token"],
+        "learned_fraction": int(c.tiers[Tier.LEARNED]) / c.decisions,
+        "tiers": {t.label: int(c.tiers[t]) for t in Tier},
+        "max_window_learned_fraction": engine.ledger.max_window_fraction,
+        "fast_path_tokens": table.size,
+    }
+
+
+GOALS = {"seed": 1.0, "large": 5.0}
+
+
+def render(results: list[dict[str, object]]) -> str:
+    lines = [f"{'size':<7}{'per-token':>12}{'batched':>12}{'VAR':>12}{'VAR/batched':>13}{'goal':>7}"
+             f"{'learned':>9}  router", "-" * 92]
+    for r in results:
+        rates = r["tokens_per_s"]
+        goal = GOALS.get(str(r["size"]), 0.0)
+        lines.append(
+            f"{r['size']:<7}{rates['per_token']:>12,.0f}{rates['batched']:>12,.0f}{rates['var']:>12,.0f}"
+            f"{r['ratio_var_vs_batched']:>12.2f}x{'>=' + format(goal, 'g') + 'x':>7}"
+            f"{100 * r['learned_fraction']:>8.1f}%  {r['router_id']} ({r['device']})")
+    lines.append("tokens/s; per-token = the seed's one router call per token (sampled); batched = always the "
+                 "learned router, one call per micro-batch")
+    return "\n".join(lines)

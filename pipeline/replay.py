@@ -1,0 +1,191 @@
+"""The embedded replay -- VAR's main job, in-process with in-memory stores.
+
+1. Scan the corpus (streaming) for its size and vocabulary.
+2. Offline phase: route the first ``train_fraction`` of its records with the learned router
+   and build the fast-path table from the statistics -- or load a table file instead.
+3. Online phase: route the remaining records in micro-batches through the engine (cache ->
+   fast path -> learned router, budget governor), timing only the routing.
+4. Route the same events with the learned router alone (the exact reference) and measure
+   agreement and MoE-layer quality; build the report.
+
+Same corpus + settings => identical report apart from the timing fields.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from tqdm import tqdm
+
+from pipeline.corpus.jsonl import iter_batches
+from pipeline.engine.budget import BudgetPolicy
+from pipeline.engine.cache import CachePolicy
+from pipeline.engine.context import StreamWindow
+from pipeline.engine.engine import EngineConfig, RouteResult, VAREngine
+from pipeline.engine.events import EventChunk, Tier, TIER_LABELS
+from pipeline.engine.offline import collect_statistics
+from pipeline.engine.routers import RouterSpec, TorchRouter, build_router
+from pipeline.engine.table import RoutingTable, Thresholds, build_table
+from pipeline.quality import QualityAccumulator
+from pipeline.report import ReplayReport
+from pipeline.settings import Settings
+from pipeline.sources import CorpusSource
+
+
+class ReplayError(ValueError):
+    """A replay that cannot run (bad corpus, inconsistent table...); one-line message."""
+
+
+@dataclass
+class Prepared:
+    """What the offline phase hands to the online phase."""
+
+    router: TorchRouter
+    table: RoutingTable
+    table_source: str
+    train_tokens: int
+    vocab_size: int
+    records: int
+    train_records: int
+
+
+def router_spec(settings: Settings, vocab_size: int) -> RouterSpec:
+    return RouterSpec(kind=settings.router, vocab_size=vocab_size, hidden=settings.hidden,
+                      num_experts=settings.experts, top_k=settings.top_k, window=settings.window,
+                      seed=settings.seed)
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        window=settings.window,
+        cache=CachePolicy(settings.cache_ttl_s, settings.cache_size, settings.cache_min_confidence),
+        budget=BudgetPolicy(settings.budget, settings.budget_window, settings.governor),
+    )
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(settings.min_frequency, settings.max_entropy, settings.static_below)
+
+
+def resolve_vocab(settings: Settings, max_token: int) -> int:
+    """The configured vocabulary size, or the corpus's (largest token + 1)."""
+    if settings.vocab_size is None:
+        return max(1, max_token + 1)
+    if max_token >= settings.vocab_size:
+        raise ReplayError(f"corpus has token {max_token}, outside --vocab-size {settings.vocab_size}")
+    return settings.vocab_size
+
+
+def load_table(path: str, router: TorchRouter) -> RoutingTable:
+    try:
+        table = RoutingTable.load(path)
+    except FileNotFoundError:
+        raise ReplayError(f"no such table file: {path}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReplayError(f"{path}: not a valid fast-path table ({exc})") from None
+    if table.router_id != router.router_id:
+        raise ReplayError(f"{path} was built for router {table.router_id}, not {router.router_id}")
+    return table
+
+
+def offline_phase(source: CorpusSource, settings: Settings) -> tuple[Prepared, Iterator[EventChunk]]:
+    """Build router and table; returns them and the iterator positioned after the training split."""
+    info = source.info()
+    vocab = resolve_vocab(settings, info.max_token)
+    router = build_router(router_spec(settings, vocab), settings.device)
+    chunks = source.chunks(vocab)
+    if settings.table:
+        return Prepared(router, load_table(settings.table, router), f"file {settings.table}", 0, vocab,
+                        info.records, 0), chunks
+    train_records = int(info.records * settings.train_fraction)
+    train = list(itertools.islice(chunks, train_records))
+    stats = collect_statistics(router, iter_batches(train, settings.batch_size), settings.window)
+    table = build_table(stats, thresholds(settings), settings.top_k, router.router_id, 1,
+                        {"source": "offline", "records": train_records})
+    train_tokens = sum(len(c) for c in train)
+    return Prepared(router, table, f"offline phase on {train_tokens:,} tokens", train_tokens, vocab,
+                    info.records, train_records), chunks
+
+
+BatchHook = Callable[[RouteResult], "RoutingTable | None"]
+
+
+def run_replay(source: CorpusSource, settings: Settings, progress: bool | None = None,
+               on_batch: BatchHook | None = None) -> ReplayReport:
+    """Run the embedded replay and return its report (see module docstring).
+
+    ``on_batch`` is called after every batch with its result and may return a new table, which
+    the engine uses from the next batch on (the in-process stats refresher does this).
+    """
+    wall_start = time.perf_counter()
+    prepared, chunks = offline_phase(source, settings)
+    engine = VAREngine(prepared.router, prepared.table, engine_config(settings))
+    quality = QualityAccumulator(prepared.vocab_size, settings.experts, settings.seed, settings.quality_sample)
+    windows: dict[str, StreamWindow] = {}
+    timeline: list[dict[str, int]] = []
+    routing_s = 0.0
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=prepared.records - prepared.train_records, unit="rec", unit_scale=True, file=sys.stderr,
+              disable=not show, desc="replay") as bar:
+        for batch in iter_batches(chunks, settings.batch_size):
+            t0 = time.perf_counter()
+            result = engine.route_batch(batch, windows)
+            routing_s += time.perf_counter() - t0
+            _check_rejections(result)
+            exact = prepared.router.route(result.contexts)
+            d = result.decisions
+            quality.add(result.events.streams, result.events.tokens, d.experts, d.weights, exact.experts, exact.weights)
+            timeline.append(_timeline_point(engine, d.table_version))
+            if on_batch is not None and (new_table := on_batch(result)) is not None:
+                engine.set_table(new_table)
+            bar.update(len(set(batch.offsets.tolist())))
+    return _build_report(source, settings, prepared, engine, quality.result(), routing_s,
+                         time.perf_counter() - wall_start, timeline)
+
+
+def _check_rejections(result: RouteResult) -> None:
+    if result.rejections:
+        first = result.rejections[0]
+        offset = int(result.events.offsets[0]) if len(result.events) else -1
+        raise ReplayError(f"event {first.index} of the batch starting at record {offset}: {first.reason}")
+
+
+def _timeline_point(engine: VAREngine, table_version: int) -> dict[str, int]:
+    point = {label: int(engine.counters.tiers[t]) for t, label in enumerate(TIER_LABELS)}
+    point["tokens"] = engine.counters.decisions
+    point["table_version"] = table_version
+    return point
+
+
+def _build_report(source: CorpusSource, settings: Settings, prepared: Prepared, engine: VAREngine,
+                  quality, routing_s: float, wall_s: float, timeline: list[dict[str, int]]) -> ReplayReport:
+    c = engine.counters
+    spec = prepared.router.spec
+    table = engine.table
+    return ReplayReport(
+        source=source.name,
+        mode="embedded",
+        router={"id": spec.router_id, "kind": spec.kind, "vocab_size": spec.vocab_size, "hidden": spec.hidden,
+                "experts": spec.num_experts, "top_k": spec.top_k, "window": spec.window, "device": settings.device},
+        table={"version": table.version, "size": table.size, "source": prepared.table_source,
+               "thresholds": {"min_frequency": table.thresholds.min_frequency,
+                              "max_entropy": table.thresholds.max_entropy,
+                              "static_below": table.thresholds.static_below}},
+        tokens=c.decisions,
+        train_tokens=prepared.train_tokens,
+        tiers={label: int(c.tiers[t]) for t, label in enumerate(TIER_LABELS)},
+        cache_lookups=c.cache_lookups,
+        learned_calls=int(c.tiers[Tier.LEARNED]),
+        budget=settings.budget,
+        budget_window=settings.budget_window,
+        governor=settings.governor,
+        max_window_learned=engine.ledger.max_sliding,
+        window_learned=list(engine.ledger.block_learned),
+        quality=quality,
+        routing_s=routing_s,
+        wall_s=wall_s,
+        timeline=timeline,
+    )
