@@ -35,6 +35,7 @@ class ReplayReport:
     governor: bool
     max_window_learned: int
     window_learned: list[int]
+    window_sizes: list[int]
     quality: QualityResult
     routing_s: float
     wall_s: float
@@ -44,6 +45,20 @@ class ReplayReport:
     @property
     def learned_fraction(self) -> float:
         return self.tiers.get("learned", 0) / self.tokens if self.tokens else 0.0
+
+    @property
+    def budgeted_learned_fraction(self) -> float:
+        """Learned share over the complete budget windows (the whole run if there is none).
+
+        The governor caps every window of ``budget_window`` consecutive decisions, so this share
+        is at most the budget; the overall share can exceed it by up to cap/decisions because
+        of the run's last, partial window.
+        """
+        full = [(learned, size) for learned, size in zip(self.window_learned, self.window_sizes)
+                if size == self.budget_window]
+        if not full:
+            return sum(self.window_learned) / self.budget_window
+        return sum(learned for learned, _ in full) / (self.budget_window * len(full))
 
     @property
     def cache_hit_rate(self) -> float:
@@ -59,7 +74,7 @@ class ReplayReport:
 
     def constraints(self) -> dict[str, bool]:
         checks = {
-            "learned_under_budget": self.learned_fraction <= self.budget + 1e-12,
+            "learned_under_budget": self.budgeted_learned_fraction <= self.budget + 1e-12,
             "window_cap_held": self.max_window_learned_fraction <= self.budget + 1e-12,
             "quality_preserved": self.quality.task_loss_diff_pct <= QUALITY_BOUND_PCT,
         }
@@ -76,6 +91,7 @@ class ReplayReport:
             "train_tokens": self.train_tokens,
             "tiers": {label: int(self.tiers.get(label, 0)) for label in TIER_LABELS},
             "learned_fraction": self.learned_fraction,
+            "learned_fraction_full_windows": self.budgeted_learned_fraction,
             "max_window_learned_fraction": self.max_window_learned_fraction,
             "window_learned_fractions": [c / self.budget_window for c in self.window_learned],
             "budget": self.budget,
@@ -131,8 +147,8 @@ def render_text(report: ReplayReport) -> str:
     lines += [
         "",
         f"  cache hit rate     {_pct(report.cache_hit_rate)}",
-        f"  learned share      {_pct(report.learned_fraction)} (budget {_pct(report.budget)},"
-        f" governor {'on' if report.governor else 'off'})",
+        f"  learned share      {_pct(report.learned_fraction)} overall, {_pct(report.budgeted_learned_fraction)}"
+        f" over complete windows (budget {_pct(report.budget)}, governor {'on' if report.governor else 'off'})",
         f"  max per window     {_pct(report.max_window_learned_fraction)} of any {report.budget_window:,}"
         f" consecutive decisions ({len(report.window_learned)} blocks)",
         f"  agreement          top-1 {_pct(q.agreement_top1)}, top-k overlap {_pct(q.topk_overlap)}",

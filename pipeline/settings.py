@@ -80,6 +80,26 @@ class Settings:
                                      _within(0, 0.95))
     quality_sample: int = _setting(50000, "VAR_QUALITY_SAMPLE", "events used by the MoE-layer quality probe",
                                    _at_least(100))
+    # --- services ---
+    kafka_bootstrap: str = _setting("127.0.0.1:9092", "KAFKA_BOOTSTRAP", "Kafka bootstrap servers (host:port,...)")
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "REDIS_URL", "Redis URL for the shared cache and tables")
+    namespace: str = _setting("default", "VAR_NAMESPACE", "Redis key namespace (isolates deployments and replays)")
+    redis_timeout_s: float = _setting(0.5, "VAR_REDIS_TIMEOUT_S", "Redis socket timeout; slower calls count as an outage",
+                                      _at_least(0.01))
+    # --- streaming pipeline ---
+    topic_tokens: str = _setting("var-tokens", "VAR_TOPIC_TOKENS", "topic of token events (key = stream id)")
+    topic_outcomes: str = _setting("var-outcomes", "VAR_TOPIC_OUTCOMES", "topic of routing outcomes")
+    topic_deadletter: str = _setting("var-deadletter", "VAR_TOPIC_DEADLETTER", "topic of rejected messages")
+    partitions: int = _setting(4, "VAR_PARTITIONS", "partitions of the token topic (and of the window table)",
+                               _at_least(1))
+    app_id: str = _setting("var-router", "VAR_APP_ID", "Faust app id = consumer group of the router workers")
+    take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch", _at_least(1))
+    take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
+                                    _at_least(0.001))
+    worker_name: str | None = _setting(None, "VAR_WORKER_NAME", "worker name in outcomes and logs (default host-pid)")
+    session_timeout_s: float = _setting(10.0, "VAR_SESSION_TIMEOUT_S",
+                                        "Kafka consumer session timeout (how fast a dead worker is noticed)",
+                                        _at_least(1))
 
     def with_(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -176,3 +196,13 @@ def markdown_table() -> str:
         rows.append(f"| {f.name} | `{f.metadata['env']}` | {f'`{flag}`' if flag else ''} | `{f.default}` "
                     f"| {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in another process (unset: None)."""
+    env = {}
+    for f in setting_fields():
+        value = getattr(settings, f.name)
+        if value is not None:
+            env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env

@@ -1,25 +1,43 @@
-"""``var replay``: route a corpus and report tiers, budget, agreement, quality and PASS/FAIL."""
+"""``var replay``: route a corpus and report tiers, budget, agreement, quality and PASS/FAIL.
+
+Embedded (default): in-process with in-memory stores. ``--via kafka``: through the streaming
+system -- Kafka topics, N Faust router workers (separate processes) and Redis.
+"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.replay import run_replay
 from pipeline.report import render_text
 
-from .common import (ENGINE_SETTINGS, ROUTING_SETTINGS, add_progress_flag, add_settings, add_synthetic_arguments,
-                     corpus_source, print_json, settings_from, show_progress)
+from .common import (ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_progress_flag, add_settings,
+                     add_synthetic_arguments, corpus_source, print_json, settings_from, show_progress)
+from .worker_cmd import SERVICE_SETTINGS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("replay", help="replay a recorded or synthetic corpus (embedded, in-process)",
+    p = sub.add_parser("replay", help="replay a recorded or synthetic corpus (embedded, or --via kafka)",
                        description="Offline phase on a training split (or --table), then route the rest "
-                                   "through cache -> fast path -> learned router and report.")
+                                   "through cache -> fast path -> learned router and report. Exit status 1 "
+                                   "when a constraint fails.")
     p.add_argument("path", nargs="?", help="recorded corpus (JSON Lines, optionally .gz)")
     p.add_argument("--synthetic", action="store_true", help="replay the seeded synthetic corpus instead")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--timeline", action="store_true", help="include the per-batch timeline in --json output")
+    p.add_argument("--plot", metavar="PNG", help="draw learned share and tier mix over time to this PNG")
     add_progress_flag(p)
-    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample"))
+    kafka = p.add_argument_group("streaming replay (--via kafka)")
+    kafka.add_argument("--via", choices=("embedded", "kafka"), default="embedded")
+    kafka.add_argument("--workers", type=int, default=1, help="router worker processes to start (default 1)")
+    kafka.add_argument("--message-size", type=int, default=1, help="tokens per message (1 = per-token)")
+    kafka.add_argument("--attach", action="store_true",
+                       help="use the configured topics/namespace and already running workers (start none)")
+    kafka.add_argument("--cold", action="store_true", help="start with an empty fast-path table (no offline phase)")
+    kafka.add_argument("--stats-worker", action="store_true", help="also run the stats refresher worker")
+    kafka.add_argument("--idle-timeout", type=float, default=90.0, help="give up after this long without outcomes")
+    kafka.add_argument("--log-dir", default=".var/logs", help="worker logs (default .var/logs/RUN)")
+    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample") + SERVICE_SETTINGS)
     add_synthetic_arguments(p)
     p.set_defaults(handler=run)
 
@@ -27,9 +45,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     source = corpus_source(args, settings)
-    report = run_replay(source, settings, progress=show_progress(args))
+    if args.via == "kafka":
+        report = _run_kafka(args, settings, source)
+    else:
+        report = run_replay(source, settings, progress=show_progress(args))
+    if args.plot:
+        from pipeline.plot import plot_timeline
+
+        plot_timeline(report, args.plot)
     if args.json:
         print_json(report.to_dict(with_timeline=args.timeline))
     else:
         print(render_text(report))
     return 0 if report.to_dict()["constraints_ok"] else 1
+
+
+def _run_kafka(args: argparse.Namespace, settings, source):
+    from pipeline.stream.kafka_replay import KafkaReplayOptions, run_kafka_replay
+
+    if args.workers < 0 or (args.workers == 0 and not args.attach) or args.message_size < 1:
+        raise UserError("--workers must be >= 1 (or 0 with --attach) and --message-size >= 1")
+    opts = KafkaReplayOptions(workers=0 if args.attach else args.workers, message_size=args.message_size,
+                              attach=args.attach, cold=args.cold, stats_worker=args.stats_worker,
+                              idle_timeout_s=args.idle_timeout, log_dir=Path(args.log_dir))
+    report, _ = run_kafka_replay(source, settings, opts, progress=show_progress(args))
+    return report

@@ -116,6 +116,10 @@ class WindowLedger:
             else:
                 self.block_learned.append(count)
 
+    def block_sizes(self) -> list[int]:
+        """Decisions in each block (all ``window`` except possibly the last)."""
+        return [min(self.window, self.decisions - i * self.window) for i in range(len(self.block_learned))]
+
     @property
     def max_window_fraction(self) -> float:
         """Most learned calls seen in any ``window`` consecutive decisions, over ``window``."""

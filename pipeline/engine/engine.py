@@ -46,6 +46,7 @@ class RoutePlan:
     """The pure first half of routing a batch (see module docstring)."""
 
     events: EventBatch  # accepted events only
+    accepted: np.ndarray  # bool over the input batch: which events were routed
     contexts: np.ndarray
     ctx_hash: np.ndarray
     keys: np.ndarray  # uint64 [n]
@@ -60,6 +61,8 @@ class RouteResult:
     """Decisions for the accepted events, the new windows, rejections and cache writes."""
 
     events: EventBatch
+    accepted: np.ndarray  # bool over the input batch
+    position: int  # engine decision index of the first decision (the governor's clock)
     contexts: np.ndarray  # int64 [n, W], what the learned router sees for each event
     decisions: DecisionBatch
     windows: dict[str, StreamWindow]
@@ -125,11 +128,13 @@ class VAREngine:
         hashes = context_hash(ctx.contexts[:, :-1])
         keys = cache_key(hashes, events.tokens, self.config.layer)
         unique, inverse = np.unique(keys, return_inverse=True)
-        return RoutePlan(events, ctx.contexts, hashes, keys, unique.tolist(), inverse, ctx.windows, ctx.rejections)
+        return RoutePlan(events, ctx.accepted, ctx.contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
+                         ctx.rejections)
 
     def complete(self, plan: RoutePlan, cached: Sequence[bytes | None]) -> RouteResult:
         """Assign tiers and produce decisions, given the cache lookups for ``plan.unique_keys``."""
         n, k = len(plan.events), self.router.spec.top_k
+        position = self.counters.decisions
         out = _DecisionArrays.allocate(n, k)
         hit = self._fill_cache_hits(plan, cached, out)
         tokens = plan.events.tokens
@@ -140,8 +145,8 @@ class VAREngine:
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer)
         self._count(decisions, len(plan.rejections))
-        return RouteResult(plan.events, plan.contexts, decisions, plan.windows, plan.rejections, write_keys,
-                           write_values)
+        return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
+                           plan.rejections, write_keys, write_values)
 
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""

@@ -1,0 +1,51 @@
+"""Every Redis key VAR uses, in one place.
+
+All keys start with ``var:{namespace}:``. ``{router}`` is the router id (decisions and tables
+of different routers never mix).
+
+=====================================  ========  =================================================
+key                                    type      contents
+=====================================  ========  =================================================
+``dc:{router}:{layer}:{key:016x}``     string    a cached learned decision (packed bytes), TTL
+``fp:{router}:current``                string    version number of the current fast-path table
+``fp:{router}:v{version}``             string    fast-path table version (JSON), TTL after superseded
+``fp:{router}:seq``                    string    last allocated table version (INCR)
+``stats:{router}:snapshot``            string    stats worker snapshot (statistics + offsets)
+=====================================  ========  =================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Key builder for one namespace and router."""
+
+    namespace: str
+    router_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"var:{self.namespace}:"
+
+    def decision_prefix(self, layer: int = 0) -> str:
+        return f"{self.prefix}dc:{self.router_id}:{layer}:"
+
+    def decision(self, key: int, layer: int = 0) -> str:
+        return f"{self.decision_prefix(layer)}{key:016x}"
+
+    @property
+    def table_pointer(self) -> str:
+        return f"{self.prefix}fp:{self.router_id}:current"
+
+    def table(self, version: int) -> str:
+        return f"{self.prefix}fp:{self.router_id}:v{version}"
+
+    @property
+    def table_sequence(self) -> str:
+        return f"{self.prefix}fp:{self.router_id}:seq"
+
+    @property
+    def stats_snapshot(self) -> str:
+        return f"{self.prefix}stats:{self.router_id}:snapshot"

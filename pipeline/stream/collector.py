@@ -1,0 +1,118 @@
+"""Consume routing outcomes (and dead letters) back from Kafka and account for completeness.
+
+Every outcome is identified by (stream, seq). The first outcome for an event counts; later ones
+are duplicates (a redelivered uncommitted tail after a worker died). Completeness compares the
+events produced with the distinct outcomes received.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+from tqdm import tqdm
+
+from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Collected:
+    """Distinct outcomes in arrival order, plus duplicate/invalid counts and dead letters."""
+
+    parts: list[Outcomes] = field(default_factory=list)
+    all_parts: list[Outcomes] = field(default_factory=list)  # duplicates included (for the budget ledger)
+    seen: set[tuple[str, int]] = field(default_factory=set)
+    duplicates: int = 0
+    invalid: int = 0
+    messages: int = 0
+    deadletters: list[tuple[bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
+    first_at: float | None = None
+    last_at: float | None = None
+
+    @property
+    def distinct(self) -> int:
+        return len(self.seen)
+
+    def outcomes(self) -> Outcomes:
+        return Outcomes.concat(self.parts)
+
+    def add(self, raw: bytes) -> None:
+        self.messages += 1
+        try:
+            part = decode_outcome(raw)
+        except OutcomeError as exc:
+            self.invalid += 1
+            log.warning("skipping invalid outcome: %s", exc)
+            return
+        self.all_parts.append(part)
+        keys = list(zip(part.streams, part.seqs.tolist()))
+        fresh = np.fromiter((k not in self.seen for k in keys), dtype=bool, count=len(keys))
+        self.duplicates += int((~fresh).sum())
+        if fresh.any():
+            self.seen.update(k for k, f in zip(keys, fresh) if f)
+            self.parts.append(_select(part, fresh) if not fresh.all() else part)
+        now = time.perf_counter()
+        self.first_at = self.first_at or now
+        self.last_at = now
+
+
+def _select(part: Outcomes, mask: np.ndarray) -> Outcomes:
+    idx = np.flatnonzero(mask)
+    return Outcomes([part.streams[i] for i in idx], part.seqs[idx], part.tokens[idx], part.experts[idx],
+                    part.weights[idx], part.confidence[idx], part.entropy[idx], part.tiers[idx], part.ctx[idx],
+                    part.positions[idx], part.table_versions[idx], [part.workers[i] for i in idx],
+                    [part.router_ids[i] for i in idx])
+
+
+async def collect(bootstrap: str, outcome_topic: str, expected: int, deadletter_topic: str | None = None,
+                  idle_timeout_s: float = 60.0, progress: bool = False, stop: asyncio.Event | None = None) -> Collected:
+    """Read both topics from the beginning until ``expected`` distinct outcomes arrived, or until
+    nothing new arrived for ``idle_timeout_s``, or ``stop`` is set."""
+    topics = [outcome_topic] + ([deadletter_topic] if deadletter_topic else [])
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    got = Collected()
+    last_progress = time.monotonic()
+    try:
+        with tqdm(total=expected, unit="tok", unit_scale=True, file=sys.stderr, disable=not progress,
+                  desc="outcomes") as bar:
+            while got.distinct < expected and not (stop and stop.is_set()):
+                batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                before = got.distinct
+                for tp, records in batches.items():
+                    for rec in records:
+                        if tp.topic == outcome_topic:
+                            got.add(rec.value)
+                        else:
+                            got.deadletters.append((rec.key, rec.value, dict(rec.headers or ())))
+                if got.distinct > before or any(batches.values()):
+                    bar.update(got.distinct - before)
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > idle_timeout_s:
+                    log.warning("no outcome for %.0f s; stopping with %d of %d", idle_timeout_s, got.distinct, expected)
+                    break
+            if deadletter_topic:
+                await _drain(consumer, got, outcome_topic)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def _drain(consumer: AIOKafkaConsumer, got: Collected, outcome_topic: str) -> None:
+    """A short final poll so dead letters produced alongside the last outcomes are seen."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        batches = await consumer.getmany(timeout_ms=200)
+        for tp, records in batches.items():
+            for rec in records:
+                if tp.topic == outcome_topic:
+                    got.add(rec.value)
+                else:
+                    got.deadletters.append((rec.key, rec.value, dict(rec.headers or ())))

@@ -1,0 +1,213 @@
+"""``var replay --via kafka``: the embedded replay's job, done by the streaming system.
+
+1. Offline phase in-process (the same code as the embedded replay) and publish the table to
+   Redis -- or publish nothing (``cold``) and let the stats worker build tables as it learns.
+2. Unless ``attach``, everything is scoped to a fresh run id: topics, consumer group and Redis
+   namespace, so a replay never sees another run's windows, cache or outcomes.
+3. Start ``workers`` router processes (and optionally the stats worker), produce the held-out
+   events (per-token or chunked messages), consume every outcome back.
+4. Report like the embedded replay, plus completeness; the exact reference decisions are
+   computed in-process from the same events.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.corpus.jsonl import iter_batches
+from pipeline.engine.budget import WindowLedger
+from pipeline.engine.context import StreamWindow, build_contexts
+from pipeline.engine.events import EventChunk, TIER_LABELS
+from pipeline.engine.table import RoutingTable
+from pipeline.outcomes import Outcomes
+from pipeline.quality import QualityAccumulator
+from pipeline.replay import Prepared, ReplayError, offline_phase
+from pipeline.report import ReplayReport
+from pipeline.settings import Settings
+from pipeline.sources import CorpusSource
+from pipeline.stores.keys import RedisKeys
+from pipeline.stores.redis_store import RedisRoutingStore
+
+from .collector import Collected, collect
+from .producer import produce_chunks, rechunk
+from .topics import ensure_topics, pipeline_topics
+from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KafkaReplayOptions:
+    workers: int = 1
+    message_size: int = 1
+    attach: bool = False
+    cold: bool = False
+    stats_worker: bool = False
+    rate: float | None = None
+    idle_timeout_s: float = 90.0
+    log_dir: Path = Path(".var/logs")
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+def scoped_settings(settings: Settings, run_id: str, vocab_size: int) -> Settings:
+    """Run-scoped topics, consumer group and Redis namespace."""
+    return settings.with_(
+        topic_tokens=f"{settings.topic_tokens}-{run_id}", topic_outcomes=f"{settings.topic_outcomes}-{run_id}",
+        topic_deadletter=f"{settings.topic_deadletter}-{run_id}", app_id=f"{settings.app_id}-{run_id}",
+        namespace=f"{settings.namespace}-{run_id}", vocab_size=vocab_size)
+
+
+async def publish_initial_table(settings: Settings, table: RoutingTable) -> int:
+    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table.router_id), settings.cache_ttl_s)
+    try:
+        return await store.publish_table(table)
+    finally:
+        await store.close()
+
+
+async def _watch_workers(pool: WorkerPool, stop: asyncio.Event) -> None:
+    """Stop collecting as soon as every router worker has exited (a crash, not a hang)."""
+    routers = [w for w in pool.workers if w.name.startswith("router")]
+    while not stop.is_set():
+        if routers and all(not w.alive() for w in routers):
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _produce_and_collect(chunks: list[EventChunk], settings: Settings, opts: KafkaReplayOptions,
+                               pool: WorkerPool, progress: bool) -> tuple[Collected, float]:
+    expected = sum(len(c) for c in chunks)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_workers(pool, stop))
+    start = time.perf_counter()
+    collector = asyncio.create_task(collect(settings.kafka_bootstrap, settings.topic_outcomes, expected,
+                                            settings.topic_deadletter, opts.idle_timeout_s, progress, stop))
+    await produce_chunks(rechunk(chunks, opts.message_size), settings.kafka_bootstrap, settings.topic_tokens,
+                         opts.rate, progress=False, total=expected)
+    got = await collector
+    stop.set()
+    await watcher
+    return got, start
+
+
+def _check_workers(pool: WorkerPool) -> None:
+    crashed = [w for w in pool.workers if not w.alive() and w.process.returncode not in (0, -15)]
+    if crashed and all(not w.alive() for w in pool.workers if w.name.startswith("router")):
+        w = crashed[0]
+        last = w.log_tail(1).strip() or "no output"
+        raise ReplayError(f"worker {w.name} exited with status {w.process.returncode} ({last}); log: {w.log_path}")
+
+
+def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Settings) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(streams, seqs, tokens, experts, weights) of the learned router for every event, in order."""
+    windows: dict[str, StreamWindow] = {}
+    parts = []
+    for batch in iter_batches(chunks, settings.batch_size):
+        ctx = build_contexts(batch, windows, settings.window)
+        windows.update(ctx.windows)
+        out = prepared.router.route(ctx.contexts)
+        parts.append((batch.streams, batch.seqs, batch.tokens, out.experts, out.weights))
+    streams = [s for p in parts for s in p[0]]
+    return streams, *(np.concatenate([p[i] for p in parts]) for i in range(1, 5))  # type: ignore[return-value]
+
+
+def _align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarray:
+    """For each reference event, the row of its outcome (-1 if none)."""
+    names = {s: i for i, s in enumerate(dict.fromkeys(streams))}
+    ref = np.fromiter((names[s] for s in streams), np.int64, len(streams)) * (1 << 40) + seqs
+    got = np.fromiter((names.get(s, -1) for s in outcomes.streams), np.int64, len(outcomes)) * (1 << 40) + outcomes.seqs
+    order = np.argsort(got)
+    pos = np.searchsorted(got[order], ref)
+    pos = np.minimum(pos, max(0, len(got) - 1))
+    hit = (len(got) > 0) & (got[order][pos] == ref) if len(got) else np.zeros(len(ref), bool)
+    return np.where(hit, order[pos] if len(got) else -1, -1)
+
+
+def budget_ledger(all_outcomes: Outcomes, window: int) -> tuple[int, list[int], list[int]]:
+    """Per worker, learned calls in decision order (from ``pos``): max sliding window, blocks, sizes."""
+    best, blocks, sizes = 0, [], []
+    workers = np.asarray(all_outcomes.workers, dtype=object)
+    for name in sorted(set(all_outcomes.workers)):
+        mine = workers == name
+        pos, learned = all_outcomes.positions[mine], all_outcomes.tiers[mine] == TIER_LABELS.index("learned")
+        flags = np.zeros(int(pos.max()) + 1 if len(pos) else 0, dtype=bool)
+        flags[pos] = learned
+        ledger = WindowLedger(window)
+        ledger.record(flags)
+        best = max(best, ledger.max_sliding)
+        blocks.extend(ledger.block_learned)
+        sizes.extend(ledger.block_sizes())
+    return best, blocks, sizes
+
+
+def _held_out(source: CorpusSource, settings: Settings, opts: KafkaReplayOptions) -> tuple[Prepared, list[EventChunk]]:
+    prepared, rest = offline_phase(source, settings)
+    if opts.cold:
+        spec = prepared.router.spec
+        prepared.table = RoutingTable.empty(spec.vocab_size, spec.num_experts, spec.top_k, prepared.router.router_id)
+        prepared.table_source = "cold start (empty table)"
+    return prepared, list(rest)
+
+
+def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplayOptions,
+                     progress: bool = False) -> tuple[ReplayReport, Collected]:
+    """Run the replay through Kafka, Faust workers and Redis; see the module docstring."""
+    wall_start = time.perf_counter()
+    prepared, chunks = _held_out(source, settings, opts)
+    run = settings.with_(vocab_size=prepared.vocab_size) if opts.attach else \
+        scoped_settings(settings, opts.run_id, prepared.vocab_size)
+    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
+    if not opts.cold:
+        prepared.table.version = asyncio.run(publish_initial_table(run, prepared.table))
+    pool = WorkerPool(run, opts.log_dir / opts.run_id)
+    try:
+        pool.start_routers(opts.workers)
+        if opts.stats_worker:
+            pool.start("stats", ("stats", "worker"))
+        got, start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress))
+        _check_workers(pool)
+    finally:
+        pool.stop_all()
+    report = build_kafka_report(source, run, prepared, chunks, got, start, wall_start, opts)
+    return report, got
+
+
+def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepared, chunks: list[EventChunk],
+                       got: Collected, start: float, wall_start: float, opts: KafkaReplayOptions) -> ReplayReport:
+    outcomes = got.outcomes()
+    streams, seqs, tokens, exact_e, exact_w = exact_reference(prepared, chunks, settings)
+    rows = _align(outcomes, streams, seqs)
+    have = rows >= 0
+    quality = QualityAccumulator(prepared.vocab_size, settings.experts, settings.seed, settings.quality_sample)
+    if have.any():
+        r = rows[have]
+        quality.add([s for s, h in zip(streams, have) if h], tokens[have], outcomes.experts[r], outcomes.weights[r],
+                    exact_e[have], exact_w[have])
+    max_window, blocks, sizes = budget_ledger(Outcomes.concat(got.all_parts), settings.budget_window)
+    counts = np.bincount(outcomes.tiers.astype(np.int64), minlength=len(TIER_LABELS))
+    events_in = len(tokens)
+    versions = sorted(set(outcomes.table_versions.tolist()))
+    return ReplayReport(
+        source=source.name, mode=f"kafka ({opts.workers} worker{'s' if opts.workers != 1 else ''}, "
+                                 f"{opts.message_size} token{'s' if opts.message_size != 1 else ''}/message)",
+        router={"id": prepared.router.router_id, "kind": prepared.router.spec.kind, "device": settings.device},
+        table={"version": max(versions) if versions else prepared.table.version, "size": prepared.table.size,
+               "source": prepared.table_source, "versions_seen": versions},
+        tokens=len(outcomes), train_tokens=prepared.train_tokens,
+        tiers={label: int(counts[i]) for i, label in enumerate(TIER_LABELS)},
+        cache_lookups=len(outcomes), learned_calls=int(counts[TIER_LABELS.index("learned")]),
+        budget=settings.budget, budget_window=settings.budget_window, governor=settings.governor,
+        max_window_learned=max_window, window_learned=blocks, window_sizes=sizes, quality=quality.result(),
+        routing_s=(got.last_at or start) - (got.first_at or start), wall_s=time.perf_counter() - wall_start,
+        completeness={"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
+                      "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
+                      "deadletters": len(got.deadletters), "complete": bool(have.all()) and got.invalid == 0,
+                      "run_id": opts.run_id},
+    )

@@ -1,0 +1,152 @@
+"""What a router worker does with one micro-batch of Kafka messages -- without touching Kafka.
+
+The Faust agent (``pipeline.stream.app``) hands over raw messages and a window lookup and gets
+back the outcome and dead-letter messages and the windows to write; the routing store is the
+only I/O here, and it is an injected interface (Redis in production, memory in tests).
+
+Per batch: parse every message (bad ones go to the dead-letter list with the reason), build one
+EventBatch, compute contexts from the streams' windows, ONE store fetch (cache + table pointer),
+swap the table if its version moved, route (cache -> fast path -> learned, governor), ONE store
+write. Events whose seq does not increase are dead-lettered -- unless their offset shows they
+are redeliveries of messages already routed before a crash or rebalance, which are skipped.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import orjson
+
+from pipeline.engine.context import REDELIVERED, StreamWindow
+from pipeline.engine.engine import RouteResult, VAREngine
+from pipeline.engine.events import EventBatch, EventChunk
+from pipeline.engine.records import RecordError, parse_record_bytes
+from pipeline.outcomes import encode_outcomes
+from pipeline.stores.base import RoutingStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """A consumed Kafka message (only what routing needs)."""
+
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message: the original bytes and why."""
+
+    key: bytes | None
+    value: bytes
+    reason: str
+    partition: int
+    offset: int
+
+    def headers(self, source_topic: str) -> dict[str, bytes]:
+        return {"var-reason": self.reason.encode(), "var-source-topic": source_topic.encode(),
+                "var-partition": str(self.partition).encode(), "var-offset": str(self.offset).encode()}
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    outcomes: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    windows: dict[str, StreamWindow] = field(default_factory=dict)
+    routed: int = 0
+    redelivered: int = 0
+    result: RouteResult | None = None
+
+
+WindowLookup = Callable[[str], "StreamWindow | None"]
+
+
+class RouterProcessor:
+    """Routes message batches with one engine and one routing store."""
+
+    def __init__(self, engine: VAREngine, store: RoutingStore, worker: str) -> None:
+        self.engine = engine
+        self.store = store
+        self.worker = worker
+        self.table_reloads = 0
+
+    def _parse(self, messages: list[InMessage], out: BatchOutput) -> tuple[list[EventChunk], list[int]]:
+        """Valid chunks (and the index of their message); invalid messages are dead-lettered."""
+        vocab = self.engine.router.spec.vocab_size
+        chunks, origin = [], []
+        for i, msg in enumerate(messages):
+            try:
+                chunk = parse_record_bytes(msg.value, msg.offset, vocab)
+                if msg.key is not None and msg.key != chunk.stream.encode():
+                    raise RecordError(f"message key {msg.key!r} does not match stream {chunk.stream!r}")
+            except RecordError as exc:
+                out.deadletters.append(DeadLetter(msg.key, msg.value, str(exc), msg.partition, msg.offset))
+                continue
+            chunks.append(chunk)
+            origin.append(i)
+        return chunks, origin
+
+    async def _refresh_table(self, version: int | None) -> None:
+        if version is None or version == self.engine.table.version:
+            return
+        table = await self.store.load_table(version)
+        if table is None:
+            log.warning("fast-path table v%s announced but not loadable; keeping v%s", version,
+                        self.engine.table.version)
+            return
+        try:
+            self.engine.set_table(table)
+        except ValueError as exc:
+            log.error("ignoring fast-path table v%s: %s", version, exc)
+            return
+        self.table_reloads += 1
+        log.info("fast-path table v%s loaded (%s tokens)", version, table.size)
+
+    async def process(self, messages: list[InMessage], lookup: WindowLookup) -> BatchOutput:
+        """Route one batch; see the module docstring for the steps and guarantees."""
+        out = BatchOutput()
+        chunks, origin = self._parse(messages, out)
+        if not chunks:
+            return out
+        batch = EventBatch.from_chunks(chunks)
+        windows = {name: w for name in batch.stream_names if (w := lookup(name)) is not None}
+        plan = self.engine.prepare(batch, windows)
+        cached, version = await self.store.fetch(plan.unique_keys)
+        await self._refresh_table(version)
+        result = self.engine.complete(plan, cached)
+        await self.store.write(result.cache_keys, result.cache_values)
+        lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
+        message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
+        self._reject(batch, result, message_of_row, messages, out)
+        out.outcomes = encode_outcomes(result, message_of_row[result.accepted], self.worker)
+        out.windows = result.windows
+        out.routed = len(result.events)
+        out.result = result
+        return out
+
+    def _reject(self, batch: EventBatch, result: RouteResult, message_of_row: np.ndarray,
+                messages: list[InMessage], out: BatchOutput) -> None:
+        """Dead-letter each message with out-of-order events once; count redeliveries."""
+        seen: set[int] = set()
+        for rejection in result.rejections:
+            if rejection.kind == REDELIVERED:
+                out.redelivered += 1
+                continue
+            index = int(message_of_row[rejection.index])
+            if index in seen:
+                continue
+            seen.add(index)
+            msg = messages[index]
+            out.deadletters.append(DeadLetter(msg.key, msg.value, rejection.reason, msg.partition, msg.offset))
+
+
+def deadletter_record(letter: DeadLetter) -> bytes:
+    """A readable JSON rendering of a dead letter (for logs and ``var outcomes tail``)."""
+    return orjson.dumps({"reason": letter.reason, "partition": letter.partition, "offset": letter.offset,
+                         "value": letter.value.decode("utf-8", errors="replace")})

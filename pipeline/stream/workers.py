@@ -1,0 +1,91 @@
+"""Local worker processes: the same topology as docker compose, without Docker.
+
+Each worker is a separate OS process running ``python -m pipeline worker`` (or the stats
+worker) with the settings passed through the environment -- exactly what a compose service
+gets. Used by ``var replay --via kafka --workers N``, ``var stack up --workers N`` and the
+integration tests (which also kill -9 workers to test take-over).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.settings import Settings, settings_env
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def worker_env(settings: Settings, name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(settings_env(settings))
+    env["VAR_WORKER_NAME"] = name
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass
+class WorkerPool:
+    """Start, stop and kill local worker processes; logs go to ``log_dir``."""
+
+    settings: Settings
+    log_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start(self, name: str, command: tuple[str, ...] = ("worker",)) -> WorkerProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        handle = open(log_path, "ab")
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", *command], env=worker_env(self.settings, name),
+                                   stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        handle.close()
+        worker = WorkerProcess(name, process, log_path)
+        self.workers.append(worker)
+        return worker
+
+    def start_routers(self, count: int, prefix: str = "router") -> list[WorkerProcess]:
+        return [self.start(f"{prefix}-{i}") for i in range(count)]
+
+    def kill(self, worker: WorkerProcess) -> None:
+        """SIGKILL: the worker gets no chance to commit or leave the group."""
+        if worker.alive():
+            worker.process.send_signal(signal.SIGKILL)
+            worker.process.wait(10)
+
+    def stop_all(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every live worker, then SIGKILL whatever did not exit in time."""
+        for w in self.workers:
+            if w.alive():
+                w.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                w.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait(5)
+
+    def dead(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if not w.alive()]
