@@ -71,11 +71,13 @@ def thresholds(settings: Settings) -> Thresholds:
 
 
 def resolve_vocab(settings: Settings, max_token: int) -> int:
-    """The configured vocabulary size, or the corpus's (largest token + 1)."""
+    """The configured vocabulary size, or the corpus's (largest token + 1).
+
+    A configured size is not checked here: the corpus reader rejects each out-of-vocabulary
+    token with its line number.
+    """
     if settings.vocab_size is None:
         return max(1, max_token + 1)
-    if max_token >= settings.vocab_size:
-        raise ReplayError(f"corpus has token {max_token}, outside --vocab-size {settings.vocab_size}")
     return settings.vocab_size
 
 

@@ -101,7 +101,7 @@ class WindowLedger:
             self.max_sliding = max(self.max_sliding, int(windows.max()))
         else:
             self.max_sliding = max(self.max_sliding, int(ext.sum()))
-        self._tail = ext[len(ext) - (self.window - 1) :] if self.window > 1 else ext[:0]
+        self._tail = ext[max(0, len(ext) - (self.window - 1)) :] if self.window > 1 else ext[:0]
         self.decisions += len(flags)
 
     def _record_blocks(self, flags: np.ndarray) -> None:

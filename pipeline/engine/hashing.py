@@ -30,21 +30,17 @@ def _as_u64(tokens: np.ndarray) -> np.ndarray:
     return (tokens.astype(np.int64) + 2).astype(np.uint64)
 
 
-def _position_multiplier(j: int) -> np.uint64:
-    """A distinct odd 64-bit multiplier per window position."""
-    return np.uint64((0x9E3779B97F4A7C15 * (2 * j + 3)) & 0xFFFFFFFFFFFFFFFF | 1)
-
-
 def context_hash(prev_tokens: np.ndarray) -> np.ndarray:
     """Hash of each row of ``prev_tokens`` ([n, w] int, PAD = -1), order-sensitive.
 
-    ``mix64(sum_j (token_j + 2) * M_j)`` with a distinct odd multiplier per position; a row with
-    ``w == 0`` columns hashes to a constant, so a window of 1 still works.
+    A mixing step per position -- ``h = mix64(h * G ^ (token + 2))`` -- so distinct windows
+    collide only as often as random 64-bit values do. A row with ``w == 0`` columns hashes to a
+    constant, so a window of 1 still works.
     """
-    acc = np.full(len(prev_tokens), 0x243F6A8885A308D3, dtype=np.uint64)
+    h = np.full(len(prev_tokens), 0x243F6A8885A308D3, dtype=np.uint64)
     for j in range(prev_tokens.shape[1]):
-        acc += _as_u64(prev_tokens[:, j]) * _position_multiplier(j)
-    return mix64(acc)
+        h = mix64((h * _GOLDEN) ^ _as_u64(prev_tokens[:, j]))
+    return h
 
 
 def cache_key(ctx_hash: np.ndarray, tokens: np.ndarray, layer: int = 0) -> np.ndarray:

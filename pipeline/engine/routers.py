@@ -67,7 +67,8 @@ class RouterSpec:
         """Stable identifier recorded in every decision and used to scope cache keys."""
         return (
             f"{self.kind}-v{self.vocab_size}-h{self.hidden}-e{self.num_experts}-k{self.top_k}"
-            f"-w{self.window}-s{self.seed}"
+            f"-w{self.window}-s{self.seed}-a{self.ambiguous_fraction:g}-c{self.context_scale:g}"
+            f"-l{self.logit_scale:g}"
         )
 
     @classmethod
@@ -177,7 +178,7 @@ def read_out(logits: np.ndarray, top_k: int) -> RouterOutput:
     ``i``'s result never depends on the other rows.
     """
     num_experts, n = logits.shape[1], logits.shape[0]
-    z = np.ascontiguousarray(logits.T, dtype=np.float32)
+    z = np.array(logits.T, dtype=np.float32, order="C", copy=True)
     z -= z.max(axis=0)
     ez = np.exp(z)
     total = ez.sum(axis=0)

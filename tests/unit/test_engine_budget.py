@@ -151,12 +151,6 @@ def test_ledger_matches_brute_force_with_batches_of_at_least_window_minus_one(se
     assert ledger.block_fractions() == [b / window for b in blocks]
 
 
-LEDGER_BUG = ("BUG: WindowLedger.record keeps ext[len(ext) - (window - 1):] as the tail; when fewer than "
-              "window-1 flags have been seen that start index is negative and drops the oldest flags, so "
-              "max_sliding under-counts with batches smaller than the window")
-
-
-@pytest.mark.xfail(reason=LEDGER_BUG, strict=True)
 def test_ledger_small_batches_minimal():
     ledger = WindowLedger(10)
     ledger.record(np.ones(6, bool))
@@ -164,7 +158,6 @@ def test_ledger_small_batches_minimal():
     assert ledger.max_sliding == 9
 
 
-@pytest.mark.xfail(reason=LEDGER_BUG, strict=True)
 @pytest.mark.parametrize("seed", range(3))
 def test_ledger_matches_brute_force_with_random_batch_sizes(seed):
     rng = np.random.default_rng(seed)

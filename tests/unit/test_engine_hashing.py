@@ -51,17 +51,12 @@ def _repo_root():
     return str(pathlib.Path(__file__).resolve().parents[2])
 
 
-HASH_BUG = ("BUG: hashing.context_hash multiplies each position by G*(2j+3) (all multiples of one constant), "
-            "so the hash only depends on sum_j (2j+3)*(token_j+2): e.g. [2,1,3] and [1,3,2] collide")
-
-
 def test_order_sensitive_for_swapped_pairs():
     # swapping two positions changes sum_j (2j+3)*(t_j+2) unless the tokens are equal
     h = context_hash(ctx([1, 2, 3], [3, 2, 1], [2, 1, 3], [1, 3, 2], [2, 3, 1], [3, 1, 2]))
     assert h[0] != h[1] and h[0] != h[2] and h[0] != h[3]
 
 
-@pytest.mark.xfail(reason=HASH_BUG, strict=True)
 def test_order_sensitive_all_permutations():
     rows = ctx(*itertools.permutations([1, 2, 3]))
     assert len(set(context_hash(rows).tolist())) == 6
@@ -89,7 +84,6 @@ def test_cache_key_distinguishes_context_token_and_layer():
     assert len(layers) == 16
 
 
-@pytest.mark.xfail(reason=HASH_BUG + " (68921 contexts give only 595 distinct hashes)", strict=True)
 def test_no_collisions_among_all_three_token_contexts():
     symbols = np.arange(-1, 40)  # PAD plus a 40-token vocabulary
     rows = np.array(list(itertools.product(symbols.tolist(), repeat=3)), dtype=np.int64)
@@ -97,7 +91,6 @@ def test_no_collisions_among_all_three_token_contexts():
     assert len(np.unique(h)) == len(rows) == 41**3
 
 
-@pytest.mark.xfail(reason=HASH_BUG, strict=True)
 def test_no_cache_key_collisions_among_two_token_contexts():
     symbols = np.arange(-1, 40)
     pairs = np.array(list(itertools.product(symbols.tolist(), repeat=2)), dtype=np.int64)
