@@ -97,6 +97,7 @@ class Settings:
     take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
                                     _at_least(0.001))
     worker_name: str | None = _setting(None, "VAR_WORKER_NAME", "worker name in outcomes and logs (default host-pid)")
+    log_level: str = _setting("warning", "VAR_LOG_LEVEL", "worker log level", choices=("debug", "info", "warning", "error"))
     session_timeout_s: float = _setting(10.0, "VAR_SESSION_TIMEOUT_S",
                                         "Kafka consumer session timeout (how fast a dead worker is noticed)",
                                         _at_least(1))

@@ -9,12 +9,11 @@ from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, add_settings, settings_fr
 
 SERVICE_SETTINGS = ("kafka_bootstrap", "redis_url", "namespace", "redis_timeout_s", "topic_tokens", "topic_outcomes",
                     "topic_deadletter", "partitions", "app_id", "take_max", "take_within_s", "worker_name",
-                    "session_timeout_s")
+                    "session_timeout_s", "log_level")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a router worker: tokens topic -> VAR -> outcomes topic")
-    p.add_argument("--loglevel", default="warning", choices=("debug", "info", "warning", "error"))
     add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + SERVICE_SETTINGS)
     p.set_defaults(handler=run)
 
@@ -25,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_vocab(settings)
-    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings)))
-    run_worker(settings, args.loglevel)
+    run_worker(settings, settings.log_level)
     return 0

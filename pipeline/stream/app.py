@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from pipeline.engine.context import StreamWindow
 from pipeline.engine.engine import VAREngine
@@ -36,6 +37,7 @@ from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
 
+from .continuity import KafkaStartOffsets, OffsetContinuity
 from .processor import BatchOutput, InMessage, RouterProcessor
 
 log = logging.getLogger(__name__)
@@ -107,10 +109,12 @@ def create_app(settings: Settings) -> RouterApp:
     tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, **raw)
     outcomes = app.topic(settings.topic_outcomes, **raw)
     deadletter = app.topic(settings.topic_deadletter, **raw)
-    schema = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
-    windows = app.Table("windows", default=None, partitions=settings.partitions, schema=schema,
+    # key_type=bytes makes Faust use the raw codec for keys (the changelog key == the message key);
+    # values are JSON lists.
+    windows = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
                         use_partitioner=True)
     stats = {"batches": 0, "routed": 0, "deadletters": 0, "redelivered": 0}
+    continuity = OffsetContinuity(KafkaStartOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens))
 
     def lookup(stream: str) -> StreamWindow | None:
         value = windows.get(stream.encode())
@@ -125,10 +129,20 @@ def create_app(settings: Settings) -> RouterApp:
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
+        seen_generation = None
         async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
-            messages = [InMessage(e.message.key, e.message.value, e.message.partition, e.message.offset)
-                        for e in events]
+            generation = app.consumer_generation_id
+            if generation != seen_generation:
+                continuity.reset()
+                seen_generation = generation
+            messages, seeks = await continuity.admit(current_messages(events, generation))
+            for partition, offset in seeks.items():
+                await app.consumer.seek(TP(settings.topic_tokens, partition), offset)
+            if not messages:
+                continue
             out = await processor.process(messages, lookup)
+            log.debug("batch of %d messages: %d routed, %d dead letters, %d redelivered", len(messages),
+                      out.routed, len(out.deadletters), out.redelivered)
             await publish(out)
             for stream_id, window in out.windows.items():
                 windows[stream_id.encode()] = window.to_list()
@@ -138,6 +152,30 @@ def create_app(settings: Settings) -> RouterApp:
             stats["redelivered"] += out.redelivered
 
     return RouterApp(app, processor, store, stats)
+
+
+def current_messages(events: list, generation: int | None) -> list[InMessage]:
+    """The batch's messages in (partition, offset) order, without stale or repeated ones.
+
+    Events fetched before a rebalance (an older consumer generation) are dropped: after the
+    rebalance Faust seeks back to the committed offsets and fetches them again, and routing the
+    stale copies first would advance windows past events not yet routed.
+    """
+    seen: set[tuple[int, int]] = set()
+    fresh = []
+    for event in events:
+        msg = event.message
+        if generation is not None and msg.generation_id not in (None, generation):
+            log.info("dropping stale message p%s@%s (generation %s, now %s)", msg.partition, msg.offset,
+                     msg.generation_id, generation)
+            continue
+        if (msg.partition, msg.offset) not in seen:
+            seen.add((msg.partition, msg.offset))
+            fresh.append(InMessage(msg.key, msg.value, msg.partition, msg.offset))
+    if len(fresh) < len(events):
+        log.info("dropped %d stale or repeated messages from a batch of %d", len(events) - len(fresh), len(events))
+    fresh.sort(key=lambda m: (m.partition, m.offset))
+    return fresh
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:

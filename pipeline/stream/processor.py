@@ -137,6 +137,7 @@ class RouterProcessor:
         for rejection in result.rejections:
             if rejection.kind == REDELIVERED:
                 out.redelivered += 1
+                log.debug("skipping redelivered event: %s", rejection.reason)
                 continue
             index = int(message_of_row[rejection.index])
             if index in seen:

@@ -47,3 +47,32 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
         raise TopicError(f"Kafka admin request failed: {exc}") from None
     finally:
         await admin.close()
+
+
+async def group_members(bootstrap: str, group_id: str) -> tuple[str, int]:
+    """(state, number of members) of a consumer group, e.g. ("Stable", 2)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    group = responses[0].to_object()["groups"][0]
+    return str(group.get("state", "")), len(group.get("members", []))
+
+
+async def wait_for_group(bootstrap: str, group_id: str, members: int, timeout_s: float = 60.0) -> bool:
+    """Wait until the group is Stable with at least ``members`` members (workers are assigned)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state, count = await group_members(bootstrap, group_id)
+        except KafkaError:
+            state, count = "unknown", 0
+        if state == "Stable" and count >= members:
+            return True
+        await asyncio.sleep(0.5)
+    return False
