@@ -97,6 +97,23 @@ class Settings:
     take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
                                     _at_least(0.001))
     worker_name: str | None = _setting(None, "VAR_WORKER_NAME", "worker name in outcomes and logs (default host-pid)")
+    metrics_port: int = _setting(0, "VAR_METRICS_PORT", "Prometheus metrics HTTP port of a worker (0 = off)",
+                                 _at_least(0))
+    log_format: str = _setting("text", "VAR_LOG_FORMAT", "worker log format", choices=("text", "json"))
+    # --- stats refresher (workers/) ---
+    stats_group: str = _setting("var-stats", "VAR_STATS_GROUP", "consumer group of the stats refresher worker")
+    refresh_every: int = _setting(20000, "VAR_REFRESH_EVERY", "stats worker: publish a new table after N outcomes",
+                                  _at_least(1))
+    refresh_interval_s: float = _setting(10.0, "VAR_REFRESH_INTERVAL_S", "stats worker: or after T seconds (when anything changed)",
+                                         _at_least(0.1))
+    stats_decay: float = _setting(1.0, "VAR_STATS_DECAY",
+                                  "multiply statistics by this at every refresh (1 = never forget)", _within(0.01, 1))
+    table_grace_s: float = _setting(300.0, "VAR_TABLE_GRACE_S", "superseded table versions expire after this long",
+                                    _at_least(1))
+    adaptive: bool = _setting(False, "VAR_ADAPTIVE", "choose fast-path thresholds from the statistics to meet "
+                                                     "--adaptive-target")
+    adaptive_target: float = _setting(0.10, "VAR_ADAPTIVE_TARGET", "learned-router share the adaptive thresholds aim for",
+                                      _within(0, 1))
     log_level: str = _setting("warning", "VAR_LOG_LEVEL", "worker log level", choices=("debug", "info", "warning", "error"))
     session_timeout_s: float = _setting(10.0, "VAR_SESSION_TIMEOUT_S",
                                         "Kafka consumer session timeout (how fast a dead worker is noticed)",
