@@ -1,0 +1,102 @@
+"""Prometheus metrics and structured logs for the workers.
+
+Every worker process exposes its metrics over HTTP (``VAR_METRICS_PORT``; 0 = off) at
+``/metrics``. Metric names start with ``var_``; each worker has its own registry so tests can
+run several in one process. Logs are plain text or one JSON object per line
+(``VAR_LOG_FORMAT=json``) carrying the worker name and any ``extra`` context (stream, batch...).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+
+
+class RouterMetrics:
+    """Metrics of a router worker (all in one registry)."""
+
+    def __init__(self, worker: str, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        labels = {"worker": worker}
+        self.decisions = Counter("var_decisions", "Routing decisions by tier", ["worker", "tier"], registry=r)
+        self.learned_share = Gauge("var_learned_share", "Learned-router share of all decisions so far",
+                                   ["worker"], registry=r).labels(**labels)
+        self.window_max = Gauge("var_learned_share_window_max",
+                                "Max learned-router share in any budget window so far", ["worker"],
+                                registry=r).labels(**labels)
+        self.cache_hit_rate = Gauge("var_cache_hit_rate", "Decision-cache hits / lookups so far", ["worker"],
+                                    registry=r).labels(**labels)
+        self.batch_size = Histogram("var_batch_size", "Messages per routed micro-batch", ["worker"],
+                                    buckets=_BATCH_BUCKETS, registry=r).labels(**labels)
+        self.latency = Histogram("var_route_batch_seconds", "Time to route one micro-batch (incl. Redis)",
+                                 ["worker"], buckets=_LATENCY_BUCKETS, registry=r).labels(**labels)
+        self.redis_round_trips = Counter("var_redis_round_trips", "Redis round trips", ["worker"],
+                                         registry=r).labels(**labels)
+        self.redis_degraded = Counter("var_redis_degraded", "Redis calls skipped or failed (degraded mode)",
+                                      ["worker"], registry=r).labels(**labels)
+        self.table_version = Gauge("var_table_version", "Fast-path table version in use", ["worker"],
+                                   registry=r).labels(**labels)
+        self.deadletters = Counter("var_deadletters", "Messages sent to the dead-letter topic", ["worker"],
+                                   registry=r).labels(**labels)
+        self.redelivered = Counter("var_redelivered", "Redelivered events skipped (already routed)", ["worker"],
+                                   registry=r).labels(**labels)
+        self.offset_gaps = Counter("var_offset_gaps", "Undelivered offsets detected and re-fetched", ["worker"],
+                                   registry=r).labels(**labels)
+        self.consumer_lag = Gauge("var_consumer_lag", "Messages behind the end of the token topic",
+                                  ["worker", "partition"], registry=r)
+        self._worker = worker
+        self._seen_redis = (0, 0)
+
+    def tier(self, tier: str) -> Counter:
+        return self.decisions.labels(worker=self._worker, tier=tier)
+
+    def observe_redis(self, round_trips: int, degraded: int) -> None:
+        """Advance the Redis counters to the store's running totals."""
+        seen_trips, seen_degraded = self._seen_redis
+        self.redis_round_trips.inc(max(0, round_trips - seen_trips))
+        self.redis_degraded.inc(max(0, degraded - seen_degraded))
+        self._seen_redis = (round_trips, degraded)
+
+
+def serve_metrics(port: int, registry: CollectorRegistry) -> None:
+    """Expose ``registry`` on 0.0.0.0:``port`` at /metrics (no-op for port 0)."""
+    if port:
+        start_http_server(port, registry=registry)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, worker and any extra fields."""
+
+    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "worker": self.worker,
+            "message": record.getMessage(),
+        }
+        data.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def configure_logging(level: str, fmt: str, worker: str) -> None:
+    """Root logging for a worker process: text or JSON lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else
+                         logging.Formatter(f"%(asctime)s %(levelname)s [{worker}] %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
