@@ -52,17 +52,18 @@ class RouterMetrics:
         self.consumer_lag = Gauge("var_consumer_lag", "Messages behind the end of the token topic",
                                   ["worker", "partition"], registry=r)
         self._worker = worker
-        self._seen_redis = (0, 0)
+        self._seen = (0, 0, 0)
 
     def tier(self, tier: str) -> Counter:
         return self.decisions.labels(worker=self._worker, tier=tier)
 
-    def observe_redis(self, round_trips: int, degraded: int) -> None:
-        """Advance the Redis counters to the store's running totals."""
-        seen_trips, seen_degraded = self._seen_redis
+    def observe_totals(self, round_trips: int, degraded: int, offset_gaps: int) -> None:
+        """Advance the counters kept elsewhere as running totals (Redis store, offset guard)."""
+        seen_trips, seen_degraded, seen_gaps = self._seen
         self.redis_round_trips.inc(max(0, round_trips - seen_trips))
         self.redis_degraded.inc(max(0, degraded - seen_degraded))
-        self._seen_redis = (round_trips, degraded)
+        self.offset_gaps.inc(max(0, offset_gaps - seen_gaps))
+        self._seen = (round_trips, degraded, offset_gaps)
 
 
 def serve_metrics(port: int, registry: CollectorRegistry) -> None:

@@ -1,12 +1,83 @@
-"""``var stack up|down|status``: local Kafka + Redis (and workers) without Docker."""
+"""``var stack up|down|status``: the compose topology as local processes, without Docker.
+
+``var stack up`` starts a real Kafka broker (jars from Maven Central) and Redis; with
+``--workers N`` it also starts N router workers and, with ``--stats-worker``, the stats
+refresher -- each a separate process recorded in the stack state, so ``var stack status``
+lists them and ``var stack down`` stops them (workers first).
+"""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 
+from pipeline.settings import Settings, settings_env
 from pipeline.stack import cli as stack_cli
+from pipeline.stack.local_stack import LocalStack
+
+from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_settings, settings_from
+
+_WORKER_SETTINGS = ("namespace", "topic_tokens", "topic_outcomes", "topic_deadletter", "app_id", "take_max",
+                    "take_within_s", "session_timeout_s", "log_level", "log_format", "refresh_every",
+                    "refresh_interval_s", "stats_decay", "adaptive", "adaptive_target")
+DEFAULT_VOCAB = 1000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stack", help="start/stop/inspect the local stack (real Kafka from Maven jars, Redis)")
+    p = sub.add_parser("stack", help="local stack: real Kafka (Maven jars) + Redis, and worker processes",
+                       description=__doc__)
     stack_cli.add_arguments(p)
-    p.set_defaults(handler=stack_cli.run)
+    group = p.add_argument_group("workers (up)")
+    group.add_argument("--workers", type=int, default=0, help="router worker processes to start (default 0)")
+    group.add_argument("--stats-worker", action="store_true", help="also start the stats refresher worker")
+    group.add_argument("--metrics-port-base", type=int, default=0,
+                       help="serve worker metrics on BASE, BASE+1, ... (stats worker: BASE+N); 0 = off")
+    add_settings(group, ROUTING_SETTINGS + ENGINE_SETTINGS + _WORKER_SETTINGS)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.metrics_port_base < 0:
+        raise UserError("--workers and --metrics-port-base must be >= 0")
+    code = stack_cli.run(args)
+    if args.action == "up" and (args.workers or args.stats_worker):
+        stack = LocalStack(args.state_dir)
+        started = _start_workers(stack, _worker_settings(args, stack), args)
+        status = {name: s for name, s in stack.status().items() if name in started}
+        print(stack_cli.format_status(status, "no new workers (already running)"))
+    return code
+
+
+def _worker_settings(args: argparse.Namespace, stack: LocalStack) -> Settings:
+    kafka, redis = stack.address("kafka"), stack.address("redis")
+    if not kafka or not redis:
+        raise UserError("workers need both kafka and redis running in this stack")
+    # The stack's own --partitions is the broker's num.partitions, not the workers' VAR_PARTITIONS.
+    own = {k: v for k, v in vars(args).items() if k != "partitions"}
+    settings = settings_from(argparse.Namespace(**own)).with_(kafka_bootstrap=kafka, redis_url=redis)
+    if settings.vocab_size is None:
+        print(f"stack: workers use --vocab-size {DEFAULT_VOCAB} (the synthetic corpus); set VAR_VOCAB_SIZE "
+              "for other corpora", file=sys.stderr)
+        settings = settings.with_(vocab_size=DEFAULT_VOCAB)
+    from pipeline.stream.topics import ensure_topics, pipeline_topics
+
+    asyncio.run(ensure_topics(kafka, pipeline_topics(settings)))
+    return settings
+
+
+def _start_workers(stack: LocalStack, settings: Settings, args: argparse.Namespace) -> list[str]:
+    """Start the requested workers that are not running yet; returns their names."""
+    running = {name for name, s in stack.status().items() if s["alive"]}
+    started = []
+    names = [f"router-{i}" for i in range(args.workers)] + (["stats"] if args.stats_worker else [])
+    for index, name in enumerate(names):
+        if name in running:
+            continue
+        env = settings_env(settings)
+        env["VAR_WORKER_NAME"] = name
+        if args.metrics_port_base:
+            env["VAR_METRICS_PORT"] = str(args.metrics_port_base + index)
+        command = ["worker"] if name.startswith("router") else ["stats", "worker"]
+        stack.add_process(name, [sys.executable, "-m", "pipeline", *command], env=env)
+        started.append(name)
+    return started

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, add_settings, settings_from
 
 SERVICE_SETTINGS = ("kafka_bootstrap", "redis_url", "namespace", "redis_timeout_s", "topic_tokens", "topic_outcomes",
                     "topic_deadletter", "partitions", "app_id", "take_max", "take_within_s", "worker_name",
-                    "session_timeout_s", "log_level")
+                    "session_timeout_s", "log_level", "log_format", "metrics_port")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +23,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_vocab(settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings)))
-    run_worker(settings, settings.log_level)
+    run_worker(settings)
     return 0

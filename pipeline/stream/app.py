@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from pipeline.engine.engine import VAREngine
 from pipeline.engine.table import RoutingTable
 from pipeline.replay import engine_config, router_spec
 from pipeline.engine.routers import build_router
+from pipeline.observability import RouterMetrics, configure_logging, serve_metrics
 from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
@@ -86,7 +88,7 @@ class RouterApp:
     app: faust.App
     processor: RouterProcessor
     store: RedisRoutingStore
-    stats: dict[str, int]
+    metrics: RouterMetrics
 
 
 def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, RedisRoutingStore]:
@@ -113,7 +115,7 @@ def create_app(settings: Settings) -> RouterApp:
     # values are JSON lists.
     windows = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
                         use_partitioner=True)
-    stats = {"batches": 0, "routed": 0, "deadletters": 0, "redelivered": 0}
+    metrics = RouterMetrics(name)
     continuity = OffsetContinuity(KafkaStartOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens))
 
     def lookup(stream: str) -> StreamWindow | None:
@@ -140,18 +142,36 @@ def create_app(settings: Settings) -> RouterApp:
                 await app.consumer.seek(TP(settings.topic_tokens, partition), offset)
             if not messages:
                 continue
+            started = time.perf_counter()
             out = await processor.process(messages, lookup)
-            log.debug("batch of %d messages: %d routed, %d dead letters, %d redelivered", len(messages),
-                      out.routed, len(out.deadletters), out.redelivered)
             await publish(out)
             for stream_id, window in out.windows.items():
                 windows[stream_id.encode()] = window.to_list()
-            stats["batches"] += 1
-            stats["routed"] += out.routed
-            stats["deadletters"] += len(out.deadletters)
-            stats["redelivered"] += out.redelivered
+            record_batch(metrics, processor, out, len(messages), time.perf_counter() - started, continuity.gaps)
 
-    return RouterApp(app, processor, store, stats)
+    return RouterApp(app, processor, store, metrics)
+
+
+def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchOutput, messages: int,
+                 seconds: float, offset_gaps: int) -> None:
+    """Update the worker's metrics after a routed batch (counters follow the engine's totals)."""
+    engine, store = processor.engine, processor.store
+    metrics.batch_size.observe(messages)
+    metrics.latency.observe(seconds)
+    if out.result is not None:
+        for tier, count in out.result.decisions.tier_counts().items():
+            metrics.tier(tier).inc(count)
+    c = engine.counters
+    if c.decisions:
+        metrics.learned_share.set(c.tiers[2] / c.decisions)
+        metrics.cache_hit_rate.set(c.cache_hits / c.cache_lookups)
+    metrics.window_max.set(engine.ledger.max_window_fraction)
+    metrics.table_version.set(engine.table.version)
+    metrics.deadletters.inc(len(out.deadletters))
+    metrics.redelivered.inc(out.redelivered)
+    metrics.observe_totals(getattr(store, "round_trips", 0), getattr(store, "degraded", 0), offset_gaps)
+    log.debug("batch of %d messages: %d routed, %d dead letters, %d redelivered", messages, out.routed,
+              len(out.deadletters), out.redelivered, extra={"batch_messages": messages, "table_version": engine.table.version})
 
 
 def current_messages(events: list, generation: int | None) -> list[InMessage]:
@@ -178,11 +198,14 @@ def current_messages(events: list, generation: int | None) -> list[InMessage]:
     return fresh
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+def run_worker(settings: Settings) -> None:
     """Run a router worker until it is stopped (SIGINT/SIGTERM)."""
     from faust.worker import Worker
 
     router_app = create_app(settings)
-    log.info("router worker %s: topics %s -> %s, redis namespace %s", router_app.processor.worker,
-             settings.topic_tokens, settings.topic_outcomes, settings.namespace)
-    Worker(router_app.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    configure_logging(settings.log_level, settings.log_format, router_app.processor.worker)
+    serve_metrics(settings.metrics_port, router_app.metrics.registry)
+    log.info("router worker %s: topics %s -> %s, redis namespace %s, metrics port %s", router_app.processor.worker,
+             settings.topic_tokens, settings.topic_outcomes, settings.namespace, settings.metrics_port or "off")
+    Worker(router_app.app, loglevel=settings.log_level, quiet=True, override_logging=False,
+           redirect_stdouts=False).execute_from_commandline()
