@@ -92,6 +92,9 @@ class Settings:
     topic_deadletter: str = _setting("var-deadletter", "VAR_TOPIC_DEADLETTER", "topic of rejected messages")
     partitions: int = _setting(4, "VAR_PARTITIONS", "partitions of the token topic (and of the window table)",
                                _at_least(1))
+    router_mode: str = _setting("var", "VAR_ROUTER_MODE", "router worker: var, learned (always the learned "
+                                "router; a baseline) or passthrough (forward only; the framework ceiling)",
+                                choices=("var", "learned", "passthrough"))
     app_id: str = _setting("var-router", "VAR_APP_ID", "Faust app id = consumer group of the router workers")
     take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch", _at_least(1))
     take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",

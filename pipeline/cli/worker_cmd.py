@@ -8,7 +8,8 @@ from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, add_settings, settings_fr
 
 SERVICE_SETTINGS = ("kafka_bootstrap", "redis_url", "namespace", "redis_timeout_s", "topic_tokens", "topic_outcomes",
                     "topic_deadletter", "partitions", "app_id", "take_max", "take_within_s", "worker_name",
-                    "session_timeout_s", "log_level", "log_format", "metrics_port")
+                    "session_timeout_s", "log_level", "log_format", "metrics_port",
+                    "router_mode")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

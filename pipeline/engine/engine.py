@@ -148,6 +148,19 @@ class VAREngine:
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, write_keys, write_values)
 
+    def complete_learned(self, plan: RoutePlan) -> RouteResult:
+        """The always-learned baseline: every event through the learned router (no cache, no
+        fast path, no governor), with the same provenance as :meth:`complete`."""
+        position = self.counters.decisions
+        res = self.router.route(plan.contexts)
+        self.counters.router_calls += 1
+        tiers = np.full(len(plan.events), Tier.LEARNED, np.int8)
+        decisions = DecisionBatch(res.experts, res.weights, res.confidence, res.entropy, tiers, plan.ctx_hash,
+                                  self.table.version, self.router.router_id, self.config.layer)
+        self._count(decisions, len(plan.rejections))
+        return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
+                           plan.rejections, [], [])
+
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
         plan = self.prepare(batch, windows)

@@ -99,7 +99,7 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
                        config)
     store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, router.router_id),
                               config.cache.ttl_s, config.layer, settings.redis_timeout_s)
-    return RouterProcessor(engine, store, name), store
+    return RouterProcessor(engine, store, name, learned_only=settings.router_mode == "learned"), store
 
 
 def create_app(settings: Settings) -> RouterApp:
@@ -126,8 +126,7 @@ def create_app(settings: Settings) -> RouterApp:
         futures = [await outcomes.send(key=k, value=v) for k, v in out.outcomes]
         futures += [await deadletter.send(key=d.key, value=d.value, headers=d.headers(settings.topic_tokens))
                     for d in out.deadletters]
-        if futures:
-            await asyncio.gather(*futures)
+        await gather_sends(futures)
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
@@ -142,6 +141,9 @@ def create_app(settings: Settings) -> RouterApp:
                 await app.consumer.seek(TP(settings.topic_tokens, partition), offset)
             if not messages:
                 continue
+            if settings.router_mode == "passthrough":
+                await gather_sends([await outcomes.send(key=m.key, value=m.value) for m in messages])
+                continue
             started = time.perf_counter()
             out = await processor.process(messages, lookup)
             await publish(out)
@@ -150,6 +152,12 @@ def create_app(settings: Settings) -> RouterApp:
             record_batch(metrics, processor, out, len(messages), time.perf_counter() - started, continuity.gaps)
 
     return RouterApp(app, processor, store, metrics)
+
+
+async def gather_sends(futures: list) -> None:
+    """Wait until the broker acknowledged every send."""
+    if futures:
+        await asyncio.gather(*futures)
 
 
 def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchOutput, messages: int,

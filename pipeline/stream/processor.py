@@ -70,10 +70,12 @@ WindowLookup = Callable[[str], "StreamWindow | None"]
 class RouterProcessor:
     """Routes message batches with one engine and one routing store."""
 
-    def __init__(self, engine: VAREngine, store: RoutingStore, worker: str) -> None:
+    def __init__(self, engine: VAREngine, store: RoutingStore, worker: str, learned_only: bool = False) -> None:
+        """``learned_only``: the always-learned baseline (no store calls, every token routed)."""
         self.engine = engine
         self.store = store
         self.worker = worker
+        self.learned_only = learned_only
         self.table_reloads = 0
 
     def _parse(self, messages: list[InMessage], out: BatchOutput) -> tuple[list[EventChunk], list[int]]:
@@ -117,10 +119,13 @@ class RouterProcessor:
         batch = EventBatch.from_chunks(chunks)
         windows = {name: w for name in batch.stream_names if (w := lookup(name)) is not None}
         plan = self.engine.prepare(batch, windows)
-        cached, version = await self.store.fetch(plan.unique_keys)
-        await self._refresh_table(version)
-        result = self.engine.complete(plan, cached)
-        await self.store.write(result.cache_keys, result.cache_values)
+        if self.learned_only:
+            result = self.engine.complete_learned(plan)
+        else:
+            cached, version = await self.store.fetch(plan.unique_keys)
+            await self._refresh_table(version)
+            result = self.engine.complete(plan, cached)
+            await self.store.write(result.cache_keys, result.cache_values)
         lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
         message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
         self._reject(batch, result, message_of_row, messages, out)

@@ -1,0 +1,259 @@
+"""``var bench pipeline``: the streaming pipeline against its framework ceiling and its baseline.
+
+On one broker and one corpus, one case after another, each with a fresh run id (topics, group,
+Redis namespace) and one worker process:
+
+* ``passthrough`` -- a bare Faust agent that forwards every message (the framework ceiling);
+* ``learned``     -- the router worker with every token through the learned router;
+* ``var``         -- the router worker with VAR (cache -> fast path -> learned, governor);
+
+for per-token and chunked messages, and for the large router with chunked messages. Each case
+has two phases: a *throughput* phase (send the events as fast as possible; tokens/s between the
+first and the last outcome) and a *latency* phase (a fixed rate; event -> outcome latency from
+the send time to the outcome's Kafka timestamp, which the worker's producer sets).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.corpus.synthetic import SyntheticSpec, generate
+from pipeline.engine.events import EventChunk
+from pipeline.engine.offline import collect_statistics
+from pipeline.engine.records import RecordError, encode_chunk, parse_record_bytes
+from pipeline.engine.routers import PRESETS, build_router
+from pipeline.engine.table import build_table
+from pipeline.corpus.jsonl import iter_batches
+from pipeline.outcomes import OutcomeError, decode_outcome
+from pipeline.replay import router_spec, thresholds
+from pipeline.settings import Settings
+from pipeline.stack.ports import free_port
+from pipeline.stream.kafka_replay import publish_initial_table, scoped_settings
+from pipeline.stream.producer import rechunk
+from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
+from pipeline.stream.workers import WorkerPool
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: str  # "per-token" | "chunked"
+    size: str  # "seed" | "large"
+    mode: str  # "passthrough" | "learned" | "var"
+
+
+CASES = [Case(shape, "seed", mode) for shape in ("per-token", "chunked") for mode in ("passthrough", "learned", "var")]
+CASES += [Case("chunked", "large", mode) for mode in ("learned", "var")]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    per_token_tokens: int = 20_000
+    chunked_tokens: int = 300_000
+    chunk_size: int = 64
+    latency_s: float = 4.0
+    per_token_rate: float = 2_000.0
+    chunked_rate: float = 20_000.0
+    streams: int = 16
+    log_dir: Path = Path(".var/logs/bench")
+
+
+def _corpus(cfg: BenchConfig, vocab: int, seed: int, train_tokens: int = 100_000) -> tuple[list[EventChunk], list[EventChunk]]:
+    """Training records (offline phase) and online records (enough for every phase)."""
+    online = cfg.chunked_tokens + int(cfg.chunked_rate * cfg.latency_s) + 2 * cfg.chunk_size * cfg.streams
+    spec = SyntheticSpec(vocab_size=vocab, num_streams=cfg.streams,
+                         tokens_per_stream=(online + train_tokens) // cfg.streams + 1, seed=seed)
+    chunks = generate(spec)
+    return list(itertools.islice(chunks, train_tokens)), list(chunks)
+
+
+def _split(chunks: list[EventChunk], first: int, then: int) -> tuple[list[EventChunk], list[EventChunk]]:
+    return chunks[:first], chunks[first:first + then]
+
+
+async def _send(bootstrap: str, topic: str, chunks: list[EventChunk], rate: float | None) -> dict[tuple[str, int], float]:
+    """Produce chunks (optionally at ``rate`` tokens/s); returns send time (ms) per (stream, first seq)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, max_batch_size=512 * 1024)
+    await producer.start()
+    sent, futures, tokens, start = {}, [], 0, time.perf_counter()
+    try:
+        for chunk in chunks:
+            sent[(chunk.stream, chunk.first_seq)] = time.time() * 1000
+            futures.append(await producer.send(topic, encode_chunk(chunk), key=chunk.stream.encode()))
+            tokens += len(chunk)
+            if rate and (ahead := tokens / rate - (time.perf_counter() - start)) > 0:
+                await asyncio.sleep(ahead)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _outcome_tokens(raw: bytes) -> tuple[str, int, int]:
+    """(stream, first seq, tokens) of an outcome -- or of a forwarded input record (passthrough)."""
+    try:
+        o = decode_outcome(raw)
+        return o.streams[0], int(o.seqs[0]), len(o)
+    except OutcomeError:
+        chunk = parse_record_bytes(raw)
+        return chunk.stream, chunk.first_seq, len(chunk)
+
+
+async def _drain(consumer: AIOKafkaConsumer, tokens: int, idle_s: float = 60.0) -> tuple[list[tuple[str, int, int, float]], float, float]:
+    """Read outcomes until ``tokens`` tokens arrived: ([(stream, seq, n, kafka ts ms)], first, last arrival).
+
+    Throughput is measured from the start of sending to the last outcome (the worker is already
+    in the group), so a backlog routed in one big batch is timed correctly."""
+    got, count, first, last, quiet_since = [], 0, 0.0, 0.0, time.monotonic()
+    while count < tokens and time.monotonic() - quiet_since < idle_s:
+        batches = await consumer.getmany(timeout_ms=100, max_records=20_000)
+        now = time.perf_counter()
+        for records in batches.values():
+            for rec in records:
+                try:
+                    stream, seq, n = _outcome_tokens(rec.value)
+                except RecordError:
+                    continue
+                got.append((stream, seq, n, float(rec.timestamp)))
+                count += n
+                first, last = first or now, now
+                quiet_since = time.monotonic()
+    return got, first, last
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("var_") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
+    return out
+
+
+async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_chunks: list[EventChunk],
+                   rate: float) -> dict[str, float]:
+    consumer = AIOKafkaConsumer(run.topic_outcomes, bootstrap_servers=run.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    try:
+        n1 = sum(len(c) for c in throughput_chunks)
+        first = time.perf_counter()
+        sender = asyncio.create_task(_send(run.kafka_bootstrap, run.topic_tokens, throughput_chunks, None))
+        _, _, last = await _drain(consumer, n1)
+        await sender
+        n2 = sum(len(c) for c in latency_chunks)
+        sender = asyncio.create_task(_send(run.kafka_bootstrap, run.topic_tokens, latency_chunks, rate))
+        got, _, _ = await _drain(consumer, n2)
+        sent = await sender
+    finally:
+        await consumer.stop()
+    latencies = [ts - sent[(s, q)] for s, q, _, ts in got if (s, q) in sent]
+    return {"tokens_per_s": n1 / max(last - first, 1e-9),
+            "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
+            "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}
+
+
+def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus: list[EventChunk]) -> dict[str, object]:
+    preset = PRESETS[case.size]
+    size = cfg.chunk_size if case.shape == "chunked" else 1
+    total = cfg.chunked_tokens if case.shape == "chunked" else cfg.per_token_tokens
+    rate = cfg.chunked_rate if case.shape == "chunked" else cfg.per_token_rate
+    port = free_port()
+    run = scoped_settings(base.with_(hidden=preset["hidden"], experts=preset["num_experts"], router_mode=case.mode,
+                                     metrics_port=port), uuid.uuid4().hex[:8], base.vocab_size or 1000)
+    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
+    if case.mode == "var":
+        asyncio.run(publish_initial_table(run, tables[case.size]))
+    first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)
+    pool = WorkerPool(run, cfg.log_dir / run.app_id)
+    try:
+        pool.start_routers(1)
+        if not asyncio.run(wait_for_group(run.kafka_bootstrap, run.app_id, 1, 120)):
+            raise RuntimeError(f"bench worker did not start; see {pool.workers[0].log_path}")
+        result = asyncio.run(_measure(run, first, then, rate))
+        metrics = _scrape(port) if case.mode != "passthrough" else {}
+    finally:
+        pool.stop_all()
+    batches = metrics.get("var_batch_size_count", 0.0)
+    result["redis_round_trips_per_batch"] = metrics.get("var_redis_round_trips_total", 0.0) / batches if batches else 0.0
+    result["learned_share"] = metrics.get("var_learned_share", float("nan"))
+    return {"shape": case.shape, "size": case.size, "mode": case.mode, "message_tokens": size, **result}
+
+
+def build_tables(base: Settings, train: list[EventChunk]) -> dict:
+    tables = {}
+    for size, preset in PRESETS.items():
+        s = base.with_(hidden=preset["hidden"], experts=preset["num_experts"])
+        router = build_router(router_spec(s, s.vocab_size or 1000))
+        stats = collect_statistics(router, iter_batches(train, s.batch_size), s.window)
+        tables[size] = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
+    return tables
+
+
+def ratios(results: list[dict[str, object]]) -> dict[str, float]:
+    rate = {(r["shape"], r["size"], r["mode"]): float(r["tokens_per_s"]) for r in results}
+    out = {}
+    if ("per-token", "seed", "passthrough") in rate:
+        out["per_token_var_vs_passthrough"] = rate[("per-token", "seed", "var")] / rate[("per-token", "seed", "passthrough")]
+    if ("chunked", "large", "learned") in rate:
+        out["chunked_large_var_vs_learned"] = rate[("chunked", "large", "var")] / rate[("chunked", "large", "learned")]
+    if ("chunked", "seed", "var") in rate:
+        out["chunked_seed_var_tokens_per_s"] = rate[("chunked", "seed", "var")]
+    return out
+
+
+def render(results: list[dict[str, object]]) -> str:
+    lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+             f"{'redis/batch':>12}{'learned':>9}", "-" * 79]
+    for r in results:
+        learned = r["learned_share"]
+        lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
+                     f"{r['latency_p50_ms']:>9.1f}{r['latency_p99_ms']:>9.1f}{r['redis_round_trips_per_batch']:>12.2f}"
+                     f"{'' if learned != learned else f'{100 * learned:.1f}%':>9}")
+    lines.append("")
+    lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
+    return "\n".join(lines)
+
+
+def register(bsub: argparse._SubParsersAction) -> None:
+    from pipeline.cli.common import add_settings
+
+    p = bsub.add_parser("pipeline", help="passthrough ceiling vs always-learned vs VAR through Kafka (1 worker)")
+    p.add_argument("--per-token-tokens", type=int, default=BenchConfig.per_token_tokens)
+    p.add_argument("--chunked-tokens", type=int, default=BenchConfig.chunked_tokens)
+    p.add_argument("--chunk-size", type=int, default=BenchConfig.chunk_size)
+    p.add_argument("--latency-seconds", type=float, default=BenchConfig.latency_s)
+    p.add_argument("--json", action="store_true")
+    add_settings(p, ("kafka_bootstrap", "redis_url", "seed", "partitions", "take_max"))
+    p.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipeline.cli.common import UserError, print_json, settings_from
+
+    if min(args.per_token_tokens, args.chunked_tokens, args.chunk_size) < 1 or args.latency_seconds <= 0:
+        raise UserError("token counts and --chunk-size must be >= 1, --latency-seconds > 0")
+    cfg = BenchConfig(args.per_token_tokens, args.chunked_tokens, args.chunk_size, args.latency_seconds)
+    base = settings_from(args).with_(vocab_size=1000, session_timeout_s=6.0)
+    train, corpus = _corpus(cfg, 1000, base.seed)
+    tables = build_tables(base, train)
+    results = []
+    for case in CASES:
+        print(f"bench: {case.shape} {case.size} {case.mode} ...", file=sys.stderr)
+        results.append(run_case(case, base, cfg, tables, corpus))
+    if args.json:
+        print_json({"benchmark": "pipeline", "results": results, "ratios": ratios(results)})
+    else:
+        print(render(results))
+    return 0
