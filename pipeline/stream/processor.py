@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import orjson
 
 from pipeline.engine.context import REDELIVERED, StreamWindow
 from pipeline.engine.engine import RouteResult, VAREngine
@@ -150,9 +149,3 @@ class RouterProcessor:
             seen.add(index)
             msg = messages[index]
             out.deadletters.append(DeadLetter(msg.key, msg.value, rejection.reason, msg.partition, msg.offset))
-
-
-def deadletter_record(letter: DeadLetter) -> bytes:
-    """A readable JSON rendering of a dead letter (for logs and ``var outcomes tail``)."""
-    return orjson.dumps({"reason": letter.reason, "partition": letter.partition, "offset": letter.offset,
-                         "value": letter.value.decode("utf-8", errors="replace")})
