@@ -1,0 +1,122 @@
+"""The router worker's batch processing with the in-memory twin of the routing store."""
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from pipeline.corpus.synthetic import SyntheticSpec, generate
+from pipeline.engine.engine import EngineConfig, VAREngine
+from pipeline.engine.offline import collect_statistics
+from pipeline.engine.records import encode_chunk
+from pipeline.engine.routers import RouterSpec, build_router
+from pipeline.engine.table import RoutingTable, Thresholds, build_table
+from pipeline.corpus.jsonl import iter_batches
+from pipeline.outcomes import decode_outcome, Outcomes
+from pipeline.stores.base import MemoryRoutingStore
+from pipeline.stream.continuity import OffsetContinuity
+from pipeline.stream.processor import InMessage, RouterProcessor
+
+SPEC = RouterSpec(vocab_size=200, hidden=16, num_experts=4, top_k=2, window=3)
+
+
+def make(learned_only: bool = False) -> tuple[RouterProcessor, MemoryRoutingStore, dict]:
+    router = build_router(SPEC)
+    engine = VAREngine(router, RoutingTable.empty(200, 4, 2, router.router_id), EngineConfig(window=3))
+    store = MemoryRoutingStore()
+    return RouterProcessor(engine, store, "w-test", learned_only), store, {}
+
+
+def messages_for(chunks, partition: int = 0, start: int = 0) -> list[InMessage]:
+    return [InMessage(c.stream.encode(), encode_chunk(c), partition, start + i) for i, c in enumerate(chunks)]
+
+
+def corpus(n: int = 600, chunk: int = 1):
+    return list(generate(SyntheticSpec(vocab_size=200, num_streams=3, tokens_per_stream=n, chunk_size=chunk, seed=1)))
+
+
+def run(processor: RouterProcessor, msgs: list[InMessage], windows: dict):
+    out = asyncio.run(processor.process(msgs, windows.get))
+    windows.update(out.windows)
+    return out
+
+
+def test_two_store_round_trips_per_batch_whatever_its_size():
+    processor, store, windows = make()
+    chunks = corpus(300)
+    for start in range(0, len(chunks), 300):
+        before = store.round_trips
+        run(processor, messages_for(chunks[start:start + 300], start=start), windows)
+        assert store.round_trips - before <= 2  # one fetch (+ at most one write)
+
+
+def test_outcomes_cover_every_event_once_and_mirror_the_input_shape():
+    processor, _, windows = make()
+    chunks = corpus(200, chunk=5)
+    out = run(processor, messages_for(chunks), windows)
+    decoded = Outcomes.concat([decode_outcome(v) for _, v in out.outcomes])
+    assert len(decoded) == sum(len(c) for c in chunks)
+    assert len(set(zip(decoded.streams, decoded.seqs.tolist()))) == len(decoded)
+    assert all("tokens" in orjson.loads(v) for _, v in out.outcomes)
+    assert [k.decode() for k, _ in out.outcomes] == [c.stream for c in chunks]
+
+
+def test_bad_messages_are_dead_lettered_and_good_ones_routed():
+    processor, _, windows = make()
+    good = messages_for(corpus(20))
+    bad = [InMessage(b"s", b"{oops", 0, 900), InMessage(b"s", orjson.dumps({"stream": "s", "seq": 0, "token": 999}), 0, 901),
+           InMessage(b"other", orjson.dumps({"stream": "s", "seq": 1, "token": 3}), 0, 902)]
+    out = run(processor, good + bad, windows)
+    assert out.routed == len(good)
+    assert [d.offset for d in out.deadletters] == [900, 901, 902]
+    assert "not valid JSON" in out.deadletters[0].reason
+    assert "outside the vocabulary" in out.deadletters[1].reason
+    assert "does not match stream" in out.deadletters[2].reason
+
+
+def test_redelivered_messages_are_skipped_but_backwards_seq_is_dead_lettered():
+    processor, _, windows = make()
+    msgs = messages_for(corpus(30))
+    run(processor, msgs, windows)
+    again = run(processor, msgs[:10], windows)  # same offsets: a redelivery after a crash
+    assert again.routed == 0 and again.redelivered == 10 and not again.deadletters
+    late = InMessage(msgs[0].key, msgs[0].value, 0, 10_000)  # old seq, new offset: bad input
+    out = run(processor, [late], windows)
+    assert len(out.deadletters) == 1 and "does not increase" in out.deadletters[0].reason
+
+
+def test_table_is_swapped_when_the_pointer_moves():
+    processor, store, windows = make()
+    router = processor.engine.router
+    train = corpus(400)
+    stats = collect_statistics(router, iter_batches(train, 256), 3)
+    table = build_table(stats, Thresholds(min_frequency=5), 2, router.router_id, 1)
+    msgs = messages_for(corpus(400)[:60])
+    run(processor, msgs[:30], windows)
+    assert processor.engine.table.version == 0
+    version = asyncio.run(store.publish_table(table))
+    out = run(processor, msgs[30:], windows)
+    assert processor.engine.table.version == version and processor.table_reloads == 1
+    assert out.result is not None and out.result.decisions.table_version == version
+
+
+def test_learned_only_mode_routes_everything_without_the_store():
+    processor, store, windows = make(learned_only=True)
+    out = run(processor, messages_for(corpus(50)), windows)
+    assert store.round_trips == 0
+    assert out.result is not None and (out.result.decisions.tiers == 2).all()
+
+
+def test_offset_continuity_cuts_a_batch_at_a_gap_and_asks_for_a_seek():
+    async def start(partitions):
+        return {p: 100 for p in partitions}
+
+    guard = OffsetContinuity(start)
+    msgs = [InMessage(b"k", b"v", 0, o) for o in (100, 101, 104, 105)] + [InMessage(b"k", b"v", 1, 100)]
+    admitted, seeks = asyncio.run(guard.admit(msgs))
+    assert [(m.partition, m.offset) for m in admitted] == [(0, 100), (0, 101), (1, 100)]
+    assert seeks == {0: 102}
+    admitted, seeks = asyncio.run(guard.admit([InMessage(b"k", b"v", 0, o) for o in (99, 102, 103)]))
+    assert [m.offset for m in admitted] == [99, 102, 103] and not seeks  # 99: a redelivery, passes
+    guard.reset()
+    assert guard.expected == {}
