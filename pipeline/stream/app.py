@@ -39,7 +39,7 @@ from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
 
-from .continuity import KafkaStartOffsets, OffsetContinuity
+from .continuity import KafkaOffsets, OffsetContinuity
 from .processor import BatchOutput, InMessage, RouterProcessor
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def create_app(settings: Settings) -> RouterApp:
     windows = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
                         use_partitioner=True)
     metrics = RouterMetrics(name)
-    continuity = OffsetContinuity(KafkaStartOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens))
+    offsets = KafkaOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens)
+    continuity = OffsetContinuity(offsets.start, offsets.end)
 
     def lookup(stream: str) -> StreamWindow | None:
         value = windows.get(stream.encode())
@@ -128,17 +129,25 @@ def create_app(settings: Settings) -> RouterApp:
                     for d in out.deadletters]
         await gather_sends(futures)
 
+    async def seek(seeks: dict[int, int]) -> None:
+        for partition, offset in seeks.items():
+            await app.consumer.seek(TP(settings.topic_tokens, partition), offset)
+
+    @app.timer(interval=1.0)
+    async def watch_for_stalls() -> None:
+        if app.rebalancing or not app.flow_control.is_active():
+            return
+        continuity.observe_generation(app.consumer_generation_id)
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_tokens)
+        await seek(await continuity.stalls(assigned))
+
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
-        seen_generation = None
         async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
             generation = app.consumer_generation_id
-            if generation != seen_generation:
-                continuity.reset()
-                seen_generation = generation
+            continuity.observe_generation(generation)
             messages, seeks = await continuity.admit(current_messages(events, generation))
-            for partition, offset in seeks.items():
-                await app.consumer.seek(TP(settings.topic_tokens, partition), offset)
+            await seek(seeks)
             if not messages:
                 continue
             if settings.router_mode == "passthrough":

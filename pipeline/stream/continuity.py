@@ -12,11 +12,14 @@ messages, when they came back, would look like redeliveries.
 :class:`OffsetContinuity` tracks, per partition, the next offset the router must see (from the
 group's committed offset, or the log start, after each rebalance; then advanced by what it
 routes). A batch is cut at the first gap of each partition and the consumer is asked to seek
-back to the missing offset; the cut-off messages come again after the seek.
+back to the missing offset; the cut-off messages come again after the seek. A periodic check
+(:meth:`OffsetContinuity.stalls`) catches the quieter case: records dropped with nothing after
+them, so no later message ever reveals the gap.
 """
 from __future__ import annotations
 
 import logging
+import time
 from typing import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,20 +29,38 @@ from .processor import InMessage
 
 log = logging.getLogger(__name__)
 
-StartOffsets = Callable[[Iterable[int]], Awaitable[dict[int, int]]]
+OffsetLookup = Callable[[list[int]], Awaitable[dict[int, int]]]
 
 
 class OffsetContinuity:
-    """Per-partition "next offset to route" bookkeeping (see module docstring)."""
+    """Per-partition "next offset to route" bookkeeping (see module docstring).
 
-    def __init__(self, start_offsets: StartOffsets) -> None:
-        self._start_offsets = start_offsets
+    ``start_offsets(partitions)`` says where routing of each partition must begin after a
+    rebalance; ``end_offsets(partitions)`` where the log ends (for :meth:`stalls`).
+    """
+
+    def __init__(self, start_offsets: OffsetLookup, end_offsets: OffsetLookup | None = None,
+                 idle_s: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._start_offsets, self._end_offsets = start_offsets, end_offsets
+        self.idle_s, self.clock = idle_s, clock
         self.expected: dict[int, int] = {}
+        self.last_progress: dict[int, float] = {}
+        self.generation: int | None = None
+        self._generation_at = clock()
         self.gaps = 0
 
-    def reset(self) -> None:
-        """Forget everything (call when the assignment changes)."""
-        self.expected.clear()
+    def observe_generation(self, generation: int | None) -> None:
+        """Forget everything when the consumer generation (the assignment) changes."""
+        if generation != self.generation:
+            self.generation, self._generation_at = generation, self.clock()
+            self.expected.clear()
+            self.last_progress.clear()
+
+    async def _learn(self, partitions: Iterable[int]) -> None:
+        unknown = sorted(set(partitions) - self.expected.keys())
+        if unknown:
+            self.expected.update(await self._start_offsets(unknown))
+            log.info("routing starts at offsets %s", {p: self.expected[p] for p in unknown})
 
     async def admit(self, messages: list[InMessage]) -> tuple[list[InMessage], dict[int, int]]:
         """Messages that may be routed now (sorted by partition, offset) and the seeks to make.
@@ -47,9 +68,7 @@ class OffsetContinuity:
         Messages below the expected offset pass (they are redeliveries; the window decides);
         a message beyond it means a gap: it and the rest of its partition wait for a re-fetch.
         """
-        unknown = {m.partition for m in messages} - self.expected.keys()
-        if unknown:
-            self.expected.update(await self._start_offsets(sorted(unknown)))
+        await self._learn(m.partition for m in messages)
         admitted: list[InMessage] = []
         seeks: dict[int, int] = {}
         for msg in sorted(messages, key=lambda m: (m.partition, m.offset)):
@@ -64,33 +83,62 @@ class OffsetContinuity:
                 continue
             admitted.append(msg)
             self.expected[msg.partition] = max(expected, msg.offset + 1)
+            self.last_progress[msg.partition] = self.clock()
         return admitted, seeks
 
+    async def stalls(self, assigned: list[int]) -> dict[int, int]:
+        """Seeks for assigned partitions whose log holds messages the router has not seen for
+        ``idle_s`` seconds -- records dropped by the consumer with nothing arriving after them
+        (so :meth:`admit` never sees the gap)."""
+        if not assigned or self._end_offsets is None:
+            return {}
+        await self._learn(assigned)
+        ends = await self._end_offsets(assigned)
+        now, seeks = self.clock(), {}
+        for p in assigned:
+            idle = now - self.last_progress.get(p, self._generation_at)
+            if ends.get(p, 0) > self.expected[p] and idle > self.idle_s:
+                seeks[p] = self.expected[p]
+                self.last_progress[p] = now
+                self.gaps += 1
+                log.warning("partition %s: log ends at %s but nothing past offset %s arrived for %.1f s; "
+                            "seeking back", p, ends[p], self.expected[p], idle)
+        return seeks
 
-class KafkaStartOffsets:
-    """Where routing of a partition must start: the group's committed offset, else the log start."""
+
+class KafkaOffsets:
+    """Offsets from the cluster: where routing must start (the group's committed offset, else the
+    log start) and where each partition's log ends."""
 
     def __init__(self, bootstrap: str, group_id: str, topic: str) -> None:
         self.bootstrap, self.group_id, self.topic = bootstrap, group_id, topic
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def __call__(self, partitions: Iterable[int]) -> dict[int, int]:
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if self._admin is None:
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
             self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
             await self._admin.start()
             self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
             await self._consumer.start()
-        committed = await self._admin.list_consumer_group_offsets(self.group_id, partitions=tps)
-        assert self._consumer is not None
-        beginning = await self._consumer.beginning_offsets(tps)
+        return self._admin, self._consumer
+
+    async def start(self, partitions: Iterable[int]) -> dict[int, int]:
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        admin, consumer = await self._clients()
+        committed = await admin.list_consumer_group_offsets(self.group_id, partitions=tps)
+        beginning = await consumer.beginning_offsets(tps)
         result = {}
         for tp in tps:
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else -1
             result[tp.partition] = max(offset, beginning[tp])
         return result
+
+    async def end(self, partitions: Iterable[int]) -> dict[int, int]:
+        _, consumer = await self._clients()
+        ends = await consumer.end_offsets([TopicPartition(self.topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in ends.items()}
 
     async def close(self) -> None:
         if self._admin is not None:

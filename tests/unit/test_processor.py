@@ -118,5 +118,21 @@ def test_offset_continuity_cuts_a_batch_at_a_gap_and_asks_for_a_seek():
     assert seeks == {0: 102}
     admitted, seeks = asyncio.run(guard.admit([InMessage(b"k", b"v", 0, o) for o in (99, 102, 103)]))
     assert [m.offset for m in admitted] == [99, 102, 103] and not seeks  # 99: a redelivery, passes
-    guard.reset()
+    guard.observe_generation(7)
     assert guard.expected == {}
+
+
+def test_offset_continuity_notices_a_partition_that_went_quiet_with_messages_left():
+    now = [0.0]
+
+    async def start(partitions):
+        return {p: 10 for p in partitions}
+
+    async def end(partitions):
+        return {p: 50 if p == 0 else 10 for p in partitions}
+
+    guard = OffsetContinuity(start, end, idle_s=3.0, clock=lambda: now[0])
+    assert asyncio.run(guard.stalls([0, 1])) == {}  # not idle long enough yet
+    now[0] = 5.0
+    assert asyncio.run(guard.stalls([0, 1])) == {0: 10}  # 40 messages waiting, none arrived
+    assert asyncio.run(guard.stalls([0, 1])) == {}  # no repeated seek right away
