@@ -140,6 +140,8 @@ def create_app(settings: Settings) -> RouterApp:
         continuity.observe_generation(app.consumer_generation_id)
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_tokens)
         await seek(await continuity.stalls(assigned))
+        for partition, lag in continuity.lag.items():
+            metrics.consumer_lag.labels(worker=name, partition=str(partition)).set(lag)
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:

@@ -34,6 +34,7 @@ class Collected:
     deadletters: list[tuple[bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
     first_at: float | None = None
     last_at: float | None = None
+    stream_prefix: str = ""  # only outcomes of streams with this prefix count (attached replays)
 
     @property
     def distinct(self) -> int:
@@ -49,6 +50,8 @@ class Collected:
         except OutcomeError as exc:
             self.invalid += 1
             log.warning("skipping invalid outcome: %s", exc)
+            return
+        if self.stream_prefix and not part.streams[0].startswith(self.stream_prefix):
             return
         self.all_parts.append(part)
         keys = list(zip(part.streams, part.seqs.tolist()))

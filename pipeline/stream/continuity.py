@@ -48,6 +48,7 @@ class OffsetContinuity:
         self.generation: int | None = None
         self._generation_at = clock()
         self.gaps = 0
+        self.lag: dict[int, int] = {}
 
     def observe_generation(self, generation: int | None) -> None:
         """Forget everything when the consumer generation (the assignment) changes."""
@@ -94,6 +95,7 @@ class OffsetContinuity:
             return {}
         await self._learn(assigned)
         ends = await self._end_offsets(assigned)
+        self.lag = {p: max(0, ends.get(p, 0) - self.expected[p]) for p in assigned}
         now, seeks = self.clock(), {}
         for p in assigned:
             idle = now - self.last_progress.get(p, self._generation_at)

@@ -87,8 +87,11 @@ async def _produce_and_collect(chunks: list[EventChunk], settings: Settings, opt
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch_workers(pool, stop))
     start = time.perf_counter()
+    # Attached replays share topics with earlier runs: their streams carry the run id, and only
+    # those outcomes count.
+    got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
     collector = asyncio.create_task(collect(settings.kafka_bootstrap, settings.topic_outcomes, expected,
-                                            settings.topic_deadletter, opts.idle_timeout_s, progress, stop))
+                                            settings.topic_deadletter, opts.idle_timeout_s, progress, stop, got))
     await produce_chunks(rechunk(chunks, opts.message_size), settings.kafka_bootstrap, settings.topic_tokens,
                          opts.rate, progress=False, total=expected)
     got = await collector
@@ -161,6 +164,8 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
     """Run the replay through Kafka, Faust workers and Redis; see the module docstring."""
     wall_start = time.perf_counter()
     prepared, chunks = _held_out(source, settings, opts)
+    if opts.attach:
+        chunks = [EventChunk(f"{opts.run_id}/{c.stream}", c.first_seq, c.tokens, c.offset) for c in chunks]
     run = settings.with_(vocab_size=prepared.vocab_size) if opts.attach else \
         scoped_settings(settings, opts.run_id, prepared.vocab_size)
     asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
