@@ -63,6 +63,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         window=settings.window,
         cache=CachePolicy(settings.cache_ttl_s, settings.cache_size, settings.cache_min_confidence),
         budget=BudgetPolicy(settings.budget, settings.budget_window, settings.governor),
+        cache_scope=settings.cache_scope,
     )
 
 

@@ -61,6 +61,9 @@ class Settings:
     cache_size: int = _setting(1000, "VAR_CACHE_SIZE", "in-memory decision-cache capacity (LRU entries)", _at_least(1))
     cache_min_confidence: float = _setting(0.8, "VAR_CACHE_MIN_CONFIDENCE",
                                            "cache only learned decisions at least this confident", _within(0, 1))
+    cache_scope: str = _setting("all", "VAR_CACHE_SCOPE", "tokens that look the cache up: all (cache before fast "
+                                "path) or misses (only tokens the fast path does not serve; fewer Redis keys)",
+                                choices=("all", "misses"))
     # --- fast path ---
     min_frequency: float = _setting(50.0, "VAR_MIN_FREQUENCY", "fast path: token frequency must exceed this",
                                     _at_least(0))

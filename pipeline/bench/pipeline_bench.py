@@ -6,6 +6,7 @@ Redis namespace) and one worker process:
 * ``passthrough`` -- a bare Faust agent that forwards every message (the framework ceiling);
 * ``learned``     -- the router worker with every token through the learned router;
 * ``var``         -- the router worker with VAR (cache -> fast path -> learned, governor);
+* ``var-misses``  -- the same with ``cache_scope=misses`` (fast-path tokens skip the Redis lookup);
 
 for per-token and chunked messages, and for the large router with chunked messages. Each case
 has two phases: a *throughput* phase (send the events as fast as possible; tokens/s between the
@@ -50,8 +51,9 @@ class Case:
     mode: str  # "passthrough" | "learned" | "var"
 
 
-CASES = [Case(shape, "seed", mode) for shape in ("per-token", "chunked") for mode in ("passthrough", "learned", "var")]
-CASES += [Case("chunked", "large", mode) for mode in ("learned", "var")]
+CASES = [Case("per-token", "seed", mode) for mode in ("passthrough", "learned", "var")]
+CASES += [Case("chunked", "seed", mode) for mode in ("passthrough", "learned", "var", "var-misses")]
+CASES += [Case("chunked", "large", mode) for mode in ("learned", "var", "var-misses")]
 
 
 @dataclass(frozen=True)
@@ -168,10 +170,12 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     total = cfg.chunked_tokens if case.shape == "chunked" else cfg.per_token_tokens
     rate = cfg.chunked_rate if case.shape == "chunked" else cfg.per_token_rate
     port = free_port()
-    run = scoped_settings(base.with_(hidden=preset["hidden"], experts=preset["num_experts"], router_mode=case.mode,
-                                     metrics_port=port), uuid.uuid4().hex[:8], base.vocab_size or 1000)
+    mode, scope = ("var", "misses") if case.mode == "var-misses" else (case.mode, "all")
+    run = scoped_settings(base.with_(hidden=preset["hidden"], experts=preset["num_experts"], router_mode=mode,
+                                     cache_scope=scope, metrics_port=port), uuid.uuid4().hex[:8],
+                          base.vocab_size or 1000)
     asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
-    if case.mode == "var":
+    if mode == "var":
         asyncio.run(publish_initial_table(run, tables[case.size]))
     first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)
     pool = WorkerPool(run, cfg.log_dir / run.app_id)
@@ -206,8 +210,9 @@ def ratios(results: list[dict[str, object]]) -> dict[str, float]:
         out["per_token_var_vs_passthrough"] = rate[("per-token", "seed", "var")] / rate[("per-token", "seed", "passthrough")]
     if ("chunked", "large", "learned") in rate:
         out["chunked_large_var_vs_learned"] = rate[("chunked", "large", "var")] / rate[("chunked", "large", "learned")]
-    if ("chunked", "seed", "var") in rate:
-        out["chunked_seed_var_tokens_per_s"] = rate[("chunked", "seed", "var")]
+    for mode in ("var", "var-misses"):
+        if ("chunked", "seed", mode) in rate:
+            out[f"chunked_seed_{mode.replace('-', '_')}_tokens_per_s"] = rate[("chunked", "seed", mode)]
     return out
 
 

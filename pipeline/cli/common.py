@@ -12,7 +12,7 @@ from pipeline.settings import Settings, add_arguments, setting_fields
 from pipeline.sources import CorpusSource, FileSource, SyntheticSource
 
 ROUTING_SETTINGS = ("router", "vocab_size", "hidden", "experts", "top_k", "window", "seed", "device")
-ENGINE_SETTINGS = ("cache_ttl_s", "cache_size", "cache_min_confidence", "min_frequency", "max_entropy",
+ENGINE_SETTINGS = ("cache_ttl_s", "cache_size", "cache_min_confidence", "cache_scope", "min_frequency", "max_entropy",
                    "static_below", "table", "budget", "budget_window", "governor", "batch_size")
 DEFAULT_SYNTHETIC_VOCAB = 1000
 

@@ -39,6 +39,13 @@ class EngineConfig:
     layer: int = 0
     cache: CachePolicy = field(default_factory=CachePolicy)
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    cache_scope: str = "all"  # "all": every token looks the cache up first; "misses": only tokens the
+    #                           fast path does not serve (their cache entries can only date from an
+    #                           older table) -- far fewer lookups against a shared store
+
+    def __post_init__(self) -> None:
+        if self.cache_scope not in ("all", "misses"):
+            raise ValueError(f"cache scope must be 'all' or 'misses', got {self.cache_scope!r}")
 
 
 @dataclass(slots=True)
@@ -51,7 +58,7 @@ class RoutePlan:
     ctx_hash: np.ndarray
     keys: np.ndarray  # uint64 [n]
     unique_keys: list[int]
-    inverse: np.ndarray  # keys[i] == unique_keys[inverse[i]]
+    inverse: np.ndarray  # keys[i] == unique_keys[inverse[i]]; -1 for events not looked up
     windows: dict[str, StreamWindow]
     rejections: list[Rejection]
 
@@ -127,7 +134,9 @@ class VAREngine:
         events = batch.select(ctx.accepted) if ctx.rejections else batch
         hashes = context_hash(ctx.contexts[:, :-1])
         keys = cache_key(hashes, events.tokens, self.config.layer)
-        unique, inverse = np.unique(keys, return_inverse=True)
+        inverse = np.full(len(keys), -1, dtype=np.int64)
+        looked = np.ones(len(keys), bool) if self.config.cache_scope == "all" else ~self.table.eligible[events.tokens]
+        unique, inverse[looked] = np.unique(keys[looked], return_inverse=True)
         return RoutePlan(events, ctx.accepted, ctx.contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
                          ctx.rejections)
 
@@ -144,7 +153,7 @@ class VAREngine:
         write_keys, write_values = self._route_misses(plan, np.flatnonzero(~hit & ~fast), out)
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer)
-        self._count(decisions, len(plan.rejections))
+        self._count(decisions, len(plan.rejections), int((plan.inverse >= 0).sum()))
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, write_keys, write_values)
 
@@ -157,7 +166,7 @@ class VAREngine:
         tiers = np.full(len(plan.events), Tier.LEARNED, np.int8)
         decisions = DecisionBatch(res.experts, res.weights, res.confidence, res.entropy, tiers, plan.ctx_hash,
                                   self.table.version, self.router.router_id, self.config.layer)
-        self._count(decisions, len(plan.rejections))
+        self._count(decisions, len(plan.rejections), 0)
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, [], [])
 
@@ -177,7 +186,7 @@ class VAREngine:
             return np.zeros(len(plan.events), dtype=bool)
         slot = np.full(len(cached), -1, dtype=np.int64)
         slot[found] = np.arange(len(found))
-        row_slot = slot[plan.inverse]
+        row_slot = np.where(plan.inverse >= 0, slot[plan.inverse], -1)
         hit = row_slot >= 0
         hits = decode_decisions([cached[u] for u in found], self.router.spec.top_k)
         take = row_slot[hit]
@@ -225,11 +234,11 @@ class VAREngine:
         return keys[keep].tolist(), encode_decisions(res.experts[keep], res.weights[keep], res.confidence[keep],
                                                      res.entropy[keep])
 
-    def _count(self, decisions: DecisionBatch, rejected: int) -> None:
+    def _count(self, decisions: DecisionBatch, rejected: int, lookups: int) -> None:
         c = self.counters
         tiers = decisions.tiers
         c.tiers += np.bincount(tiers.astype(np.int64), minlength=len(Tier))
-        c.cache_lookups += len(tiers)
+        c.cache_lookups += lookups
         c.cache_hits += int((tiers == Tier.CACHE).sum())
         c.decisions += len(tiers)
         c.rejected += rejected

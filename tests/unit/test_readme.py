@@ -30,4 +30,4 @@ def test_ci_runs_the_readme_test_command():
 
 def test_configuration_table_matches_the_settings():
     table = README.split("<!-- config-table:start -->", 1)[1].split("<!-- config-table:end -->", 1)[0]
-    assert table.strip() == markdown_table().strip(), "regenerate with: var config --markdown"
+    assert table.strip() == markdown_table().strip(), "regenerate with: python deploy/tools/update_readme_config.py"
