@@ -221,9 +221,10 @@ def render(results: list[dict[str, object]]) -> str:
              f"{'redis/batch':>12}{'learned':>9}", "-" * 79]
     for r in results:
         learned = r["learned_share"]
+        share = "" if learned is None or learned != learned else f"{100 * learned:.1f}%"
         lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
                      f"{r['latency_p50_ms']:>9.1f}{r['latency_p99_ms']:>9.1f}{r['redis_round_trips_per_batch']:>12.2f}"
-                     f"{'' if learned != learned else f'{100 * learned:.1f}%':>9}")
+                     f"{share:>9}")
     lines.append("")
     lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
     return "\n".join(lines)

@@ -41,6 +41,15 @@ def _check_token(token: Any, vocab_size: int | None, where: str) -> int:
     return token
 
 
+def _check_tokens(raw: Any, vocab_size: int | None) -> tuple[int, ...]:
+    """Validate a ``tokens`` list with C-speed checks, naming the first bad entry on failure."""
+    if not isinstance(raw, list) or not raw:
+        raise RecordError("field 'tokens' must be a non-empty list")
+    if all(type(t) is int for t in raw) and min(raw) >= 0 and (vocab_size is None or max(raw) < vocab_size):
+        return tuple(raw)
+    return tuple(_check_token(t, vocab_size, f"tokens[{i}]") for i, t in enumerate(raw))
+
+
 def parse_record(obj: Any, offset: int = -1, vocab_size: int | None = None) -> EventChunk:
     """Validate a decoded record and return it as an :class:`EventChunk`.
 
@@ -68,10 +77,7 @@ def parse_record(obj: Any, offset: int = -1, vocab_size: int | None = None) -> E
     if has_one:
         tokens: tuple[int, ...] = (_check_token(obj["token"], vocab_size, "token"),)
     else:
-        raw = obj["tokens"]
-        if not isinstance(raw, list) or not raw:
-            raise RecordError("field 'tokens' must be a non-empty list")
-        tokens = tuple(_check_token(t, vocab_size, f"tokens[{i}]") for i, t in enumerate(raw))
+        tokens = _check_tokens(obj["tokens"], vocab_size)
     return EventChunk(stream, seq, tokens, offset)
 
 

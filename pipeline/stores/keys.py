@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class RedisKeys:
@@ -34,6 +36,12 @@ class RedisKeys:
 
     def decision(self, key: int, layer: int = 0) -> str:
         return f"{self.decision_prefix(layer)}{key:016x}"
+
+    def decisions(self, keys: "np.ndarray | list[int]", layer: int = 0) -> list[str]:
+        """:meth:`decision` for many keys at once (one hex conversion for the whole batch)."""
+        prefix = self.decision_prefix(layer)
+        hexed = np.asarray(keys, dtype=">u8").tobytes().hex()
+        return [prefix + hexed[i : i + 16] for i in range(0, len(hexed), 16)]
 
     @property
     def table_pointer(self) -> str:

@@ -89,7 +89,7 @@ class RedisRoutingStore:
         self._retry_at = time.monotonic() + self._backoff_s
 
     async def fetch(self, keys: Sequence[int]) -> tuple[list[bytes | None], int | None]:
-        names = [self.keys.table_pointer] + [self.keys.decision(k, self.layer) for k in keys]
+        names = [self.keys.table_pointer, *self.keys.decisions(keys, self.layer)]
         values: list[Any] = await self._call("fetch", lambda: self.client.mget(names), [None] * len(names))
         pointer = values[0]
         return list(values[1:]), int(pointer) if pointer is not None else None
@@ -99,7 +99,7 @@ class RedisRoutingStore:
         (a pipeline of N SETs costs ~40 us per key in the client; the script ~2 us)."""
         if not keys:
             return
-        names = [self.keys.decision(k, self.layer) for k in keys]
+        names = self.keys.decisions(keys, self.layer)
         await self._call("write", lambda: self._set_many(keys=names, args=[self.ttl_ms, *values]), None)
 
     async def load_table(self, version: int) -> RoutingTable | None:

@@ -40,7 +40,7 @@ from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
 
 from .continuity import KafkaOffsets, OffsetContinuity
-from .processor import BatchOutput, InMessage, RouterProcessor
+from .processor import BatchOutput, DeadLetter, InMessage, RouterProcessor
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,19 @@ def create_app(settings: Settings) -> RouterApp:
                 await gather_sends([await outcomes.send(key=m.key, value=m.value) for m in messages])
                 continue
             started = time.perf_counter()
-            out = await processor.process(messages, lookup)
+            try:
+                out = await processor.process(messages, lookup)
+            except Exception as exc:  # a bug must not kill the agent or lose the batch silently
+                log.exception("routing a batch of %d messages failed; dead-lettering it", len(messages))
+                out = BatchOutput(deadletters=[DeadLetter(m.key, m.value, f"internal error: {exc!r}", m.partition,
+                                                          m.offset) for m in messages])
             await publish(out)
             for stream_id, window in out.windows.items():
                 windows[stream_id.encode()] = window.to_list()
-            record_batch(metrics, processor, out, len(messages), time.perf_counter() - started, continuity.gaps)
+            try:
+                record_batch(metrics, processor, out, len(messages), time.perf_counter() - started, continuity.gaps)
+            except Exception:  # metrics are never worth a routing failure
+                log.exception("updating metrics failed")
 
     return RouterApp(app, processor, store, metrics)
 
@@ -183,6 +191,7 @@ def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchO
     c = engine.counters
     if c.decisions:
         metrics.learned_share.set(c.tiers[2] / c.decisions)
+    if c.cache_lookups:
         metrics.cache_hit_rate.set(c.cache_hits / c.cache_lookups)
     metrics.window_max.set(engine.ledger.max_window_fraction)
     metrics.table_version.set(engine.table.version)
