@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--sizes", default="seed,large", help="router sizes: seed, large (comma-separated)")
     eng.add_argument("--json", action="store_true", help="print a JSON object with the ratios")
     add_settings(eng, ("router", "top_k", "window", "seed", "device", "budget", "budget_window", "governor",
-                       "batch_size", "cache_size", "min_frequency", "max_entropy", "static_below"))
+                       "batch_size", "cache_size", "cache_scope", "min_frequency", "max_entropy", "static_below"))
     eng.set_defaults(handler=run_engine)
     _register_pipeline(bsub)
 
