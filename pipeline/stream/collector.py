@@ -90,12 +90,7 @@ async def collect(bootstrap: str, outcome_topic: str, expected: int, deadletter_
             while got.distinct < expected and not (stop and stop.is_set()):
                 batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
                 before = got.distinct
-                for tp, records in batches.items():
-                    for rec in records:
-                        if tp.topic == outcome_topic:
-                            got.add(rec.value)
-                        else:
-                            got.deadletters.append((rec.key, rec.value, dict(rec.headers or ())))
+                _take(got, batches, outcome_topic)
                 if got.distinct > before or any(batches.values()):
                     bar.update(got.distinct - before)
                     last_progress = time.monotonic()
@@ -113,10 +108,14 @@ async def _drain(consumer: AIOKafkaConsumer, got: Collected, outcome_topic: str)
     """A short final poll so dead letters produced alongside the last outcomes are seen."""
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        batches = await consumer.getmany(timeout_ms=200)
-        for tp, records in batches.items():
-            for rec in records:
-                if tp.topic == outcome_topic:
-                    got.add(rec.value)
-                else:
-                    got.deadletters.append((rec.key, rec.value, dict(rec.headers or ())))
+        _take(got, await consumer.getmany(timeout_ms=200), outcome_topic)
+
+
+def _take(got: Collected, batches: dict, outcome_topic: str) -> None:
+    """File fetched records: outcomes into ``got``, everything else as dead letters."""
+    for tp, records in batches.items():
+        for rec in records:
+            if tp.topic == outcome_topic:
+                got.add(rec.value)
+            else:
+                got.deadletters.append((rec.key, rec.value, dict(rec.headers or ())))
