@@ -71,6 +71,14 @@ def test_metrics_endpoint_counters_move(kafka_bootstrap, redis_url, tmp_path):
     assert 0 < metric(after, "var_learned_share") <= 1
     log_line = (tmp_path / "logs" / "router-0.log").read_text().splitlines()[0]
     assert json.loads(log_line)["worker"] == "router-0"
+    tail = subprocess.run([sys.executable, "-m", "pipeline", "outcomes", "tail", "--from-beginning", "--max", "2",
+                           "--idle-exit", "10"], env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                      "KAFKA_BOOTSTRAP": kafka_bootstrap,
+                                                      "VAR_TOPIC_OUTCOMES": h.settings.topic_outcomes},
+                          capture_output=True, text=True, timeout=60)
+    lines = tail.stdout.splitlines()
+    assert tail.returncode == 0 and len(lines) >= 2, tail.stderr
+    assert all("seq" in line and "experts" in line and "table v" in line for line in lines)
 
 
 async def _produce_and_collect(h, message_size: int, rate: float | None = None,
