@@ -35,6 +35,7 @@ from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
 
 from .collector import Collected, collect
+from .timeline import outcome_timeline
 from .producer import produce_chunks, rechunk
 from .topics import ensure_topics, pipeline_topics
 from .workers import WorkerPool
@@ -210,6 +211,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
         cache_lookups=len(outcomes), learned_calls=int(counts[TIER_LABELS.index("learned")]),
         budget=settings.budget, budget_window=settings.budget_window, governor=settings.governor,
         max_window_learned=max_window, window_learned=blocks, window_sizes=sizes, quality=quality.result(),
+        timeline=outcome_timeline(outcomes, settings.batch_size),
         routing_s=(got.last_at or start) - (got.first_at or start), wall_s=time.perf_counter() - wall_start,
         completeness={"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
                       "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
