@@ -1,48 +1,144 @@
-"""``var stats``: the offline phase as a command -- build, save and inspect fast-path tables."""
+"""``var stats``: the fast-path statistics -- offline (``build``), online (``worker``) and ``show``.
+
+* ``var stats build CORPUS [--out FILE] [--publish] [--seed-stats]`` -- the offline phase: route the
+  corpus with the learned router, build the table with the same code as the stats worker
+  (:func:`pipeline.engine.refresher.refresh_table`, ``--adaptive`` included), write it to a file
+  and/or publish it to Redis as a new version; ``--seed-stats`` also stores the statistics as the
+  stats worker's starting point (only if it has none yet).
+* ``var stats worker`` -- the stats refresher (``workers/stats_worker.py``).
+* ``var stats show [--file FILE]`` -- version, size, thresholds and top tokens of a table file, or
+  of the table currently published in Redis (plus the stats worker's snapshot there).
+"""
 from __future__ import annotations
 
 import argparse
+import asyncio
+from typing import Any
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.offline import collect_statistics
-from pipeline.engine.table import RoutingTable, build_table
-from pipeline.replay import ReplayError, resolve_vocab, router_spec, thresholds
+from pipeline.engine.refresher import SnapshotError, read_snapshot, refresh_table
 from pipeline.engine.routers import build_router
+from pipeline.engine.table import RoutingTable
+from pipeline.replay import resolve_vocab, router_spec
+from pipeline.settings import Settings
+from pipeline.sources import FileSource
 
 from .common import ROUTING_SETTINGS, UserError, add_settings, print_json, settings_from
-from pipeline.sources import FileSource
+
+FAST_PATH_SETTINGS = ("min_frequency", "max_entropy", "static_below", "adaptive", "adaptive_target")
+REDIS_SETTINGS = ("redis_url", "namespace")
+WORKER_SETTINGS = ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + (
+    "kafka_bootstrap", "topic_tokens", "topic_outcomes", "topic_deadletter", "partitions", "stats_group",
+    "refresh_every", "refresh_interval_s", "stats_decay", "table_grace_s", "take_max", "take_within_s",
+    "worker_name", "metrics_port", "log_level", "log_format")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stats", help="build or show fast-path tables (the offline phase)")
+    p = sub.add_parser("stats", help="fast-path statistics: build a table offline, run the refresher, show tables")
     ssub = p.add_subparsers(dest="stats_command", metavar="ACTION", required=True)
-    build = ssub.add_parser("build", help="route a corpus with the learned router and write a table file")
+    build = ssub.add_parser("build", help="route a corpus with the learned router; write and/or publish a table")
     build.add_argument("corpus", help="recorded corpus (JSON Lines)")
-    build.add_argument("--out", required=True, help="table file to write (JSON)")
-    build.add_argument("--version", type=int, default=1, help="version number of the table (default 1)")
-    add_settings(build, ROUTING_SETTINGS + ("min_frequency", "max_entropy", "static_below", "batch_size"))
+    build.add_argument("--out", help="table file to write (JSON)")
+    build.add_argument("--publish", action="store_true", help="publish the table to Redis as a new version")
+    build.add_argument("--seed-stats", action="store_true",
+                       help="with --publish: store the statistics as the stats worker's start (if it has none)")
+    build.add_argument("--version", type=int, default=1, help="version number in the file (default 1)")
+    add_settings(build, ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + ("table_grace_s", "batch_size"))
     build.set_defaults(handler=run_build)
+    worker = ssub.add_parser("worker", help="run the stats refresher: outcomes topic -> new table versions")
+    add_settings(worker, WORKER_SETTINGS)
+    worker.set_defaults(handler=run_worker)
     show = ssub.add_parser("show", help="print a table's version, size, thresholds and top tokens")
-    show.add_argument("--file", required=True, help="table file")
+    show.add_argument("--file", help="table file (default: the current table in Redis)")
     show.add_argument("--top", type=int, default=10, help="how many of the most frequent tokens to list")
     show.add_argument("--json", action="store_true")
+    add_settings(show, ROUTING_SETTINGS + REDIS_SETTINGS)
     show.set_defaults(handler=run_show)
 
 
+# --- build -------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
+    if not args.out and not args.publish:
+        raise UserError("give --out FILE and/or --publish")
+    if args.seed_stats and not args.publish:
+        raise UserError("--seed-stats needs --publish")
+    from workers.stats_worker import refresh_policy
+
     settings = settings_from(args)
     source = FileSource(args.corpus)
     vocab = resolve_vocab(settings, source.info().max_token)
+    settings = settings.with_(vocab_size=vocab)
     router = build_router(router_spec(settings, vocab), settings.device)
     stats = collect_statistics(router, iter_batches(source.chunks(vocab), settings.batch_size), settings.window)
-    table = build_table(stats, thresholds(settings), settings.top_k, router.router_id, args.version,
-                        {"source": args.corpus})
-    table.save(args.out)
-    print(f"wrote table v{table.version} to {args.out}: {table.size} fast-path tokens of {int(table.known.sum())} "
-          f"seen, from {int(stats.total_frequency):,} tokens (router {router.router_id})")
+    refresh = refresh_table(stats, refresh_policy(settings), settings.top_k, router.router_id, args.version,
+                            {"source": args.corpus})
+    table = refresh.table
+    summary = (f"{table.size} fast-path tokens of {int(table.known.sum())} seen, from {int(stats.total_frequency):,} "
+               f"tokens (router {router.router_id}); predicted learned share "
+               f"{100 * refresh.prediction.learned_share:.1f}%")
+    if args.out:
+        table.save(args.out)
+        print(f"wrote table v{table.version} to {args.out}: {summary}")
+    if args.publish:
+        version, seeded = _run_redis(_publish(settings, table, stats if args.seed_stats else None))
+        print(f"published table v{version} to {settings.redis_url} (namespace {settings.namespace}): {summary}")
+        if args.seed_stats:
+            print("seeded the stats worker's statistics" if seeded else
+                  "kept the stats worker's existing statistics (not seeded)")
     return 0
 
 
+async def _publish(settings: Settings, table: RoutingTable, stats: Any) -> tuple[int, bool]:
+    from pipeline.stores.keys import RedisKeys
+    from pipeline.stores.redis_store import RedisRoutingStore
+    from workers.stats_worker import build_refresher
+
+    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table.router_id),
+                              settings.cache_ttl_s, grace_s=settings.table_grace_s, timeout_s=5.0)
+    try:
+        version = await store.publish_table(table)
+        if stats is None:
+            return version, False
+        refresher = build_refresher(settings)
+        refresher.stats = stats
+        c = refresher.counters
+        c.outcomes, c.learned, c.last_version = int(stats.total_frequency), int(stats.total_routed), version
+        seeded = await store.client.set(store.keys.stats_snapshot, refresher.snapshot(), nx=True)
+        return version, bool(seeded)
+    finally:
+        await store.close()
+
+
+def _run_redis(coro: Any) -> Any:
+    from redis.exceptions import RedisError
+
+    try:
+        return asyncio.run(coro)
+    except (RedisError, OSError) as exc:
+        raise UserError(f"redis: {exc}") from None
+
+
+# --- worker ------------------------------------------------------------------------------
+def run_worker(args: argparse.Namespace) -> int:
+    from pipeline.stream.app import worker_name
+    from pipeline.stream.topics import ensure_topics, pipeline_topics
+    from workers.stats_worker import StatsWorkerError, build_refresher, run_stats_worker
+
+    settings = settings_from(args)
+    try:
+        build_refresher(settings)  # fails early without a vocabulary size
+    except StatsWorkerError as exc:
+        raise UserError(str(exc)) from None
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings)))
+    try:
+        run_stats_worker(settings, worker_name(settings))
+    except StatsWorkerError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+# --- show --------------------------------------------------------------------------------
 def table_summary(table: RoutingTable, top: int) -> dict[str, object]:
     order = table.frequency.argsort()[::-1][:top]
     return {
@@ -57,23 +153,93 @@ def table_summary(table: RoutingTable, top: int) -> dict[str, object]:
     }
 
 
-def run_show(args: argparse.Namespace) -> int:
+def _load_file(path: str) -> RoutingTable:
     try:
-        table = RoutingTable.load(args.file)
+        return RoutingTable.load(path)
     except FileNotFoundError:
-        raise UserError(f"no such table file: {args.file}") from None
+        raise UserError(f"no such table file: {path}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{args.file}: not a valid fast-path table ({exc})") from None
+        raise UserError(f"{path}: not a valid fast-path table ({exc})") from None
+
+
+async def _router_ids(settings: Settings, client: Any) -> list[str]:
+    """The router id the settings name, or every router with a table in the namespace."""
+    if settings.vocab_size is not None:
+        return [router_spec(settings, settings.vocab_size).router_id]
+    prefix = f"var:{settings.namespace}:fp:"
+    names = [k.decode() async for k in client.scan_iter(match=f"{prefix}*:current")]
+    return sorted(n[len(prefix):-len(":current")] for n in names)
+
+
+async def _load_current(settings: Settings) -> tuple[RoutingTable, dict[str, Any] | None]:
+    import redis.asyncio as aioredis
+
+    from pipeline.stores.keys import RedisKeys
+    from pipeline.stores.redis_store import RedisRoutingStore
+
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    try:
+        ids = await _router_ids(settings, client)
+        if len(ids) != 1:
+            raise UserError(f"no table published in namespace {settings.namespace}" if not ids else
+                            f"tables of {len(ids)} routers in namespace {settings.namespace}; "
+                            "give the router settings (--vocab-size ...) to pick one")
+        keys = RedisKeys(settings.namespace, ids[0])
+        store = RedisRoutingStore(settings.redis_url, keys, 1.0, client=client)
+        version = await client.get(keys.table_pointer)
+        table = await store.load_table(int(version)) if version is not None else None
+        if table is None:
+            raise UserError(f"no table published for router {ids[0]} in namespace {settings.namespace}")
+        return table, _snapshot_summary(await client.get(keys.stats_snapshot))
+    finally:
+        await client.aclose()
+
+
+def _snapshot_summary(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        header, _ = read_snapshot(raw)
+    except SnapshotError as exc:
+        return {"error": str(exc)}
+    return {"counters": header["counters"], "offsets": header["offsets"], "bytes": len(raw)}
+
+
+def run_show(args: argparse.Namespace) -> int:
+    snapshot = None
+    if args.file:
+        table = _load_file(args.file)
+    else:
+        settings = settings_from(args)
+        table, snapshot = _run_redis(_load_current(settings))
     summary = table_summary(table, args.top)
+    if snapshot is not None:
+        summary["stats_snapshot"] = snapshot
     if args.json:
         print_json(summary)
         return 0
-    t = summary["thresholds"]
-    print(f"table v{table.version} for {table.router_id}: {table.size} fast-path tokens, "
-          f"{summary['known_tokens']} seen, vocab {table.vocab_size}")
-    print(f"thresholds: frequency > {t['min_frequency']:g} and entropy < {t['max_entropy']:g}, or id < {t['static_below']}")
-    print(f"{'token':>7}{'frequency':>12}  fast  experts        entropy")
-    for row in summary["top_tokens"]:
-        print(f"{row['token']:>7}{row['frequency']:>12,.0f}  {'yes ' if row['fast'] else 'no  '}  "
-              f"{str(row['experts']):<14} {row['entropy']:.3f}")
+    print(render_summary(summary))
     return 0
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    t, meta = summary["thresholds"], summary["meta"]
+    lines = [f"table v{summary['version']} for {summary['router_id']}: {summary['size']} fast-path tokens, "
+             f"{summary['known_tokens']} seen, vocab {summary['vocab_size']}",
+             f"thresholds: frequency > {t['min_frequency']:g} and entropy < {t['max_entropy']:.4g}, "
+             f"or id < {t['static_below']}" + (" (adaptive)" if "adaptive" in meta else "")]
+    if "predicted_learned_share" in meta:
+        adaptive = meta.get("adaptive", {})
+        lines.append(f"predicted learned share {100 * meta['predicted_learned_share']:.1f}%, expected top-1 "
+                     f"agreement {100 * meta['expected_agreement']:.2f}%"
+                     + (f" (target {100 * adaptive['target']:.1f}%{'' if adaptive['feasible'] else ', not met'})"
+                        if adaptive else ""))
+    if "stats_snapshot" in summary and "counters" in summary["stats_snapshot"]:
+        c = summary["stats_snapshot"]["counters"]
+        lines.append(f"stats worker: {c['outcomes']:,} outcomes counted ({c['learned']:,} learned), "
+                     f"{c['refreshes']} tables published, last v{c['last_version']}")
+    lines.append(f"{'token':>7}{'frequency':>12}  fast  experts        entropy")
+    for row in summary["top_tokens"]:
+        lines.append(f"{row['token']:>7}{row['frequency']:>12,.0f}  {'yes ' if row['fast'] else 'no  '}  "
+                     f"{str(row['experts']):<14} {row['entropy']:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,286 @@
+"""The stats refresher worker: outcomes topic -> statistics -> new fast-path table versions in Redis.
+
+The logic lives in :mod:`pipeline.engine.refresher` (no I/O); this module is its Kafka/Redis edge.
+
+Why a plain aiokafka consumer rather than a Faust agent:
+
+* The statistics are global -- one table is built from all traffic -- so a single worker must
+  read *every* partition of the outcomes topic. It assigns them to itself (``assign``) instead of
+  joining a group, so there is no rebalance, and a restarted worker starts reading at once
+  instead of waiting for the dead one's session to expire. Run one per deployment.
+* Counting each outcome exactly once across restarts needs the read position stored *with* the
+  statistics. The snapshot in Redis (``RedisKeys.stats_snapshot``) holds the statistics and the
+  next offset of every outcome partition they include; on start the worker restores it and seeks
+  to those offsets. Faust commits offsets on its own schedule, which cannot be tied to a Redis
+  value. The consumer group ``stats_group`` is used only to commit the same offsets to Kafka, so
+  the worker's lag shows up in the usual tools.
+
+Each loop: ``getmany`` (at most ``take_max`` messages, ``take_within_s`` wait) -> decode and check
+every message (malformed or foreign ones are skipped with a logged reason and counted, never
+raised) -> one vectorised update of the statistics -> when due: build the table, publish it
+(``RedisRoutingStore.publish_table``: INCR the sequence, then MULTI: write ``v{n}``, move the
+pointer, give the previous version a grace TTL), save the snapshot, commit the offsets. A crash
+between publishing and saving the snapshot only means the outcomes since the previous snapshot
+are read and counted again into that older snapshot (never twice into the same statistics), and
+the next table gets a higher version. On SIGTERM the snapshot is saved before exiting.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from pipeline.engine.refresher import Clock, RefreshPolicy, SnapshotError, StatsRefresher
+from pipeline.observability import configure_logging, serve_metrics
+from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
+from pipeline.replay import router_spec, thresholds
+from pipeline.settings import Settings
+from pipeline.stats_metrics import StatsMetrics
+from pipeline.stores.keys import RedisKeys
+from pipeline.stores.redis_store import RedisRoutingStore
+
+log = logging.getLogger(__name__)
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+SKIP_LOG_LIMIT = 20  # skipped messages logged one by one per refresh period; the rest are summed up
+
+
+class StatsWorkerError(RuntimeError):
+    """The worker cannot start (e.g. a snapshot for another configuration); one-line message."""
+
+
+def refresh_policy(settings: Settings) -> RefreshPolicy:
+    return RefreshPolicy(settings.refresh_every, settings.refresh_interval_s, settings.stats_decay,
+                         thresholds(settings), settings.adaptive_target if settings.adaptive else None)
+
+
+def build_refresher(settings: Settings, clock: Clock = time.monotonic) -> StatsRefresher:
+    """A cold refresher for the routers' router id (settings must name the vocabulary size)."""
+    if settings.vocab_size is None:
+        raise StatsWorkerError("the stats worker needs the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
+    spec = router_spec(settings, settings.vocab_size)
+    return StatsRefresher(spec.vocab_size, spec.num_experts, spec.top_k, spec.router_id, refresh_policy(settings),
+                          clock)
+
+
+@dataclass
+class SkipLog:
+    """Logs why messages were skipped -- one by one up to a limit, then a count."""
+
+    limit: int = SKIP_LOG_LIMIT
+    logged: int = 0
+    suppressed: int = 0
+
+    def skip(self, partition: int, offset: int, reason: str) -> None:
+        if self.logged < self.limit:
+            self.logged += 1
+            log.warning("skipping outcome p%d@%d: %s", partition, offset, reason,
+                        extra={"partition": partition, "offset": offset, "reason": reason})
+        else:
+            self.suppressed += 1
+
+    def flush(self) -> None:
+        if self.suppressed:
+            log.warning("skipped %d more outcomes (reasons not logged)", self.suppressed)
+        self.logged = self.suppressed = 0
+
+
+@dataclass
+class StatsWorker:
+    """One refresher bound to a consumer, a Redis client and a routing store."""
+
+    settings: Settings
+    refresher: StatsRefresher
+    consumer: AIOKafkaConsumer
+    redis: aioredis.Redis
+    metrics: StatsMetrics
+    store: RedisRoutingStore = field(init=False)
+    skips: SkipLog = field(default_factory=SkipLog)
+
+    def __post_init__(self) -> None:
+        self.keys = RedisKeys(self.settings.namespace, self.refresher.router_id)
+        self.store = RedisRoutingStore(self.settings.redis_url, self.keys, self.settings.cache_ttl_s,
+                                       grace_s=self.settings.table_grace_s, client=self.redis)
+
+    async def start(self) -> None:
+        """Restore the snapshot (if any) and position the consumer on every outcome partition."""
+        try:
+            raw = await self.redis.get(self.keys.stats_snapshot)
+        except _REDIS_ERRORS as exc:
+            raise StatsWorkerError(f"cannot read the stats snapshot from {self.settings.redis_url}: {exc}") from None
+        if raw is not None:
+            try:
+                self.refresher.restore(raw)
+            except SnapshotError as exc:
+                raise StatsWorkerError(f"cannot resume from {self.keys.stats_snapshot}: {exc} "
+                                       "(delete the key to start cold)") from None
+        topic = self.settings.topic_outcomes
+        partitions = await topic_partitions(self.settings.kafka_bootstrap, topic)
+        await self.consumer.start()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        self.consumer.assign(tps)
+        for tp in tps:
+            if tp.partition in self.refresher.offsets:
+                self.consumer.seek(tp, self.refresher.offsets[tp.partition])
+            else:
+                await self.consumer.seek_to_beginning(tp)
+        c = self.refresher.counters
+        log.info("stats worker on %s (%d partitions), router %s: %s at %s", topic, len(tps), self.refresher.router_id,
+                 f"resumed {c.outcomes:,} outcomes, last table v{c.last_version}" if raw else "cold start",
+                 self.refresher.offsets or "the beginning")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; then save the snapshot."""
+        try:
+            while not stop.is_set():
+                await self.step()
+        finally:
+            await self.save()
+
+    async def step(self) -> None:
+        s = self.settings
+        batches = await self.consumer.getmany(timeout_ms=max(1, int(s.take_within_s * 1000)), max_records=s.take_max)
+        self.ingest(batches)
+        if self.refresher.due():
+            await self.refresh()
+
+    def ingest(self, batches: dict[Any, list[Any]]) -> int:
+        """Decode, check and count one fetched batch; returns the outcome rows counted."""
+        parts: list[Outcomes] = []
+        for tp, records in batches.items():
+            for rec in records:
+                part = self._decode(rec.value, tp.partition, rec.offset)
+                if part is not None:
+                    parts.append(part)
+        merged = Outcomes.concat(parts)
+        learned = self.refresher.observe(merged) if parts else 0
+        self.refresher.advance({tp.partition: records[-1].offset + 1 for tp, records in batches.items() if records})
+        self.metrics.outcomes.inc(len(merged))
+        self.metrics.learned.inc(learned)
+        return len(merged)
+
+    def _decode(self, raw: bytes | None, partition: int, offset: int) -> Outcomes | None:
+        try:
+            part = decode_outcome(raw or b"")
+        except OutcomeError as exc:
+            self._skip(partition, offset, "malformed", str(exc))
+            return None
+        reason = self.refresher.check(part)
+        if reason is not None:
+            self._skip(partition, offset, "rejected", reason)
+            return None
+        return part
+
+    def _skip(self, partition: int, offset: int, kind: str, reason: str) -> None:
+        self.metrics.skip(kind)
+        self.skips.skip(partition, offset, reason)
+
+    async def refresh(self) -> int | None:
+        """Build and publish the next table, then save the snapshot; None if publishing failed."""
+        refresh = self.refresher.build()
+        try:
+            version = await self.store.publish_table(refresh.table)
+        except _REDIS_ERRORS as exc:
+            self.metrics.publish_errors.inc()
+            self.refresher.postpone()
+            log.error("cannot publish a table (%s: %s); retrying in %.0f s", type(exc).__name__, exc,
+                      self.settings.refresh_interval_s)
+            return None
+        self.refresher.published(refresh, version)
+        self._record_publication(refresh, version)
+        await self.save()
+        return version
+
+    def _record_publication(self, refresh: Any, version: int) -> None:
+        table, m = refresh.table, self.metrics
+        m.tables.inc()
+        m.table_version.set(version)
+        m.table_size.set(table.size)
+        m.predicted_share.set(refresh.prediction.learned_share)
+        m.last_refresh.set(time.time())
+        self.skips.flush()
+        t, rows = table.thresholds, self.refresher.report()
+        last = rows[-1] if rows else {}
+        log.info("published table v%d: %d fast-path tokens (frequency > %.4g, entropy < %.4g%s); predicted "
+                 "learned share %.1f%%; last observed (v%s): learned %.1f%%, not fast %.1f%%, predicted %s",
+                 version, table.size, t.min_frequency, t.max_entropy, ", adaptive" if refresh.choice else "",
+                 100 * refresh.prediction.learned_share, last.get("version"),
+                 100 * (last.get("observed_learned_share") or 0), 100 * (last.get("observed_non_fast_share") or 0),
+                 _pct(last.get("predicted_learned_share")),
+                 extra={"table_version": version, "fast_tokens": table.size, "report": last})
+
+    async def save(self) -> None:
+        """Store the snapshot, then commit the same offsets to Kafka (for lag monitoring)."""
+        try:
+            await self.redis.set(self.keys.stats_snapshot, self.refresher.snapshot())
+        except _REDIS_ERRORS as exc:
+            log.error("cannot save the stats snapshot (%s: %s); will retry at the next refresh", type(exc).__name__, exc)
+            return
+        self.metrics.snapshots.inc()
+        offsets = {TopicPartition(self.settings.topic_outcomes, p): o for p, o in self.refresher.offsets.items()}
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:
+                log.warning("cannot commit offsets to Kafka (%s); the snapshot has them", exc)
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+        await self.redis.aclose()
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """Partition ids of ``topic`` (raises :class:`StatsWorkerError` if it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        meta = (await admin.describe_topics([topic]))[0]
+    finally:
+        await admin.close()
+    if meta.get("error_code") or not meta.get("partitions"):
+        raise StatsWorkerError(f"topic {topic} does not exist")
+    return sorted(p["partition"] for p in meta["partitions"])
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def create_worker(settings: Settings, name: str, clock: Clock = time.monotonic) -> StatsWorker:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.stats_group,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_bytes=16 * 1024 * 1024)
+    timeout = max(5.0, settings.redis_timeout_s)
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return StatsWorker(settings, build_refresher(settings, clock), consumer, client, StatsMetrics(name))
+
+
+async def serve(settings: Settings, name: str, stop: asyncio.Event | None = None) -> StatsWorker:
+    """Run a stats worker until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+    worker = create_worker(settings, name)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    serve_metrics(settings.metrics_port, worker.metrics.registry)
+    try:
+        await worker.start()
+        await worker.run(stop)
+    finally:
+        await worker.close()
+    return worker
+
+
+def run_stats_worker(settings: Settings, name: str) -> None:
+    """Entry point of ``var stats worker``."""
+    configure_logging(settings.log_level, settings.log_format, name)
+    asyncio.run(serve(settings, name))
