@@ -5,9 +5,12 @@ their outcomes, publishes new table versions, and the routers pick them up witho
 The corpus is produced at a fixed rate so that the loop has time to close during the replay.
 
 Measured on the 2-core development machine (one run; the asserted bounds are looser):
-cold start, 72k tokens, adaptive target 10%, governor off -> learned share by fifth of the replay
-about 0.37, 0.14, 0.11, 0.11, 0.11; ~30 table versions; the final table holds ~99% of the
-offline table's fast-path tokens (same corpus, same adaptive policy) and ~100% of their traffic.
+cold start, 72k tokens at 4,000 tokens/s, adaptive target 10%, governor off -> learned share by
+fifth of the replay 0.23, 0.11, 0.11, 0.10, 0.10 (the first ~1,000 outcomes, before table v1: ~1.0);
+36 table versions; the final table held 295 fast-path tokens, 100% of the offline table's (same
+corpus, same adaptive policy) -- the bounds asserted are 80% of its tokens and 95% of its traffic.
+Predicted vs observed learned share per version: 9.3-10.0% predicted, 9-13% observed (the last
+versions within 1.5 points).
 """
 from __future__ import annotations
 
@@ -166,7 +169,8 @@ def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path):
     plot_timeline(report, tmp_path / "cold_start.png")
     print(orjson.dumps(figures, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
-    assert fifths[0] > 0.2 and fifths[-1] < loop.settings.budget, figures
+    first = timeline[0]["learned"] / timeline[0]["tokens"]  # before any table: (nearly) all learned
+    assert first > 0.5 and fifths[-1] < fifths[0] and fifths[-1] < loop.settings.budget, figures
     assert len(versions) >= 5 and final.version >= versions[-1], figures
     assert loop.pool.workers[0].alive() and loop.pool.workers[0].process.pid == router_pid, "router never restarted"
     assert overlap >= 0.8 and traffic_overlap >= 0.95, figures
