@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.offline import collect_statistics
-from pipeline.engine.refresher import SnapshotError, read_snapshot, refresh_table
+from pipeline.engine.refresher import SnapshotError, read_snapshot, refresh_table, version_report
 from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
 from pipeline.replay import resolve_vocab, router_spec
@@ -26,6 +26,7 @@ from pipeline.sources import FileSource
 
 from .common import ROUTING_SETTINGS, UserError, add_settings, print_json, settings_from
 
+SHOW_VERSIONS = 5  # table versions whose predicted vs observed learned share `show` lists
 FAST_PATH_SETTINGS = ("min_frequency", "max_entropy", "static_below", "adaptive", "adaptive_target")
 REDIS_SETTINGS = ("redis_url", "namespace")
 WORKER_SETTINGS = ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + (
@@ -202,7 +203,10 @@ def _snapshot_summary(raw: bytes | None) -> dict[str, Any] | None:
         header, _ = read_snapshot(raw)
     except SnapshotError as exc:
         return {"error": str(exc)}
-    return {"counters": header["counters"], "offsets": header["offsets"], "bytes": len(raw)}
+    rows = version_report({int(v): c for v, c in header["observed"].items()},
+                          {int(v): p for v, p in header["predicted"].items()})
+    return {"counters": header["counters"], "offsets": header["offsets"], "bytes": len(raw),
+            "versions": rows[-SHOW_VERSIONS:]}
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -238,6 +242,12 @@ def render_summary(summary: dict[str, Any]) -> str:
         c = summary["stats_snapshot"]["counters"]
         lines.append(f"stats worker: {c['outcomes']:,} outcomes counted ({c['learned']:,} learned), "
                      f"{c['refreshes']} tables published, last v{c['last_version']}")
+        for row in summary["stats_snapshot"]["versions"]:
+            predicted = row["predicted_learned_share"]
+            lines.append(f"  v{row['version']}: predicted learned share "
+                         f"{'-' if predicted is None else f'{100 * predicted:.1f}%'}, observed "
+                         f"{100 * row['observed_learned_share']:.1f}% (not fast {100 * row['observed_non_fast_share']:.1f}%)"
+                         f" over {row['outcomes']:,} outcomes")
     lines.append(f"{'token':>7}{'frequency':>12}  fast  experts        entropy")
     for row in summary["top_tokens"]:
         lines.append(f"{row['token']:>7}{row['frequency']:>12,.0f}  {'yes ' if row['fast'] else 'no  '}  "

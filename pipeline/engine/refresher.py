@@ -210,14 +210,7 @@ class StatsRefresher:
 
     def report(self) -> list[dict[str, Any]]:
         """Per table version: predicted learned share vs the tier mix observed under it."""
-        rows = []
-        for version, counts in sorted(self.observed.items()):
-            total = int(counts.sum())
-            rows.append({"version": version, "outcomes": total, "predicted_learned_share": self.predicted.get(version),
-                         "observed_learned_share": counts[Tier.LEARNED] / total if total else None,
-                         "observed_non_fast_share": 1 - counts[Tier.FAST] / total if total else None,
-                         "tiers": {label: int(counts[i]) for i, label in enumerate(TIER_LABELS)}})
-        return rows
+        return version_report(self.observed, self.predicted)
 
     # --- persistence ---------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -243,6 +236,20 @@ class StatsRefresher:
         self.counters = RefreshCounters(**header["counters"])
         self.observed = {int(v): np.asarray(c, np.int64) for v, c in header["observed"].items()}
         self.predicted = {int(v): float(s) for v, s in header["predicted"].items()}
+
+
+def version_report(observed: Mapping[int, np.ndarray], predicted: Mapping[int, float]) -> list[dict[str, Any]]:
+    """Rows ``{version, outcomes, predicted_learned_share, observed_learned_share,
+    observed_non_fast_share, tiers}`` in version order (``observed``: tier counts per version)."""
+    rows = []
+    for version, counts in sorted(observed.items()):
+        counts = np.asarray(counts)
+        total = int(counts.sum())
+        rows.append({"version": version, "outcomes": total, "predicted_learned_share": predicted.get(version),
+                     "observed_learned_share": float(counts[Tier.LEARNED] / total) if total else None,
+                     "observed_non_fast_share": float(1 - counts[Tier.FAST] / total) if total else None,
+                     "tiers": {label: int(counts[i]) for i, label in enumerate(TIER_LABELS)}})
+    return rows
 
 
 def read_snapshot(raw: bytes) -> tuple[dict[str, Any], TokenStats]:

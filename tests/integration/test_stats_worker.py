@@ -132,7 +132,7 @@ def offline_table(loop: Loop) -> RoutingTable:
     return refresh_table(stats, refresh_policy(s), s.top_k, router.router_id, 1).table
 
 
-def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path):
+def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path, capsys):
     loop.start_routers(1)
     router_pid = loop.pool.workers[0].process.pid
     loop.start_stats()
@@ -176,6 +176,20 @@ def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path):
     assert overlap >= 0.8 and traffic_overlap >= 0.95, figures
     assert snap["counters"]["outcomes"] == loop.tokens, "every outcome counted exactly once"
     assert late and all(abs(r[2] - r[1]) < 0.05 for r in figures["predicted_vs_observed"][-5:]), figures
+    show_reports_the_loop(loop, capsys)
+
+
+def show_reports_the_loop(loop: Loop, capsys) -> None:
+    """``var stats show`` reads the current table and the worker's predicted vs observed shares."""
+    from pipeline.cli.main import main
+
+    capsys.readouterr()
+    s = loop.settings
+    assert main(["stats", "show", "--redis-url", s.redis_url, "--namespace", s.namespace]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"table v{loop.current_table().version} ") and "(adaptive)" in shown, shown
+    assert f"stats worker: {loop.tokens:,} outcomes counted" in shown, shown
+    assert shown.count("predicted learned share") >= 1 + 4, shown
 
 
 def wait_until(check, timeout_s: float = 30.0) -> bool:
