@@ -136,7 +136,7 @@ def render_text(report: ReplayReport) -> str:
         f"  router   {report.router['id']} on {report.router.get('device', 'cpu')}",
         f"  table    v{t['version']}: {t['size']} fast-path tokens ({t['source']})",
         f"  tokens   {report.tokens:,} routed in {report.routing_s:.2f} s = {report.tokens_per_s:,.0f} tokens/s"
-        f" (offline phase: {report.train_tokens:,} tokens)",
+        f" (training split: {report.train_tokens:,} tokens)",
         "",
         f"  {'tier':<16}{'decisions':>12}{'share':>9}",
     ]

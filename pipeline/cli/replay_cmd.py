@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kafka.add_argument("--cold", action="store_true", help="start with an empty fast-path table (no offline phase)")
     kafka.add_argument("--stats-worker", action="store_true", help="also run the stats refresher worker")
     kafka.add_argument("--idle-timeout", type=float, default=90.0, help="give up after this long without outcomes")
+    kafka.add_argument("--rate", type=float, default=None, help="produce at most this many tokens per second")
     kafka.add_argument("--log-dir", default=".var/logs", help="worker logs (default .var/logs/RUN)")
     add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample") + SERVICE_SETTINGS)
     add_synthetic_arguments(p)
@@ -65,8 +66,10 @@ def _run_kafka(args: argparse.Namespace, settings, source):
 
     if args.workers < 0 or (args.workers == 0 and not args.attach) or args.message_size < 1:
         raise UserError("--workers must be >= 1 (or 0 with --attach) and --message-size >= 1")
+    if args.rate is not None and args.rate <= 0:
+        raise UserError("--rate must be > 0")
     opts = KafkaReplayOptions(workers=0 if args.attach else args.workers, message_size=args.message_size,
                               attach=args.attach, cold=args.cold, stats_worker=args.stats_worker,
-                              idle_timeout_s=args.idle_timeout, log_dir=Path(args.log_dir))
+                              idle_timeout_s=args.idle_timeout, log_dir=Path(args.log_dir), rate=args.rate)
     report, _ = run_kafka_replay(source, settings, opts, progress=show_progress(args))
     return report

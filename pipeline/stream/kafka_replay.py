@@ -185,6 +185,26 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
     return report, got
 
 
+async def _load_table(settings: Settings, router_id: str, version: int) -> RoutingTable | None:
+    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, router_id), settings.cache_ttl_s)
+    try:
+        return await store.load_table(version)
+    finally:
+        await store.close()
+
+
+def _final_table(settings: Settings, prepared: Prepared, versions: list[int]) -> dict[str, object]:
+    """The newest table the routers used (read back from Redis when the stats worker made it)."""
+    table = prepared.table
+    if versions and max(versions) != table.version:
+        table = asyncio.run(_load_table(settings, table.router_id, max(versions))) or table
+    source = prepared.table_source if table is prepared.table else f"stats worker ({len(versions)} versions used)"
+    t = table.thresholds
+    return {"version": max(versions) if versions else table.version, "size": table.size, "source": source,
+            "versions_seen": versions, "thresholds": {"min_frequency": t.min_frequency,
+                                                      "max_entropy": t.max_entropy, "static_below": t.static_below}}
+
+
 def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepared, chunks: list[EventChunk],
                        got: Collected, start: float, wall_start: float, opts: KafkaReplayOptions) -> ReplayReport:
     outcomes = got.outcomes()
@@ -204,8 +224,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
         source=source.name, mode=f"kafka ({opts.workers} worker{'s' if opts.workers != 1 else ''}, "
                                  f"{opts.message_size} token{'s' if opts.message_size != 1 else ''}/message)",
         router={"id": prepared.router.router_id, "kind": prepared.router.spec.kind, "device": settings.device},
-        table={"version": max(versions) if versions else prepared.table.version, "size": prepared.table.size,
-               "source": prepared.table_source, "versions_seen": versions},
+        table=_final_table(settings, prepared, versions),
         tokens=len(outcomes), train_tokens=prepared.train_tokens,
         tiers={label: int(counts[i]) for i, label in enumerate(TIER_LABELS)},
         cache_lookups=len(outcomes), learned_calls=int(counts[TIER_LABELS.index("learned")]),
