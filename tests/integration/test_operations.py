@@ -123,9 +123,11 @@ def test_redis_outage_degrades_but_loses_nothing(kafka_bootstrap, tmp_path):
 
 
 def test_local_stack_runs_the_compose_topology(tmp_path):
-    """`var stack up --workers 3` = broker, Redis and 3 router processes; produce, route, tear down."""
+    """`var stack up --workers 3 --stats-worker`: broker, Redis, 3 routers and the stats worker as
+    local processes; produce, route, watch a table get published, tear down."""
     state = tmp_path / "stack"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VAR_VOCAB_SIZE": "1000", "VAR_SESSION_TIMEOUT_S": "6"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VAR_VOCAB_SIZE": "1000", "VAR_SESSION_TIMEOUT_S": "6",
+           "VAR_REFRESH_EVERY": "1000", "VAR_REFRESH_INTERVAL_S": "1"}
     env.pop("KAFKA_BOOTSTRAP", None)
     env.pop("REDIS_URL", None)
     var = [sys.executable, "-m", "pipeline"]
@@ -136,9 +138,9 @@ def test_local_stack_runs_the_compose_topology(tmp_path):
         return done
 
     try:
-        run("stack", "up", "--free-ports", "--state-dir", str(state), "--workers", "3")
+        run("stack", "up", "--free-ports", "--state-dir", str(state), "--workers", "3", "--stats-worker")
         status = json.loads(run("stack", "status", "--state-dir", str(state), "--json").stdout)
-        assert {"kafka", "redis", "router-0", "router-1", "router-2"} <= set(status)
+        assert {"kafka", "redis", "router-0", "router-1", "router-2", "stats"} <= set(status)
         assert all(s["alive"] for s in status.values())
         kafka = status["kafka"]["address"]
         from pipeline.stream.topics import wait_for_group
@@ -149,8 +151,16 @@ def test_local_stack_runs_the_compose_topology(tmp_path):
         got = asyncio.run(collect(kafka, "var-outcomes", 12 * 300, idle_timeout_s=60))
         assert got.distinct == 12 * 300
         assert len(set(got.outcomes().workers)) == 3
+        env["REDIS_URL"] = status["redis"]["address"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shown = run("stats", "show", "--json", check=False)
+            if shown.returncode == 0 and json.loads(shown.stdout).get("version", 0) >= 1:
+                break
+            time.sleep(1)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["version"] >= 1, shown.stderr
     finally:
         down = run("stack", "down", "--state-dir", str(state), check=False)
-    assert "router-0" in down.stdout and "kafka" in down.stdout
+    assert "router-0" in down.stdout and "stats" in down.stdout and "kafka" in down.stdout
     after = run("stack", "status", "--state-dir", str(state), check=False)
     assert after.returncode != 0  # nothing recorded any more
