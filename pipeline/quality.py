@@ -72,9 +72,15 @@ class QualityAccumulator:
         self._sample: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._sampled = 0
 
+    @property
+    def wants_sample(self) -> bool:
+        """Whether :meth:`add` still needs the streams of its events (the MoE sample is not full)."""
+        return self._sampled < self.sample_limit
+
     def add(self, streams: list[str], tokens: np.ndarray, var_experts: np.ndarray, var_weights: np.ndarray,
             exact_experts: np.ndarray, exact_weights: np.ndarray) -> None:
-        """Add a batch: VAR's and the exact decisions for the same events (rows aligned)."""
+        """Add a batch: VAR's and the exact decisions for the same events (rows aligned). ``streams``
+        may be empty once :attr:`wants_sample` is False."""
         n = len(tokens)
         self.events += n
         self.top1_agree += int((var_experts[:, 0] == exact_experts[:, 0]).sum())

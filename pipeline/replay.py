@@ -15,9 +15,10 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from pipeline.corpus.jsonl import iter_batches
@@ -28,6 +29,7 @@ from pipeline.engine.engine import EngineConfig, RouteResult, VAREngine
 from pipeline.engine.events import EventChunk, Tier, TIER_LABELS
 from pipeline.engine.offline import collect_statistics
 from pipeline.engine.routers import RouterSpec, TorchRouter, build_router
+from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable, Thresholds, build_table
 from pipeline.quality import QualityAccumulator
 from pipeline.report import ReplayReport
@@ -50,6 +52,7 @@ class Prepared:
     vocab_size: int
     records: int
     train_records: int
+    stats: TokenStats | None = None  # the offline statistics (None with a table file)
 
 
 def router_spec(settings: Settings, vocab_size: int) -> RouterSpec:
@@ -82,13 +85,19 @@ def resolve_vocab(settings: Settings, max_token: int) -> int:
     return settings.vocab_size
 
 
-def load_table(path: str, router: TorchRouter) -> RoutingTable:
+def read_table_file(path: str) -> RoutingTable:
+    """A fast-path table file; a missing or unreadable file is a one-line :class:`ReplayError`."""
     try:
-        table = RoutingTable.load(path)
+        return RoutingTable.load(path)
     except FileNotFoundError:
         raise ReplayError(f"no such table file: {path}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ReplayError(f"{path}: not a valid fast-path table ({exc})") from None
+
+
+def load_table(path: str, router: TorchRouter) -> RoutingTable:
+    """:func:`read_table_file`, checked against the router it will be used with."""
+    table = read_table_file(path)
     if table.router_id != router.router_id:
         raise ReplayError(f"{path} was built for router {table.router_id}, not {router.router_id}")
     return table
@@ -104,13 +113,13 @@ def offline_phase(source: CorpusSource, settings: Settings) -> tuple[Prepared, I
         return Prepared(router, load_table(settings.table, router), f"file {settings.table}", 0, vocab,
                         info.records, 0), chunks
     train_records = int(info.records * settings.train_fraction)
-    train = list(itertools.islice(chunks, train_records))
-    stats = collect_statistics(router, iter_batches(train, settings.batch_size), settings.window)
+    train = iter_batches(itertools.islice(chunks, train_records), settings.batch_size)  # streamed, not held
+    stats = collect_statistics(router, train, settings.window)
     table = build_table(stats, thresholds(settings), settings.top_k, router.router_id, 1,
                         {"source": "offline", "records": train_records})
-    train_tokens = sum(len(c) for c in train)
+    train_tokens = int(stats.total_frequency)
     return Prepared(router, table, f"offline phase on {train_tokens:,} tokens", train_tokens, vocab,
-                    info.records, train_records), chunks
+                    info.records, train_records, stats), chunks
 
 
 BatchHook = Callable[[RouteResult], "RoutingTable | None"]
@@ -140,11 +149,12 @@ def run_replay(source: CorpusSource, settings: Settings, progress: bool | None =
             _check_rejections(result)
             exact = prepared.router.route(result.contexts)
             d = result.decisions
-            quality.add(result.events.streams, result.events.tokens, d.experts, d.weights, exact.experts, exact.weights)
+            quality.add(result.events.streams if quality.wants_sample else [], result.events.tokens, d.experts,
+                        d.weights, exact.experts, exact.weights)
             timeline.append(_timeline_point(engine, d.table_version))
             if on_batch is not None and (new_table := on_batch(result)) is not None:
                 engine.set_table(new_table)
-            bar.update(len(set(batch.offsets.tolist())))
+            bar.update(len(np.unique(batch.offsets)))
     return _build_report(source, settings, prepared, engine, quality.result(), routing_s,
                          time.perf_counter() - wall_start, timeline)
 
@@ -174,9 +184,7 @@ def _build_report(source: CorpusSource, settings: Settings, prepared: Prepared, 
         router={"id": spec.router_id, "kind": spec.kind, "vocab_size": spec.vocab_size, "hidden": spec.hidden,
                 "experts": spec.num_experts, "top_k": spec.top_k, "window": spec.window, "device": settings.device},
         table={"version": table.version, "size": table.size, "source": prepared.table_source,
-               "thresholds": {"min_frequency": table.thresholds.min_frequency,
-                              "max_entropy": table.thresholds.max_entropy,
-                              "static_below": table.thresholds.static_below}},
+               "thresholds": asdict(table.thresholds)},
         tokens=c.decisions,
         train_tokens=prepared.train_tokens,
         tiers={label: int(c.tiers[t]) for t, label in enumerate(TIER_LABELS)},

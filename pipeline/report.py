@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 
 from pipeline.engine.events import TIER_LABELS
 from pipeline.quality import QualityResult
@@ -115,9 +114,6 @@ class ReplayReport:
         if with_timeline:
             data["timeline"] = self.timeline
         return data
-
-    def to_json(self, with_timeline: bool = False) -> str:
-        return orjson.dumps(self.to_dict(with_timeline), option=orjson.OPT_INDENT_2).decode()
 
 
 def _pct(x: float) -> str:

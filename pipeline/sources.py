@@ -31,7 +31,6 @@ class FileSource:
     """A JSON Lines corpus file (optionally gzip-compressed)."""
 
     path: str
-    progress: bool = False
 
     @property
     def name(self) -> str:

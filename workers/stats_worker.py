@@ -40,6 +40,8 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from pipeline.engine.refresher import Clock, RefreshPolicy, SnapshotError, StatsRefresher
+from pipeline.engine.stats import TokenStats
+from pipeline.engine.table import RoutingTable
 from pipeline.observability import configure_logging, serve_metrics
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
 from pipeline.replay import router_spec, thresholds
@@ -284,3 +286,27 @@ def run_stats_worker(settings: Settings, name: str) -> None:
     """Entry point of ``var stats worker``."""
     configure_logging(settings.log_level, settings.log_format, name)
     asyncio.run(serve(settings, name))
+
+
+async def publish_table_and_stats(settings: Settings, table: RoutingTable, stats: TokenStats | None) -> tuple[int, bool]:
+    """Publish an (offline) table and, given its statistics, make them the stats worker's starting
+    point -- only if the worker has no snapshot yet. Returns (version, whether stats were seeded).
+
+    Without seeded statistics a stats worker started next to an offline table would have no
+    evidence for the tokens the fast path serves (they produce no learned outcomes) and its first
+    table would drop them all.
+    """
+    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table.router_id),
+                              settings.cache_ttl_s, grace_s=settings.table_grace_s, timeout_s=5.0)
+    try:
+        version = await store.publish_table(table)
+        if stats is None:
+            return version, False
+        refresher = build_refresher(settings)
+        refresher.stats = stats
+        c = refresher.counters
+        c.outcomes, c.learned, c.last_version = int(stats.total_frequency), int(stats.total_routed), version
+        seeded = await store.client.set(store.keys.stats_snapshot, refresher.snapshot(), nx=True)
+        return version, bool(seeded)
+    finally:
+        await store.close()

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     kafka.add_argument("--message-size", type=int, default=1, help="tokens per message (1 = per-token)")
     kafka.add_argument("--attach", action="store_true",
                        help="use the configured topics/namespace and already running workers (start none)")
-    kafka.add_argument("--cold", action="store_true", help="start with an empty fast-path table (no offline phase)")
+    kafka.add_argument("--cold", action="store_true", help="start the routers with an empty fast-path table (the training split is still "
+                            "held back, so the online events are the same as in a normal replay)")
     kafka.add_argument("--stats-worker", action="store_true", help="also run the stats refresher worker")
     kafka.add_argument("--idle-timeout", type=float, default=90.0, help="give up after this long without outcomes")
     kafka.add_argument("--rate", type=float, default=None, help="produce at most this many tokens per second")

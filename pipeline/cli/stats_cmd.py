@@ -20,7 +20,7 @@ from pipeline.engine.offline import collect_statistics
 from pipeline.engine.refresher import SnapshotError, read_snapshot, refresh_table, version_report
 from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
-from pipeline.replay import resolve_vocab, router_spec
+from pipeline.replay import read_table_file, resolve_vocab, router_spec
 from pipeline.settings import Settings
 from pipeline.sources import FileSource
 
@@ -64,11 +64,11 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError("give --out FILE and/or --publish")
     if args.seed_stats and not args.publish:
         raise UserError("--seed-stats needs --publish")
-    from workers.stats_worker import refresh_policy
+    from workers.stats_worker import publish_table_and_stats, refresh_policy
 
     settings = settings_from(args)
     source = FileSource(args.corpus)
-    vocab = resolve_vocab(settings, source.info().max_token)
+    vocab = settings.vocab_size or resolve_vocab(settings, source.info().max_token)
     settings = settings.with_(vocab_size=vocab)
     router = build_router(router_spec(settings, vocab), settings.device)
     stats = collect_statistics(router, iter_batches(source.chunks(vocab), settings.batch_size), settings.window)
@@ -82,33 +82,12 @@ def run_build(args: argparse.Namespace) -> int:
         table.save(args.out)
         print(f"wrote table v{table.version} to {args.out}: {summary}")
     if args.publish:
-        version, seeded = _run_redis(_publish(settings, table, stats if args.seed_stats else None))
+        version, seeded = _run_redis(publish_table_and_stats(settings, table, stats if args.seed_stats else None))
         print(f"published table v{version} to {settings.redis_url} (namespace {settings.namespace}): {summary}")
         if args.seed_stats:
             print("seeded the stats worker's statistics" if seeded else
                   "kept the stats worker's existing statistics (not seeded)")
     return 0
-
-
-async def _publish(settings: Settings, table: RoutingTable, stats: Any) -> tuple[int, bool]:
-    from pipeline.stores.keys import RedisKeys
-    from pipeline.stores.redis_store import RedisRoutingStore
-    from workers.stats_worker import build_refresher
-
-    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table.router_id),
-                              settings.cache_ttl_s, grace_s=settings.table_grace_s, timeout_s=5.0)
-    try:
-        version = await store.publish_table(table)
-        if stats is None:
-            return version, False
-        refresher = build_refresher(settings)
-        refresher.stats = stats
-        c = refresher.counters
-        c.outcomes, c.learned, c.last_version = int(stats.total_frequency), int(stats.total_routed), version
-        seeded = await store.client.set(store.keys.stats_snapshot, refresher.snapshot(), nx=True)
-        return version, bool(seeded)
-    finally:
-        await store.close()
 
 
 def _run_redis(coro: Any) -> Any:
@@ -152,15 +131,6 @@ def table_summary(table: RoutingTable, top: int) -> dict[str, object]:
                         "experts": table.experts[t].tolist(), "weights": [round(w, 4) for w in table.weights[t].tolist()],
                         "entropy": round(float(table.entropy[t]), 4)} for t in order if table.known[t]],
     }
-
-
-def _load_file(path: str) -> RoutingTable:
-    try:
-        return RoutingTable.load(path)
-    except FileNotFoundError:
-        raise UserError(f"no such table file: {path}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid fast-path table ({exc})") from None
 
 
 async def _router_ids(settings: Settings, client: Any) -> list[str]:
@@ -212,7 +182,7 @@ def _snapshot_summary(raw: bytes | None) -> dict[str, Any] | None:
 def run_show(args: argparse.Namespace) -> int:
     snapshot = None
     if args.file:
-        table = _load_file(args.file)
+        table = read_table_file(args.file)
     else:
         settings = settings_from(args)
         table, snapshot = _run_redis(_load_current(settings))

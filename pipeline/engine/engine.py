@@ -106,7 +106,6 @@ class VAREngine:
         self.governor = BudgetGovernor(config.budget)
         self.ledger = WindowLedger(config.budget.window)
         self.counters = EngineCounters()
-        self.table = table
         self.set_table(table)
 
     @property

@@ -7,7 +7,7 @@ handful of vectorised operations instead of a Python loop per token.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable, Sequence
 
@@ -127,7 +127,6 @@ class DecisionBatch:
     table_version: int
     router_id: str
     layer: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tiers)
@@ -135,16 +134,3 @@ class DecisionBatch:
     def tier_counts(self) -> dict[str, int]:
         counts = np.bincount(self.tiers.astype(np.int64), minlength=len(Tier))
         return {label: int(counts[t]) for t, label in enumerate(TIER_LABELS)}
-
-    def select(self, index: np.ndarray) -> "DecisionBatch":
-        return DecisionBatch(
-            self.experts[index],
-            self.weights[index],
-            self.confidence[index],
-            self.entropy[index],
-            self.tiers[index],
-            self.ctx_hash[index],
-            self.table_version,
-            self.router_id,
-            self.layer,
-        )

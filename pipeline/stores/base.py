@@ -35,9 +35,6 @@ class RoutingStore(Protocol):
         """Store ``table`` as a new version, then move the pointer; returns the version."""
         ...
 
-    async def current_version(self) -> int | None:
-        ...
-
 
 class MemoryRoutingStore:
     """In-process twin of the Redis store (same semantics, no I/O)."""
@@ -65,6 +62,3 @@ class MemoryRoutingStore:
         self.tables[version] = table.with_version(version).to_bytes()
         self.pointer = version
         return version
-
-    async def current_version(self) -> int | None:
-        return self.pointer

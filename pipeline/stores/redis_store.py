@@ -112,10 +112,6 @@ class RedisRoutingStore:
             log.error("fast-path table v%s in redis is not readable: %s", version, exc)
             return None
 
-    async def current_version(self) -> int | None:
-        raw = await self._call("current_version", lambda: self.client.get(self.keys.table_pointer), None)
-        return int(raw) if raw is not None else None
-
     async def publish_table(self, table: RoutingTable) -> int:
         """Write the table as a new version, then move the pointer (atomically); old version expires.
 

@@ -23,6 +23,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from faust.types import TP
 
 from pipeline.engine.context import StreamWindow
 from pipeline.engine.engine import VAREngine
+from pipeline.engine.events import Tier
 from pipeline.engine.table import RoutingTable
 from pipeline.replay import engine_config, router_spec
 from pipeline.engine.routers import build_router
@@ -99,7 +101,10 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
                        config)
     store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, router.router_id),
                               config.cache.ttl_s, config.layer, settings.redis_timeout_s)
-    return RouterProcessor(engine, store, name, learned_only=settings.router_mode == "learned"), store
+    # Outcomes name the worker *process* (name/incarnation): a restarted worker starts its governor
+    # positions at 0 again, and the budget check must not mix the two runs.
+    incarnation = f"{name}/{uuid.uuid4().hex[:6]}"
+    return RouterProcessor(engine, store, incarnation, learned_only=settings.router_mode == "learned"), store
 
 
 def create_app(settings: Settings) -> RouterApp:
@@ -190,7 +195,7 @@ def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchO
             metrics.tier(tier).inc(count)
     c = engine.counters
     if c.decisions:
-        metrics.learned_share.set(c.tiers[2] / c.decisions)
+        metrics.learned_share.set(c.tiers[Tier.LEARNED] / c.decisions)
     if c.cache_lookups:
         metrics.cache_hit_rate.set(c.cache_hits / c.cache_lookups)
     metrics.window_max.set(engine.ledger.max_window_fraction)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,9 @@ import numpy as np
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.budget import WindowLedger
 from pipeline.engine.context import StreamWindow, build_contexts
-from pipeline.engine.events import EventChunk, TIER_LABELS
+from pipeline.engine.events import EventChunk, TIER_LABELS, Tier
 from pipeline.engine.table import RoutingTable
-from pipeline.outcomes import Outcomes
+from pipeline.outcomes import Outcomes, learned_mask
 from pipeline.quality import QualityAccumulator
 from pipeline.replay import Prepared, ReplayError, offline_phase
 from pipeline.report import ReplayReport
@@ -140,7 +140,7 @@ def budget_ledger(all_outcomes: Outcomes, window: int) -> tuple[int, list[int], 
     workers = np.asarray(all_outcomes.workers, dtype=object)
     for name in sorted(set(all_outcomes.workers)):
         mine = workers == name
-        pos, learned = all_outcomes.positions[mine], all_outcomes.tiers[mine] == TIER_LABELS.index("learned")
+        pos, learned = all_outcomes.positions[mine], learned_mask(all_outcomes)[mine]
         flags = np.zeros(int(pos.max()) + 1 if len(pos) else 0, dtype=bool)
         flags[pos] = learned
         ledger = WindowLedger(window)
@@ -171,7 +171,9 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
         scoped_settings(settings, opts.run_id, prepared.vocab_size)
     asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
     if not opts.cold:
-        prepared.table.version = asyncio.run(publish_initial_table(run, prepared.table))
+        from workers.stats_worker import publish_table_and_stats
+
+        prepared.table.version, _ = asyncio.run(publish_table_and_stats(run, prepared.table, prepared.stats))
     pool = WorkerPool(run, opts.log_dir / opts.run_id)
     try:
         pool.start_routers(opts.workers)
@@ -199,10 +201,8 @@ def _final_table(settings: Settings, prepared: Prepared, versions: list[int]) ->
     if versions and max(versions) != table.version:
         table = asyncio.run(_load_table(settings, table.router_id, max(versions))) or table
     source = prepared.table_source if table is prepared.table else f"stats worker ({len(versions)} versions used)"
-    t = table.thresholds
     return {"version": max(versions) if versions else table.version, "size": table.size, "source": source,
-            "versions_seen": versions, "thresholds": {"min_frequency": t.min_frequency,
-                                                      "max_entropy": t.max_entropy, "static_below": t.static_below}}
+            "versions_seen": versions, "thresholds": asdict(table.thresholds)}
 
 
 def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepared, chunks: list[EventChunk],
@@ -227,7 +227,8 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
         table=_final_table(settings, prepared, versions),
         tokens=len(outcomes), train_tokens=prepared.train_tokens,
         tiers={label: int(counts[i]) for i, label in enumerate(TIER_LABELS)},
-        cache_lookups=len(outcomes), learned_calls=int(counts[TIER_LABELS.index("learned")]),
+        cache_lookups=len(outcomes) if settings.cache_scope == "all" else int((outcomes.tiers != Tier.FAST).sum()),
+        learned_calls=int(counts[Tier.LEARNED]),
         budget=settings.budget, budget_window=settings.budget_window, governor=settings.governor,
         max_window_learned=max_window, window_learned=blocks, window_sizes=sizes, quality=quality.result(),
         timeline=outcome_timeline(outcomes, settings.batch_size),

@@ -76,6 +76,7 @@ class RouterProcessor:
         self.worker = worker
         self.learned_only = learned_only
         self.table_reloads = 0
+        self._unusable_version: int | None = None  # announced but not loadable: not retried per batch
 
     def _parse(self, messages: list[InMessage], out: BatchOutput) -> tuple[list[EventChunk], list[int]]:
         """Valid chunks (and the index of their message); invalid messages are dead-lettered."""
@@ -94,17 +95,19 @@ class RouterProcessor:
         return chunks, origin
 
     async def _refresh_table(self, version: int | None) -> None:
-        if version is None or version == self.engine.table.version:
+        if version is None or version in (self.engine.table.version, self._unusable_version):
             return
         table = await self.store.load_table(version)
         if table is None:
             log.warning("fast-path table v%s announced but not loadable; keeping v%s", version,
                         self.engine.table.version)
+            self._unusable_version = version
             return
         try:
             self.engine.set_table(table)
         except ValueError as exc:
             log.error("ignoring fast-path table v%s: %s", version, exc)
+            self._unusable_version = version
             return
         self.table_reloads += 1
         log.info("fast-path table v%s loaded (%s tokens)", version, table.size)
@@ -136,7 +139,13 @@ class RouterProcessor:
 
     def _reject(self, batch: EventBatch, result: RouteResult, message_of_row: np.ndarray,
                 messages: list[InMessage], out: BatchOutput) -> None:
-        """Dead-letter each message with out-of-order events once; count redeliveries."""
+        """Dead-letter each message with out-of-order events once; count redeliveries.
+
+        A chunk that overlaps what was already routed has its later tokens routed; its dead letter
+        (the original bytes) says which seqs were rejected and which were routed.
+        """
+        routed = np.zeros(len(messages), dtype=np.int64)
+        np.add.at(routed, message_of_row[result.accepted], 1)
         seen: set[int] = set()
         for rejection in result.rejections:
             if rejection.kind == REDELIVERED:
@@ -148,4 +157,7 @@ class RouterProcessor:
                 continue
             seen.add(index)
             msg = messages[index]
-            out.deadletters.append(DeadLetter(msg.key, msg.value, rejection.reason, msg.partition, msg.offset))
+            reason = rejection.reason
+            if routed[index]:
+                reason += f"; the message's last {routed[index]} token(s) were routed"
+            out.deadletters.append(DeadLetter(msg.key, msg.value, reason, msg.partition, msg.offset))

@@ -136,3 +136,30 @@ def test_offset_continuity_notices_a_partition_that_went_quiet_with_messages_lef
     now[0] = 5.0
     assert asyncio.run(guard.stalls([0, 1])) == {0: 10}  # 40 messages waiting, none arrived
     assert asyncio.run(guard.stalls([0, 1])) == {}  # no repeated seek right away
+
+
+def test_an_overlapping_chunk_routes_its_new_tokens_and_says_so_in_its_dead_letter():
+    processor, _, windows = make()
+    first = InMessage(b"s", orjson.dumps({"stream": "s", "seq": 0, "tokens": [1, 2, 3, 4, 5]}), 0, 0)
+    overlap = InMessage(b"s", orjson.dumps({"stream": "s", "seq": 3, "tokens": [4, 5, 6, 7]}), 0, 1)
+    run(processor, [first], windows)
+    out = run(processor, [overlap], windows)
+    assert out.routed == 2  # seq 5 and 6
+    assert len(out.deadletters) == 1 and "last 2 token(s) were routed" in out.deadletters[0].reason
+
+
+def test_an_unloadable_table_version_is_not_fetched_again_every_batch():
+    processor, store, windows = make()
+    store.pointer = 9  # announced, but no such table
+    loads = []
+    original = store.load_table
+
+    async def counting(version):
+        loads.append(version)
+        return await original(version)
+
+    store.load_table = counting
+    msgs = messages_for(corpus(40))
+    for i in range(0, 40, 10):
+        run(processor, msgs[i:i + 10], windows)
+    assert loads == [9] and processor.engine.table.version == 0
