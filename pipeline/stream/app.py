@@ -236,7 +236,7 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     router_app = create_app(settings)
-    configure_logging(settings.log_level, settings.log_format, router_app.processor.worker)
+    configure_logging(settings.log_level, settings.log_format, worker_name(settings))
     serve_metrics(settings.metrics_port, router_app.metrics.registry)
     log.info("router worker %s: topics %s -> %s, redis namespace %s, metrics port %s", router_app.processor.worker,
              settings.topic_tokens, settings.topic_outcomes, settings.namespace, settings.metrics_port or "off")
