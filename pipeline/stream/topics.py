@@ -6,6 +6,9 @@ broker's ``num.partitions`` -- the window table must have as many partitions as 
 """
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -39,14 +42,24 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
             for name, code, *_ in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
                     raise TopicError(f"cannot create topic {name} (Kafka error code {code})")
-        for meta in await admin.describe_topics(list(topics)):
-            name, count = meta["topic"], len(meta["partitions"])
+        for name, count in (await _partition_counts(admin, list(topics))).items():
             if count != topics[name]:
                 raise TopicError(f"topic {name} has {count} partitions, expected {topics[name]} (VAR_PARTITIONS)")
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc}") from None
     finally:
         await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str], wait_s: float = 15.0) -> dict[str, int]:
+    """Partitions per topic; a topic created a moment ago may report none until its metadata has
+    propagated, so wait (briefly) until every topic reports some."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        counts = {meta["topic"]: len(meta["partitions"]) for meta in await admin.describe_topics(names)}
+        if all(counts.get(n, 0) > 0 for n in names) or time.monotonic() > deadline:
+            return {n: counts.get(n, 0) for n in names}
+        await asyncio.sleep(0.2)
 
 
 async def group_members(bootstrap: str, group_id: str) -> tuple[str, int]:
@@ -63,9 +76,6 @@ async def group_members(bootstrap: str, group_id: str) -> tuple[str, int]:
 
 async def wait_for_group(bootstrap: str, group_id: str, members: int, timeout_s: float = 60.0) -> bool:
     """Wait until the group is Stable with at least ``members`` members (workers are assigned)."""
-    import asyncio
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
