@@ -51,6 +51,8 @@ class RouterMetrics:
                                    registry=r).labels(**labels)
         self.consumer_lag = Gauge("var_consumer_lag", "Messages behind the end of the token topic",
                                   ["worker", "partition"], registry=r)
+        self.streams = Gauge("var_stream_windows", "Stream context windows held by this worker", ["worker"],
+                             registry=r).labels(**labels)
         self._worker = worker
         self._seen = (0, 0, 0)
 

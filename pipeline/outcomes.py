@@ -1,4 +1,5 @@
-"""Routing outcomes: the messages router workers publish, one per routed input message.
+"""Routing outcomes: the messages router workers publish, one per routed input message (a chunk
+of more than ``MAX_OUTCOME_TOKENS`` tokens gets several, each for consecutive seqs).
 
 An outcome mirrors its input record. For a single token::
 
@@ -26,6 +27,9 @@ from pipeline.engine.engine import RouteResult
 from pipeline.engine.events import TIER_LABELS, Tier
 
 OUTCOME_VERSION = 1
+# At most this many tokens per outcome record (~130 bytes each as JSON): a chunk's outcome is
+# split into several records so that it stays far below Kafka's default 1 MB message limit.
+MAX_OUTCOME_TOKENS = 1024
 _TIER_CODE = {label: code for code, label in enumerate(TIER_LABELS)}
 
 
@@ -40,6 +44,10 @@ def encode_outcomes(result: RouteResult, message_index: np.ndarray, worker: str)
         return []
     starts = np.flatnonzero(np.concatenate(([True], message_index[1:] != message_index[:-1])))
     ends = np.concatenate((starts[1:], [len(ev)]))
+    if len(starts) and int((ends - starts).max()) > MAX_OUTCOME_TOKENS:
+        pieces = [(first, min(first + MAX_OUTCOME_TOKENS, end)) for begin, end in zip(starts.tolist(), ends.tolist())
+                  for first in range(begin, end, MAX_OUTCOME_TOKENS)]
+        starts, ends = np.array([p[0] for p in pieces]), np.array([p[1] for p in pieces])
     common = {"table_version": d.table_version, "router_id": d.router_id, "layer": d.layer, "worker": worker}
     out = []
     for a, b in zip(starts.tolist(), ends.tolist()):

@@ -102,6 +102,12 @@ class Settings:
     take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch", _at_least(1))
     take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
                                     _at_least(0.001))
+    stream_idle_s: float = _setting(600.0, "VAR_STREAM_IDLE_S", "router: forget a stream's context window (changelog "
+                                    "tombstone) after this many seconds without an event", _at_least(1))
+    commit_interval_s: float = _setting(1.0, "VAR_COMMIT_INTERVAL_S", "router: commit the routed offset frontier "
+                                        "this often (after flushing outcomes and windows)", _at_least(0.05))
+    replication_factor: int = _setting(1, "VAR_REPLICATION_FACTOR", "replication factor of the topics the "
+                                       "pipeline creates (3 on a 3-broker cluster)", _at_least(1))
     worker_name: str | None = _setting(None, "VAR_WORKER_NAME", "worker name in outcomes and logs (default host-pid)")
     metrics_port: int = _setting(0, "VAR_METRICS_PORT", "Prometheus metrics HTTP port of a worker (0 = off)",
                                  _at_least(0))

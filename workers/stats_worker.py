@@ -18,8 +18,8 @@ Why a plain aiokafka consumer rather than a Faust agent:
 Each loop: ``getmany`` (at most ``take_max`` messages, ``take_within_s`` wait) -> decode and check
 every message (malformed or foreign ones are skipped with a logged reason and counted, never
 raised) -> one vectorised update of the statistics -> when due: build the table, publish it
-(``RedisRoutingStore.publish_table``: INCR the sequence, then MULTI: write ``v{n}``, move the
-pointer, give the previous version a grace TTL), save the snapshot, commit the offsets. A crash
+(``RedisRoutingStore.publish_table``: allocate a version with INCR, then one script writes
+``v{n}``, moves the pointer only forward and gives the superseded version a grace TTL), save the snapshot, commit the offsets. A crash
 between publishing and saving the snapshot only means the outcomes since the previous snapshot
 are read and counted again into that older snapshot (never twice into the same statistics), and
 the next table gets a higher version. On SIGTERM the snapshot is saved before exiting.

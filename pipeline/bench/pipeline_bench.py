@@ -174,7 +174,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     run = scoped_settings(base.with_(hidden=preset["hidden"], experts=preset["num_experts"], router_mode=mode,
                                      cache_scope=scope, metrics_port=port), uuid.uuid4().hex[:8],
                           base.vocab_size or 1000)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
+    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
     if mode == "var":
         asyncio.run(publish_initial_table(run, tables[case.size]))
     first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)

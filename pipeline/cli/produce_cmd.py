@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     source = corpus_source(args, settings)
     info = source.info()
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings)))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.replication_factor))
     stats = asyncio.run(produce_chunks(rechunk(source.chunks(settings.vocab_size), args.message_size),
                                        settings.kafka_bootstrap, settings.topic_tokens, args.rate,
-                                       show_progress(args), info.tokens))
+                                       show_progress(args), info.tokens, settings.topic_deadletter))
     print(f"produced {stats.tokens:,} tokens in {stats.messages:,} messages to {settings.topic_tokens} "
           f"in {stats.seconds:.1f} s ({stats.tokens / max(stats.seconds, 1e-9):,.0f} tokens/s)")
     return 0

@@ -61,7 +61,7 @@ def _worker_settings(args: argparse.Namespace, stack: LocalStack) -> Settings:
         settings = settings.with_(vocab_size=DEFAULT_VOCAB)
     from pipeline.stream.topics import ensure_topics, pipeline_topics
 
-    asyncio.run(ensure_topics(kafka, pipeline_topics(settings)))
+    asyncio.run(ensure_topics(kafka, pipeline_topics(settings), settings.replication_factor))
     return settings
 
 

@@ -110,7 +110,7 @@ def run_worker(args: argparse.Namespace) -> int:
         build_refresher(settings)  # fails early without a vocabulary size
     except StatsWorkerError as exc:
         raise UserError(str(exc)) from None
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings)))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.replication_factor))
     try:
         run_stats_worker(settings, worker_name(settings))
     except StatsWorkerError as exc:
@@ -145,6 +145,7 @@ async def _router_ids(settings: Settings, client: Any) -> list[str]:
 async def _load_current(settings: Settings) -> tuple[RoutingTable, dict[str, Any] | None]:
     import redis.asyncio as aioredis
 
+    from pipeline.stores.base import StoreUnavailable
     from pipeline.stores.keys import RedisKeys
     from pipeline.stores.redis_store import RedisRoutingStore
 
@@ -158,7 +159,10 @@ async def _load_current(settings: Settings) -> tuple[RoutingTable, dict[str, Any
         keys = RedisKeys(settings.namespace, ids[0])
         store = RedisRoutingStore(settings.redis_url, keys, 1.0, client=client)
         version = await client.get(keys.table_pointer)
-        table = await store.load_table(int(version)) if version is not None else None
+        try:
+            table = await store.load_table(int(version)) if version is not None else None
+        except StoreUnavailable as exc:
+            raise UserError(f"cannot read the table from {settings.redis_url}: {exc}") from None
         if table is None:
             raise UserError(f"no table published for router {ids[0]} in namespace {settings.namespace}")
         return table, _snapshot_summary(await client.get(keys.stats_snapshot))

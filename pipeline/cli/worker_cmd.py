@@ -24,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_vocab(settings)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings)))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.replication_factor))
     run_worker(settings)
     return 0

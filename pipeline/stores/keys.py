@@ -8,8 +8,8 @@ key                                    type      contents
 =====================================  ========  =================================================
 ``dc:{router}:{layer}:{key:016x}``     string    a cached learned decision (packed bytes), TTL
 ``fp:{router}:current``                string    version number of the current fast-path table
-``fp:{router}:v{version}``             string    fast-path table version (JSON), TTL after superseded
-``fp:{router}:seq``                    string    last allocated table version (INCR)
+``fp:{router}:v{version}``             string    fast-path table version (JSON), TTL once superseded
+``fp:{router}:seq``                    string    last allocated table version (never below current)
 ``stats:{router}:snapshot``            string    stats worker snapshot (statistics + offsets)
 =====================================  ========  =================================================
 """
@@ -47,8 +47,13 @@ class RedisKeys:
     def table_pointer(self) -> str:
         return f"{self.prefix}fp:{self.router_id}:current"
 
+    @property
+    def table_prefix(self) -> str:
+        """``table(n) == table_prefix + str(n)`` (the publish script builds version keys with it)."""
+        return f"{self.prefix}fp:{self.router_id}:v"
+
     def table(self, version: int) -> str:
-        return f"{self.prefix}fp:{self.router_id}:v{version}"
+        return f"{self.table_prefix}{version}"
 
     @property
     def table_sequence(self) -> str:

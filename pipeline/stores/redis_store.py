@@ -1,31 +1,35 @@
 """The Redis-backed routing store (shared decision cache + versioned fast-path tables).
 
 Batching: ``fetch`` is one MGET (table pointer + every unique cache key of the batch),
-``write`` one EVALSHA of a small script that does ``SET key value PX ttl`` for every key. Publishing a table is
-``INCR seq`` then one MULTI/EXEC that writes the new version, moves the pointer and gives the
-previous version a grace-period TTL -- readers follow the pointer, so they never see a
-half-written table.
+``write`` one EVALSHA of a small script that does ``SET key value PX ttl`` for every key,
+``load_table`` one GET. Publishing a table is two server-side scripts (see
+:meth:`RedisRoutingStore.publish_table`); readers follow the pointer, so they never see a
+half-written table, and the pointer never moves backwards.
 
-Degraded mode: if Redis is unreachable or slow (socket timeout), calls do not raise. ``fetch``
-returns all misses and no version (the worker keeps its last in-memory table and the learned
-router covers the rest, under the budget governor), ``write`` drops the batch, and
+Degraded mode (:class:`~pipeline.stores.base.DegradedMode`): if Redis is unreachable or slow
+(socket timeout), ``fetch`` returns all misses and no version (the worker keeps its last
+in-memory table and the learned router covers the rest, under the budget governor), ``write``
+drops the batch and ``load_table`` raises :class:`~pipeline.stores.base.StoreUnavailable`;
 ``degraded`` counts the failed calls. After a failure the store does not touch Redis again
-until a back-off delay has passed (doubling up to ``max_backoff_s``); the first successful
-call ends the outage.
+until a back-off delay has passed (doubling up to ``max_backoff_s``, measured on ``clock``);
+the first successful call ends the outage.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pipeline.engine.cache import Clock
 from pipeline.engine.table import RoutingTable
 
+from .base import DegradedMode, StoreUnavailable, parse_table
 from .keys import RedisKeys
 
+__all__ = ["RedisRoutingStore", "StoreUnavailable"]
 log = logging.getLogger(__name__)
 _SET_MANY_PX = """
 for i = 1, #KEYS do
@@ -33,15 +37,47 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
-T = TypeVar("T")
-_OUTAGE_ERRORS = (RedisError, OSError, TimeoutError)
+# KEYS: sequence, pointer. Returns a version never allocated before and above the pointer now
+# (INCR, lifted past the pointer should the sequence key ever be lost).
+_ALLOCATE_VERSION = """
+local n = redis.call('INCR', KEYS[1])
+local current = tonumber(redis.call('GET', KEYS[2]))
+if current and n <= current then
+  n = current + 1
+  redis.call('SET', KEYS[1], n)
+end
+return n
+"""
+# KEYS: the new version's key, pointer. ARGV: version, blob, grace (ms), version key prefix.
+# Returns 1 if the pointer moved to the version, 0 if a newer version is already current.
+_COMMIT_VERSION = """
+local v = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[2]))
+if current == nil or v > current then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], v)
+  if current ~= nil then
+    redis.call('PEXPIRE', ARGV[4] .. current, ARGV[3])
+  end
+  return 1
+end
+if v < current then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 0
+"""
 
 
-class RedisRoutingStore:
+class RedisRoutingStore(DegradedMode):
     """Routing store on one Redis database (see module docstring)."""
 
+    outage_errors = (RedisError, OSError, TimeoutError)
+    store_name = "redis"
+
     def __init__(self, url: str, keys: RedisKeys, ttl_s: float, layer: int = 0, timeout_s: float = 0.5,
-                 grace_s: float = 300.0, max_backoff_s: float = 5.0, client: aioredis.Redis | None = None) -> None:
+                 grace_s: float = 300.0, max_backoff_s: float = 5.0, client: aioredis.Redis | None = None,
+                 clock: Clock = time.monotonic, min_backoff_s: float = 0.05) -> None:
+        super().__init__(clock, max_backoff_s, min_backoff_s)
         self.keys = keys
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.layer = layer
@@ -49,44 +85,15 @@ class RedisRoutingStore:
         self.client = client or aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
         self._set_many = self.client.register_script(_SET_MANY_PX)
-        self.max_backoff_s = max_backoff_s
-        self._backoff_s = 0.0
-        self._retry_at = 0.0
-        self.round_trips = 0
-        self.degraded = 0
-        self.outages = 0
-        self.in_outage = False
+        self._allocate = self.client.register_script(_ALLOCATE_VERSION)
+        self._commit = self.client.register_script(_COMMIT_VERSION)
+
+    @property
+    def grace_ms(self) -> int:
+        return max(1, round(self.grace_s * 1000))
 
     async def close(self) -> None:
         await self.client.aclose()
-
-    def _available(self) -> bool:
-        return not self.in_outage or time.monotonic() >= self._retry_at
-
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]], fallback: T) -> T:
-        """Run one Redis round trip; on failure count it, back off and return ``fallback``."""
-        if not self._available():
-            self.degraded += 1
-            return fallback
-        try:
-            self.round_trips += 1
-            result = await fn()
-        except _OUTAGE_ERRORS as exc:
-            self._fail(what, exc)
-            return fallback
-        if self.in_outage:
-            log.warning("redis reachable again; leaving degraded mode", extra={"redis_call": what})
-            self.in_outage, self._backoff_s = False, 0.0
-        return result
-
-    def _fail(self, what: str, exc: BaseException) -> None:
-        self.degraded += 1
-        if not self.in_outage:
-            self.outages += 1
-            log.warning("redis unavailable (%s during %s); routing in degraded mode", type(exc).__name__, what)
-        self.in_outage = True
-        self._backoff_s = min(self.max_backoff_s, max(0.05, self._backoff_s * 2))
-        self._retry_at = time.monotonic() + self._backoff_s
 
     async def fetch(self, keys: Sequence[int]) -> tuple[list[bytes | None], int | None]:
         names = [self.keys.table_pointer, *self.keys.decisions(keys, self.layer)]
@@ -103,26 +110,40 @@ class RedisRoutingStore:
         await self._call("write", lambda: self._set_many(keys=names, args=[self.ttl_ms, *values]), None)
 
     async def load_table(self, version: int) -> RoutingTable | None:
-        raw = await self._call("load_table", lambda: self.client.get(self.keys.table(version)), None)
-        if raw is None:
-            return None
-        try:
-            return RoutingTable.from_bytes(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("fast-path table v%s in redis is not readable: %s", version, exc)
-            return None
+        """The table ``version``; None if its key is missing (or unreadable, logged); raises
+        :class:`StoreUnavailable` on an outage or timeout, or while backing off after one."""
+        raw = await self._attempt("load_table", lambda: self.client.get(self.keys.table(version)))
+        return parse_table(raw, version) if raw is not None else None
 
     async def publish_table(self, table: RoutingTable) -> int:
-        """Write the table as a new version, then move the pointer (atomically); old version expires.
+        """Write ``table`` as a new version and make it current unless a newer one already is.
 
-        Unlike the hot-path calls this raises on Redis errors: a publisher must know.
+        Two atomic server-side steps (two round trips):
+
+        1. ``_ALLOCATE_VERSION``: INCR the sequence (lifted above the pointer if the sequence
+           key was ever lost) -- a version number nobody else gets.
+        2. ``_COMMIT_VERSION``: SET the version's blob; if it is newer than the pointer, move the
+           pointer and PEXPIRE the previously current version by the grace period; otherwise
+           (a concurrent publisher already made a newer one current) SET it with the grace TTL.
+
+        Why not one script: the blob embeds its version (``with_version(n).to_bytes()``), so it
+        can only be serialized once the number is known. Building it inside Lua would mean
+        re-encoding the JSON there (cjson loses float precision) or splicing bytes into the
+        serializer's output (coupling to its layout). Splitting is safe because step 2 does the
+        compare: the pointer only ever moves forward, and every version that is not current has
+        a TTL -- it either was written not-newer (own TTL) or was current until a later step 2
+        replaced it and gave it the TTL in the same atomic step. A publisher dying between the
+        steps leaves only an unused version number. (Step 2 derives the previous version's key
+        from ``table_prefix``: fine on one Redis; a cluster would need one hash slot per router.)
+
+        Unlike the hot-path calls this raises on Redis errors (a publisher must know) and is not
+        part of the degraded-mode accounting. Returns the version written.
         """
-        version = int(await self.client.incr(self.keys.table_sequence))
-        previous = await self.client.get(self.keys.table_pointer)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.keys.table(version), table.with_version(version).to_bytes())
-        pipe.set(self.keys.table_pointer, version)
-        if previous is not None:
-            pipe.expire(self.keys.table(int(previous)), int(self.grace_s))
-        await pipe.execute()
+        pointer = self.keys.table_pointer
+        version = int(await self._allocate(keys=[self.keys.table_sequence, pointer]))
+        blob = table.with_version(version).to_bytes()
+        moved = await self._commit(keys=[self.keys.table(version), pointer],
+                                   args=[version, blob, self.grace_ms, self.keys.table_prefix])
+        if not int(moved):
+            log.info("fast-path table v%s published but superseded by a newer version already", version)
         return version

@@ -17,18 +17,19 @@ recognised by offset and skipped.
 """
 from __future__ import annotations
 
-import asyncio
+import atexit
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TP
 
 from pipeline.engine.context import StreamWindow
 from pipeline.engine.engine import VAREngine
@@ -41,8 +42,11 @@ from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
 
+from .agent import RouterAgent, Topics
+from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
-from .processor import BatchOutput, DeadLetter, InMessage, RouterProcessor
+from .processor import BatchOutput, InMessage, RouterProcessor
+from .window_state import WindowState
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker": broker_url(settings.kafka_bootstrap),
         "store": "memory://",
         "topic_partitions": settings.partitions,
-        "topic_replication_factor": 1,
+        "topic_replication_factor": settings.replication_factor,
         "table_standby_replicas": 0,
         "web_enabled": False,
         "consumer_auto_offset_reset": "earliest",
@@ -79,8 +83,36 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_request_timeout": max(90.0, settings.session_timeout_s * 2),
         "broker_commit_interval": 1.0,
         "producer_linger": 0.005,
-        "datadir": tempfile.mkdtemp(prefix="var-worker-"),
+        "datadir": str(worker_datadir()),
     }
+
+
+def worker_datadir(base: Path | None = None, pid: int | None = None) -> Path:
+    """This process's Faust data directory (the memory store writes little there).
+
+    ``<tmp>/var-worker-<pid>``: removed when the process exits normally, and directories left
+    by processes that no longer exist (kill -9) are removed when the next worker starts.
+    """
+    base = Path(base or tempfile.gettempdir())
+    pid = os.getpid() if pid is None else pid
+    for old in base.glob("var-worker-*"):
+        suffix = old.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and int(suffix) != pid and not _pid_alive(int(suffix)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = base / f"var-worker-{pid}"
+    path.mkdir(exist_ok=True)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -91,6 +123,7 @@ class RouterApp:
     processor: RouterProcessor
     store: RedisRoutingStore
     metrics: RouterMetrics
+    agent: RouterAgent
 
 
 def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, RedisRoutingStore]:
@@ -108,80 +141,66 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
 
 
 def create_app(settings: Settings) -> RouterApp:
-    """Build the router worker's Faust app (not started)."""
+    """Build the router worker's Faust app (not started); the batch logic is :class:`RouterAgent`."""
     name = worker_name(settings)
     processor, store = build_processor(settings, name)
     app = faust.App(settings.app_id, **faust_settings(settings))
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, **raw)
-    outcomes = app.topic(settings.topic_outcomes, **raw)
-    deadletter = app.topic(settings.topic_deadletter, **raw)
+    # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
+    # offsets it did not deliver; the agent commits what it routed (see consumer_control).
+    tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, acks=False, **raw)
+    topics = {settings.topic_outcomes: app.topic(settings.topic_outcomes, **raw),
+              settings.topic_deadletter: app.topic(settings.topic_deadletter, **raw)}
     # key_type=bytes makes Faust use the raw codec for keys (the changelog key == the message key);
     # values are JSON lists.
-    windows = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
-                        use_partitioner=True)
+    table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes, use_partitioner=True)
     metrics = RouterMetrics(name)
     offsets = KafkaOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens)
-    continuity = OffsetContinuity(offsets.start, offsets.end)
+    windows = WindowState(table, settings.partitions, settings.stream_idle_s)
 
-    def lookup(stream: str) -> StreamWindow | None:
-        value = windows.get(stream.encode())
-        return StreamWindow.from_list(value) if value is not None else None
+    async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes] | None) -> Any:
+        return await topics[topic].send(key=key, value=value, headers=headers)
 
-    async def publish(out: BatchOutput) -> None:
-        futures = [await outcomes.send(key=k, value=v) for k, v in out.outcomes]
-        futures += [await deadletter.send(key=d.key, value=d.value, headers=d.headers(settings.topic_tokens))
-                    for d in out.deadletters]
-        await gather_sends(futures)
-
-    async def seek(seeks: dict[int, int]) -> None:
-        for partition, offset in seeks.items():
-            await app.consumer.seek(TP(settings.topic_tokens, partition), offset)
+    agent = RouterAgent(None if settings.router_mode == "passthrough" else processor,
+                        OffsetContinuity(offsets.start, offsets.end), ConsumerControl(app, settings.topic_tokens),
+                        windows, send, Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens))
 
     @app.timer(interval=1.0)
     async def watch_for_stalls() -> None:
-        if app.rebalancing or not app.flow_control.is_active():
-            return
-        continuity.observe_generation(app.consumer_generation_id)
-        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_tokens)
-        await seek(await continuity.stalls(assigned))
-        for partition, lag in continuity.lag.items():
+        await agent.check_stalls()
+        for partition, lag in agent.continuity.lag.items():
             metrics.consumer_lag.labels(worker=name, partition=str(partition)).set(lag)
+
+    @app.timer(interval=settings.commit_interval_s)
+    async def commit_routed() -> None:
+        await agent.commit()
+
+    @app.timer(interval=max(1.0, min(30.0, settings.stream_idle_s / 4)))
+    async def forget_idle_streams() -> None:
+        if not agent.control.quiet():
+            windows.sweep(agent.control.assigned())
+        metrics.streams.set(len(windows))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set, **_: Any) -> None:
+        # Faust has flushed the producer and waited for the agent: commit what it finished.
+        await agent.commit()
+        windows.drop_partitions(tp.partition for tp in revoked if tp.topic == settings.topic_tokens)
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
-            generation = app.consumer_generation_id
-            continuity.observe_generation(generation)
-            messages, seeks = await continuity.admit(current_messages(events, generation))
-            await seek(seeks)
-            if not messages:
-                continue
-            if settings.router_mode == "passthrough":
-                await gather_sends([await outcomes.send(key=m.key, value=m.value) for m in messages])
-                continue
             started = time.perf_counter()
+            out = await agent.handle(current_messages(events, app.consumer_generation_id))
+            if out is None or settings.router_mode == "passthrough":
+                continue
             try:
-                out = await processor.process(messages, lookup)
-            except Exception as exc:  # a bug must not kill the agent or lose the batch silently
-                log.exception("routing a batch of %d messages failed; dead-lettering it", len(messages))
-                out = BatchOutput(deadletters=[DeadLetter(m.key, m.value, f"internal error: {exc!r}", m.partition,
-                                                          m.offset) for m in messages])
-            await publish(out)
-            for stream_id, window in out.windows.items():
-                windows[stream_id.encode()] = window.to_list()
-            try:
-                record_batch(metrics, processor, out, len(messages), time.perf_counter() - started, continuity.gaps)
+                record_batch(metrics, processor, out, len(events), time.perf_counter() - started,
+                             agent.continuity.gaps)
             except Exception:  # metrics are never worth a routing failure
                 log.exception("updating metrics failed")
 
-    return RouterApp(app, processor, store, metrics)
-
-
-async def gather_sends(futures: list) -> None:
-    """Wait until the broker acknowledged every send."""
-    if futures:
-        await asyncio.gather(*futures)
+    return RouterApp(app, processor, store, metrics, agent)
 
 
 def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchOutput, messages: int,

@@ -37,6 +37,13 @@ class OffsetContinuity:
 
     ``start_offsets(partitions)`` says where routing of each partition must begin after a
     rebalance; ``end_offsets(partitions)`` where the log ends (for :meth:`stalls`).
+
+    A gap starts one *pending seek* per partition: until the missing offset arrives, later
+    offsets of that partition are dropped without asking for another seek (they are records
+    fetched before the seek, still in Faust's buffers). If the missing offset does not come
+    within ``idle_s`` the seek is asked for again. ``routed`` / :meth:`committable` give the
+    contiguous frontier of what the agent finished (outcomes acknowledged, windows written):
+    the only offsets it may commit.
     """
 
     def __init__(self, start_offsets: OffsetLookup, end_offsets: OffsetLookup | None = None,
@@ -45,52 +52,81 @@ class OffsetContinuity:
         self.idle_s, self.clock = idle_s, clock
         self.expected: dict[int, int] = {}
         self.last_progress: dict[int, float] = {}
+        self.pending: dict[int, tuple[int, float]] = {}
+        self.done: dict[int, int] = {}
+        self.committed: dict[int, int] = {}
         self.generation: int | None = None
         self._generation_at = clock()
         self.gaps = 0
+        self.dropped = 0
         self.lag: dict[int, int] = {}
 
     def observe_generation(self, generation: int | None) -> None:
         """Forget everything when the consumer generation (the assignment) changes."""
         if generation != self.generation:
             self.generation, self._generation_at = generation, self.clock()
-            self.expected.clear()
-            self.last_progress.clear()
+            for state in (self.expected, self.last_progress, self.pending, self.done, self.committed):
+                state.clear()
 
     async def _learn(self, partitions: Iterable[int]) -> None:
         unknown = sorted(set(partitions) - self.expected.keys())
         if unknown:
-            self.expected.update(await self._start_offsets(unknown))
+            starts = await self._start_offsets(unknown)
+            self.expected.update(starts)
+            for p in unknown:
+                self.done.setdefault(p, starts[p])
             log.info("routing starts at offsets %s", {p: self.expected[p] for p in unknown})
+
+    def _ask_seek(self, partition: int, why: str) -> int:
+        target = self.expected[partition]
+        self.pending[partition] = (target, self.clock())
+        self.last_progress[partition] = self.clock()
+        self.gaps += 1
+        log.warning("partition %s: %s; seeking back to %s", partition, why, target)
+        return target
 
     async def admit(self, messages: list[InMessage]) -> tuple[list[InMessage], dict[int, int]]:
         """Messages that may be routed now (sorted by partition, offset) and the seeks to make.
 
         Messages below the expected offset pass (they are redeliveries; the window decides);
-        a message beyond it means a gap: it and the rest of its partition wait for a re-fetch.
+        a message beyond it means a gap: it and the rest of its partition are dropped (never
+        routed, never committed) and a seek back is asked for, once per gap.
         """
         await self._learn(m.partition for m in messages)
         admitted: list[InMessage] = []
         seeks: dict[int, int] = {}
         for msg in sorted(messages, key=lambda m: (m.partition, m.offset)):
-            if msg.partition in seeks:
-                continue
-            expected = self.expected[msg.partition]
+            p, expected = msg.partition, self.expected[msg.partition]
             if msg.offset > expected:
-                seeks[msg.partition] = expected
-                self.gaps += 1
-                log.warning("partition %s: got offset %s but offset %s was never delivered; seeking back",
-                            msg.partition, msg.offset, expected)
+                self.dropped += 1
+                if p not in self.pending:
+                    seeks[p] = self._ask_seek(p, f"got offset {msg.offset} but offset {expected} was never delivered")
                 continue
+            if msg.offset == expected and p in self.pending:
+                log.info("partition %s: offset %s arrived after the seek", p, expected)
+                del self.pending[p]
             admitted.append(msg)
-            self.expected[msg.partition] = max(expected, msg.offset + 1)
-            self.last_progress[msg.partition] = self.clock()
+            self.expected[p] = max(expected, msg.offset + 1)
+            self.last_progress[p] = self.clock()
         return admitted, seeks
+
+    def routed(self, messages: list[InMessage]) -> None:
+        """Mark admitted messages finished: outcomes acknowledged and windows written."""
+        for msg in messages:
+            if msg.offset + 1 > self.done.get(msg.partition, 0):
+                self.done[msg.partition] = msg.offset + 1
+
+    def committable(self) -> dict[int, int]:
+        """Partition -> next offset to route, where it moved past the last commit."""
+        return {p: off for p, off in self.done.items() if off > self.committed.get(p, -1)}
+
+    def mark_committed(self, offsets: dict[int, int]) -> None:
+        self.committed.update(offsets)
 
     async def stalls(self, assigned: list[int]) -> dict[int, int]:
         """Seeks for assigned partitions whose log holds messages the router has not seen for
         ``idle_s`` seconds -- records dropped by the consumer with nothing arriving after them
-        (so :meth:`admit` never sees the gap)."""
+        (so :meth:`admit` never sees the gap), or a pending seek whose offset never came."""
         if not assigned or self._end_offsets is None:
             return {}
         await self._learn(assigned)
@@ -100,11 +136,8 @@ class OffsetContinuity:
         for p in assigned:
             idle = now - self.last_progress.get(p, self._generation_at)
             if ends.get(p, 0) > self.expected[p] and idle > self.idle_s:
-                seeks[p] = self.expected[p]
-                self.last_progress[p] = now
-                self.gaps += 1
-                log.warning("partition %s: log ends at %s but nothing past offset %s arrived for %.1f s; "
-                            "seeking back", p, ends[p], self.expected[p], idle)
+                seeks[p] = self._ask_seek(p, f"log ends at {ends[p]} but nothing past offset {self.expected[p]} "
+                                             f"arrived for {idle:.1f} s")
         return seeks
 
 

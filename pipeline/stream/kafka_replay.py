@@ -32,6 +32,7 @@ from pipeline.report import ReplayReport
 from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
 from pipeline.stores.keys import RedisKeys
+from pipeline.stores.base import StoreUnavailable
 from pipeline.stores.redis_store import RedisRoutingStore
 
 from .collector import Collected, collect
@@ -94,7 +95,7 @@ async def _produce_and_collect(chunks: list[EventChunk], settings: Settings, opt
     collector = asyncio.create_task(collect(settings.kafka_bootstrap, settings.topic_outcomes, expected,
                                             settings.topic_deadletter, opts.idle_timeout_s, progress, stop, got))
     await produce_chunks(rechunk(chunks, opts.message_size), settings.kafka_bootstrap, settings.topic_tokens,
-                         opts.rate, progress=False, total=expected)
+                         opts.rate, progress=False, total=expected, deadletter_topic=settings.topic_deadletter)
     got = await collector
     stop.set()
     await watcher
@@ -169,7 +170,7 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
         chunks = [EventChunk(f"{opts.run_id}/{c.stream}", c.first_seq, c.tokens, c.offset) for c in chunks]
     run = settings.with_(vocab_size=prepared.vocab_size) if opts.attach else \
         scoped_settings(settings, opts.run_id, prepared.vocab_size)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run)))
+    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
     if not opts.cold:
         from workers.stats_worker import publish_table_and_stats
 
@@ -191,6 +192,8 @@ async def _load_table(settings: Settings, router_id: str, version: int) -> Routi
     store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, router_id), settings.cache_ttl_s)
     try:
         return await store.load_table(version)
+    except StoreUnavailable:  # the report then names the table the replay started with
+        return None
     finally:
         await store.close()
 

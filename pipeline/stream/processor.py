@@ -23,7 +23,7 @@ from pipeline.engine.engine import RouteResult, VAREngine
 from pipeline.engine.events import EventBatch, EventChunk
 from pipeline.engine.records import RecordError, parse_record_bytes
 from pipeline.outcomes import encode_outcomes
-from pipeline.stores.base import RoutingStore
+from pipeline.stores.base import RoutingStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,11 @@ class RouterProcessor:
     async def _refresh_table(self, version: int | None) -> None:
         if version is None or version in (self.engine.table.version, self._unusable_version):
             return
-        table = await self.store.load_table(version)
+        try:
+            table = await self.store.load_table(version)
+        except StoreUnavailable as exc:  # a timeout is not "missing": try again on a later batch
+            log.debug("fast-path table v%s not loaded now (%s); keeping v%s", version, exc, self.engine.table.version)
+            return
         if table is None:
             log.warning("fast-path table v%s announced but not loadable; keeping v%s", version,
                         self.engine.table.version)

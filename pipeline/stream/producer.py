@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from tqdm import tqdm
 
 from pipeline.engine.events import EventChunk
 from pipeline.engine.records import encode_chunk
 
 from .topics import TopicError
+
+MAX_REQUEST_BYTES = 1024 * 1024  # aiokafka's and the broker's default maximum message size
 
 
 @dataclass
@@ -51,24 +53,56 @@ def rechunk(chunks: Iterable[EventChunk], size: int) -> Iterator[EventChunk]:
         yield EventChunk(stream, seq, tuple(tokens), offset)
 
 
-async def produce_chunks(chunks: Iterable[EventChunk], bootstrap: str, topic: str, rate: float | None = None,
-                         progress: bool = False, total: int | None = None) -> ProduceStats:
-    """Send every chunk as one message; ``rate`` caps tokens per second."""
+Message = tuple["bytes | None", bytes]
+
+
+def oversized_deadletter(key: bytes | None, value: bytes, limit: int) -> tuple[bytes, dict[str, bytes]]:
+    """The dead letter for a message the broker cannot take: its first bytes and the reason."""
+    reason = f"message of {len(value)} bytes is larger than the maximum message size ({limit} bytes)"
+    return value[:64 * 1024], {"var-reason": reason.encode(), "var-truncated-from": str(len(value)).encode()}
+
+
+async def start_producer(bootstrap: str) -> AIOKafkaProducer:
+    """An idempotent ``acks=all`` producer (no loss or duplicates across broker failover)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024,
-                                acks=1, enable_idempotence=False)
+                                acks="all", enable_idempotence=True, max_request_size=MAX_REQUEST_BYTES,
+                                request_timeout_ms=120_000)
     try:
         await producer.start()
     except KafkaConnectionError:
         raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    return producer
+
+
+async def send_message(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes,
+                       deadletter_topic: str | None) -> "asyncio.Future[object]":
+    """Queue one message; a message over the size limit (the producer is started with
+    ``MAX_REQUEST_BYTES``) goes to ``deadletter_topic`` (with the reason) instead -- or raises
+    ``TopicError`` when there is none."""
+    try:
+        return await producer.send(topic, value, key=key)
+    except MessageSizeTooLargeError:
+        if deadletter_topic is None:
+            raise TopicError(f"a message of {len(value)} bytes is larger than the maximum message size") from None
+        body, headers = oversized_deadletter(key, value, MAX_REQUEST_BYTES)
+        headers["var-source-topic"] = topic.encode()
+        return await producer.send(deadletter_topic, body, key=key, headers=list(headers.items()))
+
+
+async def produce_messages(messages: Iterable[tuple[Message, int]], bootstrap: str, topic: str,
+                           deadletter_topic: str | None = None, rate: float | None = None,
+                           progress: bool = False, total: int | None = None) -> ProduceStats:
+    """Send ``((key, value), tokens)`` items in order; ``rate`` caps tokens per second."""
+    producer = await start_producer(bootstrap)
     stats, start = ProduceStats(), time.perf_counter()
     pending: list[asyncio.Future] = []
     with tqdm(total=total, unit="tok", unit_scale=True, file=sys.stderr, disable=not progress, desc="produce") as bar:
         try:
-            for chunk in chunks:
-                pending.append(await producer.send(topic, encode_chunk(chunk), key=chunk.stream.encode()))
+            for (key, value), tokens in messages:
+                pending.append(await send_message(producer, topic, key, value, deadletter_topic))
                 stats.messages += 1
-                stats.tokens += len(chunk.tokens)
-                bar.update(len(chunk.tokens))
+                stats.tokens += tokens
+                bar.update(tokens)
                 if len(pending) >= 10_000:
                     await asyncio.gather(*pending)
                     pending.clear()
@@ -81,6 +115,14 @@ async def produce_chunks(chunks: Iterable[EventChunk], bootstrap: str, topic: st
             await producer.stop()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+async def produce_chunks(chunks: Iterable[EventChunk], bootstrap: str, topic: str, rate: float | None = None,
+                         progress: bool = False, total: int | None = None,
+                         deadletter_topic: str | None = None) -> ProduceStats:
+    """Send every chunk as one message (key = stream id); ``rate`` caps tokens per second."""
+    items = (((c.stream.encode(), encode_chunk(c)), len(c.tokens)) for c in chunks)
+    return await produce_messages(items, bootstrap, topic, deadletter_topic, rate, progress, total)
 
 
 async def produce_raw(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:

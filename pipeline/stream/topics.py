@@ -27,8 +27,9 @@ def pipeline_topics(settings: Settings) -> dict[str, int]:
             settings.topic_deadletter: 1}
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create missing topics; fail if an existing one has a different partition count."""
+async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
+    """Create missing topics (``replication`` copies); fail if an existing one has a different
+    partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     try:
         await admin.start()
@@ -36,7 +37,7 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
         raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, count, 1) for name, count in topics.items() if name not in existing]
+        missing = [NewTopic(name, count, replication) for name, count in topics.items() if name not in existing]
         if missing:
             response = await admin.create_topics(missing)
             for name, code, *_ in response.topic_errors:

@@ -1,0 +1,92 @@
+"""The router's per-stream context windows in a Faust table, kept bounded.
+
+The table maps a stream id (raw UTF-8 key, ``use_partitioner=True``, so a window lives on the
+partition number of its stream's token messages) to ``[last_seq, last_offset, *last W-1
+tokens]``, backed by a changelog topic.
+
+Bounded memory, by two documented rules:
+
+* **Idle streams are forgotten.** A stream with no routed event for ``idle_s`` seconds has its
+  window deleted -- a changelog tombstone, so the next owner of the partition forgets it too.
+  An event of a forgotten stream starts a fresh window (its context holds only what follows).
+  ``idle_s`` must exceed the longest time a message can wait for redelivery (commit interval
+  plus a rebalance), or a late redelivery would be routed again instead of being skipped.
+* **Windows of revoked partitions leave this worker.** Faust's in-memory store keeps every key
+  it ever held, including those of partitions since assigned to another worker. They are
+  dropped locally (no tombstone: the new owner has them); if the partition comes back, Faust
+  restores it from the changelog.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable
+
+from aiokafka.partitioner import murmur2
+
+from pipeline.engine.context import StreamWindow
+
+log = logging.getLogger(__name__)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the Kafka default (murmur2) partitioner picks for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class WindowState:
+    """Window lookup, write, idle sweep and revoke cleanup over a Faust table (or any mapping
+    with ``store``-like local data; tests pass plain dicts)."""
+
+    def __init__(self, table: Any, partitions: int, idle_s: float,
+                 clock: Callable[[], float] = time.monotonic, local: Any | None = None) -> None:
+        self.table, self.partitions, self.idle_s, self.clock = table, partitions, idle_s, clock
+        self.local = local if local is not None else getattr(table, "data", table)
+        self.touched: dict[bytes, float] = {}
+        self.forgotten = 0
+
+    def lookup(self, stream: str) -> StreamWindow | None:
+        value = self.table.get(stream.encode())
+        return StreamWindow.from_list(value) if value is not None else None
+
+    def write(self, windows: dict[str, StreamWindow]) -> None:
+        """Write each touched stream's window once (a changelog record each)."""
+        now = self.clock()
+        for stream_id, window in windows.items():
+            key = stream_id.encode()
+            self.table[key] = window.to_list()
+            self.touched[key] = now
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    def sweep(self, assigned: Iterable[int]) -> int:
+        """Tombstone the windows of owned partitions idle for ``idle_s``; returns how many.
+
+        A window this worker never touched (restored from the changelog) starts its idle clock
+        at the first sweep that sees it.
+        """
+        owned, now = set(assigned), self.clock()
+        idle = []
+        for key in list(self.local.keys()):
+            if key_partition(key, self.partitions) not in owned:
+                continue
+            seen = self.touched.setdefault(key, now)
+            if now - seen >= self.idle_s:
+                idle.append(key)
+        for key in idle:
+            del self.table[key]
+            self.touched.pop(key, None)
+        self.forgotten += len(idle)
+        if idle:
+            log.info("forgot %d idle stream windows (no event for %.0f s)", len(idle), self.idle_s)
+        return len(idle)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Drop (locally, no tombstone) the windows of partitions this worker no longer owns."""
+        gone = set(partitions)
+        keys = [k for k in list(self.local.keys()) if key_partition(k, self.partitions) in gone]
+        for key in keys:
+            del self.local[key]
+            self.touched.pop(key, None)
+        return len(keys)
