@@ -155,7 +155,9 @@ def render_text(report: ReplayReport) -> str:
     if report.completeness is not None:
         c = report.completeness
         lines.append(f"  completeness       {c['events_in']:,} in, {c['outcomes_out']:,} out, "
-                     f"{c['duplicates']:,} duplicates, {c['missing']:,} missing")
+                     f"{c['duplicates']:,} duplicates, {c['missing']:,} missing, "
+                     f"{c.get('context_mismatches', 0):,} wrong contexts, {c['deadletters']:,} dead letters, "
+                     f"{len(c.get('worker_exits', [])):,} workers exited unexpectedly")
     checks = report.constraints()
     lines.append("  constraints        " + ", ".join(f"{name} {_verdict(ok)}" for name, ok in checks.items())
                  + f" => {_verdict(all(checks.values()))}")

@@ -180,11 +180,16 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)
     pool = WorkerPool(run, cfg.log_dir / run.app_id)
     try:
-        pool.start_routers(1)
+        [worker] = pool.start_routers(1)
         if not asyncio.run(wait_for_group(run.kafka_bootstrap, run.app_id, 1, 120)):
-            raise RuntimeError(f"bench worker did not start; see {pool.workers[0].log_path}")
+            raise worker.failure(f"the bench worker of case {case.shape} {case.size} {case.mode} did not start")
         result = asyncio.run(_measure(run, first, then, rate))
-        metrics = _scrape(port) if case.mode != "passthrough" else {}
+        if not worker.alive():
+            raise worker.failure(f"case {case.shape} {case.size} {case.mode} failed")
+        try:
+            metrics = _scrape(port) if case.mode != "passthrough" else {}
+        except OSError as exc:
+            raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
     finally:
         pool.stop_all()
     batches = metrics.get("var_batch_size_count", 0.0)

@@ -13,11 +13,12 @@ source offset is not after the offset that last advanced the window, it is a *re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from .events import PAD_TOKEN, EventBatch
+from .events import PAD_TOKEN, EventBatch, EventChunk
+from .hashing import context_hash
 
 REDELIVERED = "redelivered"
 SEQ_NOT_INCREASING = "seq_not_increasing"
@@ -165,3 +166,18 @@ def _new_windows(batch: EventBatch, g: _Groups, rows: np.ndarray, group: np.ndar
             max(g.starts[gi].last_offset, top),
         )
     return windows
+
+
+def corpus_context_hashes(chunks: Iterable[EventChunk], window: int) -> dict[tuple[str, int], int]:
+    """(stream, seq) -> hash of the W-1 tokens before it in its stream (PAD-filled at the start):
+    the context every decision for that event must carry, computed from the corpus alone."""
+    history: dict[str, list[int]] = {}
+    rows, keys = [], []
+    for chunk in chunks:
+        past = history.setdefault(chunk.stream, [PAD_TOKEN] * (window - 1))
+        for i, token in enumerate(chunk.tokens):
+            rows.append(past[len(past) - (window - 1):] if window > 1 else [])
+            keys.append((chunk.stream, chunk.first_seq + i))
+            past.append(token)
+    hashes = context_hash(np.asarray(rows, dtype=np.int64).reshape(len(rows), window - 1))
+    return dict(zip(keys, hashes.tolist()))

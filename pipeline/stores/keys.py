@@ -11,6 +11,7 @@ key                                    type      contents
 ``fp:{router}:v{version}``             string    fast-path table version (JSON), TTL once superseded
 ``fp:{router}:seq``                    string    last allocated table version (never below current)
 ``stats:{router}:snapshot``            string    stats worker snapshot (statistics + offsets)
+``workers:{topic}:{incarnation}``      string    a live router worker (JSON: router id, vocab), TTL
 =====================================  ========  =================================================
 """
 from __future__ import annotations
@@ -62,3 +63,13 @@ class RedisKeys:
     @property
     def stats_snapshot(self) -> str:
         return f"{self.prefix}stats:{self.router_id}:snapshot"
+
+
+def worker_key(namespace: str, topic: str, incarnation: str) -> str:
+    """Registration of one live router worker consuming ``topic`` (refreshed, with a TTL)."""
+    return f"var:{namespace}:workers:{topic}:{incarnation}"
+
+
+def worker_pattern(namespace: str, topic: str) -> str:
+    """SCAN pattern matching every :func:`worker_key` of ``topic``."""
+    return f"var:{namespace}:workers:{topic}:*"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -56,7 +56,7 @@ class AgentCounters:
     batches: int = 0
     send_retries: int = 0
     commits: int = 0
-    errors: list[str] = field(default_factory=list)
+    dropped_quiet: int = 0
 
 
 class RouterAgent:
@@ -70,7 +70,16 @@ class RouterAgent:
         self.counters = AgentCounters()
 
     async def handle(self, messages: list[InMessage]) -> BatchOutput | None:
-        """Steps 2-6 for one batch of fresh messages (sorted by partition, offset)."""
+        """Steps 2-6 for one batch of fresh messages (sorted by partition, offset).
+
+        While Faust rebalances or restores the windows (``control.quiet()``) the batch is
+        dropped unrouted: nothing past it is committed, and Faust seeks every partition to its
+        committed offset before it resumes the streams, so the messages come again.
+        """
+        if self.control.quiet():
+            self.counters.dropped_quiet += len(messages)
+            log.info("dropping %d messages that arrived while the windows are being restored", len(messages))
+            return None
         self.continuity.observe_generation(self.control.generation())
         admitted, seeks = await self.continuity.admit(messages)
         await self.control.seek(seeks)
@@ -137,10 +146,14 @@ class RouterAgent:
             raise error  # outcomes are split well below the limit (pipeline.outcomes); a bug
         return msg
 
-    async def commit(self) -> bool:
-        """Commit the finished frontier (the producer is flushed first, by the control)."""
+    async def commit(self, during_rebalance: bool = False) -> bool:
+        """Commit the finished frontier (the producer is flushed first, by the control).
+
+        Skipped mid-rebalance unless ``during_rebalance`` -- the revoke callback, where Faust has
+        already waited for the agent and the partitions are still this worker's.
+        """
         offsets = self.continuity.committable()
-        if not offsets or self.control.quiet():
+        if not offsets or (self.control.quiet() and not during_rebalance):
             return False
         generation = self.control.generation()
         try:

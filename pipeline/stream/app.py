@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from redis.exceptions import RedisError
 
 from pipeline.engine.context import StreamWindow
 from pipeline.engine.engine import VAREngine
@@ -41,12 +42,14 @@ from pipeline.observability import RouterMetrics, configure_logging, serve_metri
 from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
+from pipeline.stores.registry import REFRESH_S, register
 
 from .agent import RouterAgent, Topics
 from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
 from .processor import BatchOutput, InMessage, RouterProcessor
 from .window_state import WindowState
+from .workers import WorkerFailed
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_request_timeout": max(90.0, settings.session_timeout_s * 2),
         "broker_commit_interval": 1.0,
         "producer_linger": 0.005,
+        # Bounded fetch rounds: a seek waits for the records already fetched to drain.
+        "broker_max_poll_records": 2000,
         "datadir": str(worker_datadir()),
     }
 
@@ -181,11 +186,24 @@ def create_app(settings: Settings) -> RouterApp:
             windows.sweep(agent.control.assigned())
         metrics.streams.set(len(windows))
 
+    @app.task
+    async def announce_at_start() -> None:
+        await announce()
+
+    @app.timer(interval=REFRESH_S)
+    async def announce() -> None:
+        try:
+            await register(store.client, settings.namespace, settings.topic_tokens, processor.worker,
+                           processor.engine.router.router_id, processor.engine.router.spec.vocab_size)
+        except (RedisError, OSError) as exc:  # Redis down: the registration simply expires
+            log.debug("worker registration failed: %r", exc)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set, **_: Any) -> None:
-        # Faust has flushed the producer and waited for the agent: commit what it finished.
-        await agent.commit()
-        windows.drop_partitions(tp.partition for tp in revoked if tp.topic == settings.topic_tokens)
+        # Faust has waited for the agent and flushed the producer: commit what it finished, so
+        # the next owner starts exactly there. (The eager protocol revokes *every* partition, so
+        # nothing is dropped from the table here: Faust keeps what it will still own.)
+        await agent.commit(during_rebalance=True)
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
@@ -259,5 +277,14 @@ def run_worker(settings: Settings) -> None:
     serve_metrics(settings.metrics_port, router_app.metrics.registry)
     log.info("router worker %s: topics %s -> %s, redis namespace %s, metrics port %s", router_app.processor.worker,
              settings.topic_tokens, settings.topic_outcomes, settings.namespace, settings.metrics_port or "off")
-    Worker(router_app.app, loglevel=settings.log_level, quiet=True, override_logging=False,
-           redirect_stdouts=False).execute_from_commandline()
+    worker = Worker(router_app.app, loglevel=settings.log_level, quiet=True, override_logging=False,
+                    redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as done:
+        reason = getattr(router_app.app, "_crash_reason", None) or getattr(worker, "_crash_reason", None)
+        if reason is not None or done.code not in (0, None):
+            # One line for whoever runs the worker; the traceback is in the log above it.
+            raise WorkerFailed(f"router worker {router_app.processor.worker} stopped: {reason!r} "
+                               "(the traceback is logged above)") from None
+        raise

@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.budget import WindowLedger
-from pipeline.engine.context import StreamWindow, build_contexts
+from pipeline.engine.context import StreamWindow, build_contexts, corpus_context_hashes
 from pipeline.engine.events import EventChunk, TIER_LABELS, Tier
 from pipeline.engine.table import RoutingTable
 from pipeline.outcomes import Outcomes, learned_mask
@@ -34,6 +35,7 @@ from pipeline.sources import CorpusSource
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.base import StoreUnavailable
 from pipeline.stores.redis_store import RedisRoutingStore
+from pipeline.stores.registry import router_mismatch, running_workers
 
 from .collector import Collected, collect
 from .timeline import outcome_timeline
@@ -84,14 +86,16 @@ async def _watch_workers(pool: WorkerPool, stop: asyncio.Event) -> None:
 
 
 async def _produce_and_collect(chunks: list[EventChunk], settings: Settings, opts: KafkaReplayOptions,
-                               pool: WorkerPool, progress: bool) -> tuple[Collected, float]:
+                               pool: WorkerPool, progress: bool, got: Collected) -> float:
+    """Produce and collect into ``got``; returns the start time. ``got`` is filled in place, not
+    returned: asyncio.run's SIGINT handling may repr the finished main task later, and a repr of
+    every outcome array takes minutes."""
     expected = sum(len(c) for c in chunks)
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch_workers(pool, stop))
     start = time.perf_counter()
     # Attached replays share topics with earlier runs: their streams carry the run id, and only
     # those outcomes count.
-    got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
     collector = asyncio.create_task(collect(settings.kafka_bootstrap, settings.topic_outcomes, expected,
                                             settings.topic_deadletter, opts.idle_timeout_s, progress, stop, got))
     await produce_chunks(rechunk(chunks, opts.message_size), settings.kafka_bootstrap, settings.topic_tokens,
@@ -99,15 +103,13 @@ async def _produce_and_collect(chunks: list[EventChunk], settings: Settings, opt
     got = await collector
     stop.set()
     await watcher
-    return got, start
+    return start
 
 
 def _check_workers(pool: WorkerPool) -> None:
     crashed = [w for w in pool.workers if not w.alive() and w.process.returncode not in (0, -15)]
     if crashed and all(not w.alive() for w in pool.workers if w.name.startswith("router")):
-        w = crashed[0]
-        last = w.log_tail(1).strip() or "no output"
-        raise ReplayError(f"worker {w.name} exited with status {w.process.returncode} ({last}); log: {w.log_path}")
+        raise crashed[0].failure("the replay's router workers stopped")
 
 
 def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Settings) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -121,6 +123,12 @@ def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Sett
         parts.append((batch.streams, batch.seqs, batch.tokens, out.experts, out.weights))
     streams = [s for p in parts for s in p[0]]
     return streams, *(np.concatenate([p[i] for p in parts]) for i in range(1, 5))  # type: ignore[return-value]
+
+
+def context_mismatches(expected: dict[tuple[str, int], int], parts: list[Outcomes]) -> int:
+    """Outcomes (duplicates included) whose context hash is not the corpus's for that event."""
+    return sum(expected.get((s, q)) != c for p in parts
+               for s, q, c in zip(p.streams, p.seqs.tolist(), p.ctx.tolist()))
 
 
 def _align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarray:
@@ -171,6 +179,14 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
     run = settings.with_(vocab_size=prepared.vocab_size) if opts.attach else \
         scoped_settings(settings, opts.run_id, prepared.vocab_size)
     asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
+    if opts.attach:  # say up front when the running workers route with another router
+        try:
+            workers = asyncio.run(running_workers(run.redis_url, run.namespace, run.topic_tokens))
+        except (RedisError, OSError) as exc:
+            raise ReplayError(f"cannot reach Redis at {run.redis_url} to find the running workers ({exc})") from None
+        problem = router_mismatch(workers, prepared.router.router_id)
+        if problem:
+            raise ReplayError(problem)
     if not opts.cold:
         from workers.stats_worker import publish_table_and_stats
 
@@ -180,11 +196,16 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
         pool.start_routers(opts.workers)
         if opts.stats_worker:
             pool.start("stats", ("stats", "worker"))
-        got, start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress))
+        got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
+        start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress, got))
         _check_workers(pool)
+        exits = [f"{w.name} (exit {w.process.returncode}, log {w.log_path})" for w in pool.workers if not w.alive()]
     finally:
         pool.stop_all()
     report = build_kafka_report(source, run, prepared, chunks, got, start, wall_start, opts)
+    assert report.completeness is not None
+    report.completeness["worker_exits"] = exits
+    report.completeness["complete"] = report.completeness["complete"] and not exits
     return report, got
 
 
@@ -222,6 +243,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
     max_window, blocks, sizes = budget_ledger(Outcomes.concat(got.all_parts), settings.budget_window)
     counts = np.bincount(outcomes.tiers.astype(np.int64), minlength=len(TIER_LABELS))
     events_in = len(tokens)
+    wrong = context_mismatches(corpus_context_hashes(chunks, settings.window), got.all_parts)
     versions = sorted(set(outcomes.table_versions.tolist()))
     return ReplayReport(
         source=source.name, mode=f"kafka ({opts.workers} worker{'s' if opts.workers != 1 else ''}, "
@@ -238,6 +260,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
         routing_s=(got.last_at or start) - (got.first_at or start), wall_s=time.perf_counter() - wall_start,
         completeness={"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
                       "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
-                      "deadletters": len(got.deadletters), "complete": bool(have.all()) and got.invalid == 0,
+                      "deadletters": len(got.deadletters), "context_mismatches": wrong,
+                      "complete": bool(have.all()) and got.invalid == 0 and wrong == 0,
                       "run_id": opts.run_id},
     )

@@ -4,17 +4,17 @@ The table maps a stream id (raw UTF-8 key, ``use_partitioner=True``, so a window
 partition number of its stream's token messages) to ``[last_seq, last_offset, *last W-1
 tokens]``, backed by a changelog topic.
 
-Bounded memory, by two documented rules:
+Bounded memory, by a documented rule:
 
 * **Idle streams are forgotten.** A stream with no routed event for ``idle_s`` seconds has its
   window deleted -- a changelog tombstone, so the next owner of the partition forgets it too.
   An event of a forgotten stream starts a fresh window (its context holds only what follows).
   ``idle_s`` must exceed the longest time a message can wait for redelivery (commit interval
   plus a rebalance), or a late redelivery would be routed again instead of being skipped.
-* **Windows of revoked partitions leave this worker.** Faust's in-memory store keeps every key
-  it ever held, including those of partitions since assigned to another worker. They are
-  dropped locally (no tombstone: the new owner has them); if the partition comes back, Faust
-  restores it from the changelog.
+
+A worker also keeps (in Faust's in-memory store) the windows of partitions it owned before a
+rebalance moved them away; Faust's recovery relies on them when a partition comes back, so they
+are not dropped here. They are bounded by the streams alive when the partition moved.
 """
 from __future__ import annotations
 
@@ -35,8 +35,7 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 
 class WindowState:
-    """Window lookup, write, idle sweep and revoke cleanup over a Faust table (or any mapping
-    with ``store``-like local data; tests pass plain dicts)."""
+    """Window lookup, write and idle sweep over a Faust table (tests pass plain dicts)."""
 
     def __init__(self, table: Any, partitions: int, idle_s: float,
                  clock: Callable[[], float] = time.monotonic, local: Any | None = None) -> None:
@@ -81,12 +80,3 @@ class WindowState:
         if idle:
             log.info("forgot %d idle stream windows (no event for %.0f s)", len(idle), self.idle_s)
         return len(idle)
-
-    def drop_partitions(self, partitions: Iterable[int]) -> int:
-        """Drop (locally, no tombstone) the windows of partitions this worker no longer owns."""
-        gone = set(partitions)
-        keys = [k for k in list(self.local.keys()) if key_partition(k, self.partitions) in gone]
-        for key in keys:
-            del self.local[key]
-            self.touched.pop(key, None)
-        return len(keys)

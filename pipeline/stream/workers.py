@@ -18,6 +18,10 @@ from pathlib import Path
 from pipeline.settings import Settings, settings_env
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process exited or never became ready; one line naming its log."""
+
+
 @dataclass
 class WorkerProcess:
     name: str
@@ -26,6 +30,12 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def failure(self, what: str) -> WorkerFailed:
+        """The one-line error for this worker: what went wrong, its last log line and the log."""
+        last = self.log_tail(1).strip()[:200] or "no output"
+        status = f"exited with status {self.process.returncode}" if not self.alive() else "is running"
+        return WorkerFailed(f"{what}: worker {self.name} {status} ({last}); see {self.log_path}")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -52,11 +62,13 @@ class WorkerPool:
     log_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def start(self, name: str, command: tuple[str, ...] = ("worker",)) -> WorkerProcess:
+    def start(self, name: str, command: tuple[str, ...] = ("worker",), settings: Settings | None = None) -> WorkerProcess:
+        """Start ``python -m pipeline COMMAND`` with the pool's settings (or ``settings``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         handle = open(log_path, "ab")
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", *command], env=worker_env(self.settings, name),
+        env = worker_env(settings or self.settings, name)
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", *command], env=env,
                                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
         handle.close()
@@ -72,6 +84,16 @@ class WorkerPool:
         if worker.alive():
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(10)
+
+    def stop(self, worker: WorkerProcess, timeout_s: float = 30.0) -> None:
+        """SIGTERM: the worker leaves the group cleanly (SIGKILL if it does not exit in time)."""
+        if worker.alive():
+            worker.process.send_signal(signal.SIGTERM)
+            try:
+                worker.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait(5)
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every live worker, then SIGKILL whatever did not exit in time."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.corpus.synthetic import SyntheticSpec
-from pipeline.engine.hashing import context_hash
+from pipeline.engine.context import corpus_context_hashes
 from pipeline.engine.events import Tier
 from pipeline.outcomes import Outcomes
 from pipeline.replay import Prepared, offline_phase
@@ -75,17 +75,7 @@ def make_harness(kafka: str, redis: str, tmp_path: Path, spec: SyntheticSpec, **
 
 def reference_context_hashes(h: Harness) -> dict[tuple[str, int], int]:
     """(stream, seq) -> the context hash the router must have used (from the corpus itself)."""
-    w = h.settings.window
-    history: dict[str, list[int]] = {}
-    rows, keys = [], []
-    for chunk in h.chunks:
-        past = history.setdefault(chunk.stream, [-1] * (w - 1))
-        for i, token in enumerate(chunk.tokens):
-            rows.append(past[len(past) - (w - 1):] if w > 1 else [])
-            keys.append((chunk.stream, chunk.first_seq + i))
-            past.append(token)
-    hashes = context_hash(np.asarray(rows, dtype=np.int64).reshape(len(rows), w - 1))
-    return dict(zip(keys, hashes.tolist()))
+    return corpus_context_hashes(h.chunks, h.settings.window)
 
 
 def check_contexts(h: Harness, outcomes: Outcomes) -> None:
