@@ -32,7 +32,8 @@ KINDS = ("random_bytes", "truncated_json", "wrong_types", "empty_key", "negative
          "seq_backwards")
 REASONS = {"random_bytes": "not valid JSON", "truncated_json": "not valid JSON", "wrong_types": "must be",
            "empty_key": "does not match stream", "negative_token": "is negative",
-           "oov_token": "outside the vocabulary", "seq_backwards": "does not increase", "oversized": "larger than the maximum"}
+           "oov_token": "outside the vocabulary", "seq_backwards": "does not increase",
+           "oversized": "larger than the maximum"}
 OVERSIZED_TOKENS = 300_000  # ~2 MB as JSON, twice the 1 MB limit
 
 

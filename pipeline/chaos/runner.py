@@ -29,7 +29,7 @@ from pipeline.stream.collector import Collected, collect
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_messages, rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
-from pipeline.stream.workers import WorkerPool
+from pipeline.stream.workers import WorkerPool, WorkerProcess
 
 from .checks import RunChecks, check_deadletters, check_outcomes, corpus_context_hashes
 from .poison import Poison, interleave, poison_set
@@ -99,7 +99,7 @@ class _Fleet:
         self.pool.start(f"stats-{self.stats}", ("stats", "worker"))
         self.stats += 1
 
-    def oldest(self, prefix: str):  # type: ignore[no-untyped-def]
+    def oldest(self, prefix: str) -> WorkerProcess:
         alive = [w for w in self.pool.workers if w.name.startswith(prefix) and w.alive()]
         if not alive:
             raise RuntimeError(f"no live {prefix} worker to stop")
@@ -145,13 +145,16 @@ async def _run_steps(steps: tuple[Step, ...], got: Collected, expected: int, fle
         await _act(step, fleet, services)
 
 
-async def read_all(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+DeadLetters = list[tuple["bytes | None", bytes, "dict[str, bytes]"]]
+
+
+async def read_all(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> DeadLetters:
     """Every record of ``topic`` from the beginning: until ``at_least`` arrived and the topic is
     quiet for a second, or ``timeout_s``."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
-    out: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
+    out: DeadLetters = []
     deadline, quiet_since = time.monotonic() + timeout_s, time.monotonic()
     try:
         while time.monotonic() < deadline:
@@ -178,7 +181,7 @@ class _Returned:
     SIGINT handling can repr the previous main task, and a repr of every outcome takes minutes)."""
 
     got: Collected = field(default_factory=Collected)
-    deadletters: list[tuple[bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
+    deadletters: DeadLetters = field(default_factory=list)
     complete: bool = False
 
 

@@ -44,7 +44,7 @@ def render(results: list[RunChecks]) -> str:
     rows = [(r.scenario, str(r.message_size), f"{r.events_in:,}", f"{r.outcomes_out:,}", str(r.missing),
              str(r.duplicates), str(r.context_mismatches), f"{r.poison_deadlettered}/{r.poison_sent}",
              str(len(r.unexpected_deaths)), f"{r.seconds:.0f}", "PASS" if r.ok else "FAIL") for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     passes = tally(results)

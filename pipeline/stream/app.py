@@ -168,7 +168,8 @@ def create_app(settings: Settings) -> RouterApp:
 
     agent = RouterAgent(None if settings.router_mode == "passthrough" else processor,
                         OffsetContinuity(offsets.start, offsets.end), ConsumerControl(app, settings.topic_tokens),
-                        windows, send, Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens))
+                        windows, send,
+                        Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens))
 
     @app.timer(interval=1.0)
     async def watch_for_stalls() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from tqdm import tqdm
 
 from pipeline.engine.events import EventChunk
@@ -111,6 +111,8 @@ async def produce_messages(messages: Iterable[tuple[Message, int]], bootstrap: s
                     if ahead > 0:
                         await asyncio.sleep(ahead)
             await asyncio.gather(*pending)
+        except KafkaError as exc:  # the broker went away for longer than the producer's timeout
+            raise TopicError(f"producing to {topic} failed after {stats.messages:,} messages: {exc}") from None
         finally:
             await producer.stop()
     stats.seconds = time.perf_counter() - start

@@ -62,7 +62,8 @@ class WorkerPool:
     log_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def start(self, name: str, command: tuple[str, ...] = ("worker",), settings: Settings | None = None) -> WorkerProcess:
+    def start(self, name: str, command: tuple[str, ...] = ("worker",),
+              settings: Settings | None = None) -> WorkerProcess:
         """Start ``python -m pipeline COMMAND`` with the pool's settings (or ``settings``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"

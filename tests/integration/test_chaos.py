@@ -50,7 +50,8 @@ def test_chaos_scenario_loses_nothing(scenario: str, message_size: int, base: Se
                                       services: ChaosServices, chaos_dir: Path) -> None:
     opts = ChaosOptions(message_size=message_size, events=EVENTS, work_dir=chaos_dir, timeout_s=600.0)
     result = run_scenario(SCENARIOS[scenario], base, services, corpus, opts)
-    assert result.ok, f"{scenario}/{message_size}: {result.failures()}; examples {result.examples}; logs {result.log_dir}"
+    assert result.ok, (f"{scenario}/{message_size}: {result.failures()}; examples {result.examples}; "
+                       f"logs {result.log_dir}")
     assert result.events_in >= EVENTS and result.outcomes_out == result.events_in
     if SCENARIOS[scenario].poison:
         assert result.poison_deadlettered == result.poison_sent == SCENARIOS[scenario].poison
