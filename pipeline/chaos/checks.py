@@ -40,6 +40,8 @@ class RunChecks:
     good_deadlettered: int = 0
     unexpected_deaths: list[str] = field(default_factory=list)
     ended_by_itself: bool = False
+    faults_planned: int = 0
+    faults_fired: int = 0
     seconds: float = 0.0
     examples: dict[str, list[Any]] = field(default_factory=dict)
     log_dir: str = ""
@@ -59,6 +61,8 @@ class RunChecks:
             out.append("workers died: " + ", ".join(self.unexpected_deaths))
         if not self.ended_by_itself:
             out.append("the run did not end by itself")
+        if self.faults_fired < self.faults_planned:
+            out.append(f"only {self.faults_fired} of {self.faults_planned} faults fired (the run ended first)")
         return out
 
     @property

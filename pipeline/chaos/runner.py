@@ -90,6 +90,8 @@ class _Fleet:
     routers: int = 0
     stats: int = 0
     retired: set[str] = field(default_factory=set)
+    fired: int = 0
+    stuck: list[str] = field(default_factory=list)  # stopped gracefully? no: had to be killed
 
     def start_router(self) -> None:
         self.pool.start(f"router-{self.routers}")
@@ -124,7 +126,9 @@ async def _act(step: Step, fleet: _Fleet, services: ChaosServices) -> None:
     elif step.action == "kill_stats":
         await asyncio.to_thread(fleet.pool.kill, fleet.oldest("stats"))
     elif step.action == "stop_router":
-        await asyncio.to_thread(fleet.pool.stop, fleet.oldest("router"))
+        worker = fleet.oldest("router")
+        if not await asyncio.to_thread(fleet.pool.stop, worker):
+            fleet.stuck.append(f"{worker.name} did not stop within 30 s of SIGTERM (log {worker.log_path})")
     elif step.action == "restart_kafka":
         await asyncio.to_thread(services.restart_kafka, step.seconds)
     elif step.action == "kill_broker":
@@ -143,6 +147,7 @@ async def _run_steps(steps: tuple[Step, ...], got: Collected, expected: int, fle
         if done.is_set():
             return
         await _act(step, fleet, services)
+        fleet.fired += 1
 
 
 DeadLetters = list[tuple["bytes | None", bytes, "dict[str, bytes]"]]
@@ -234,7 +239,8 @@ def run_scenario(scenario: Scenario, base: Settings, services: ChaosServices, co
         out = _Returned()
         asyncio.run(_drive(scenario, run, services, fleet, interleave(good, poison, opts.seed), len(expected),
                            len(poison), opts, out))
-        checks.unexpected_deaths = fleet.deaths()
+        checks.unexpected_deaths = fleet.deaths() + fleet.stuck
+        checks.faults_planned, checks.faults_fired = len(scenario.steps), fleet.fired
     finally:
         fleet.pool.stop_all()
     checks.ended_by_itself = out.complete

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from .continuity import OffsetContinuity
 from .processor import BatchOutput, DeadLetter, InMessage, RouterProcessor
@@ -68,29 +68,51 @@ class RouterAgent:
         self.processor, self.continuity, self.control = processor, continuity, control
         self.windows, self.send, self.topics, self.retry_s = windows, send, topics, retry_s
         self.counters = AgentCounters()
+        self.idle = asyncio.Event()  # clear while a batch is being handled (the revoke waits for it)
+        self.idle.set()
 
     async def handle(self, messages: list[InMessage]) -> BatchOutput | None:
         """Steps 2-6 for one batch of fresh messages (sorted by partition, offset).
 
         While Faust rebalances or restores the windows (``control.quiet()``) the batch is
         dropped unrouted: nothing past it is committed, and Faust seeks every partition to its
-        committed offset before it resumes the streams, so the messages come again.
+        committed offset before it resumes the streams, so the messages come again. If a step
+        after admission fails, the partitions are rewound to what was finished and re-fetched.
         """
-        if self.control.quiet():
-            self.counters.dropped_quiet += len(messages)
-            log.info("dropping %d messages that arrived while the windows are being restored", len(messages))
-            return None
-        self.continuity.observe_generation(self.control.generation())
-        admitted, seeks = await self.continuity.admit(messages)
-        await self.control.seek(seeks)
-        if not admitted:
-            return None
-        if self.processor is None:
-            out = BatchOutput(outcomes=[(m.key, m.value) for m in admitted])  # type: ignore[misc]
-        else:
-            out = await self._route(admitted)
-        await self.publish(out)
-        self.windows.write(out.windows)
+        self.idle.clear()
+        try:
+            if self.control.quiet():
+                self.counters.dropped_quiet += len(messages)
+                log.info("dropping %d messages that arrived while the windows are being restored", len(messages))
+                return None
+            self.continuity.observe_generation(self.control.generation())
+            try:
+                admitted, seeks = await self.continuity.admit(messages)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:  # start offsets unknown: route nothing
+                log.warning("cannot look up where routing starts (%r); dropping %d messages", exc, len(messages))
+                return None
+            await self.control.seek(seeks)
+            if not admitted:
+                return None
+            return await self._finish(admitted)
+        finally:
+            self.idle.set()
+
+    async def _finish(self, admitted: list[InMessage]) -> BatchOutput:
+        """Route, publish, write windows, mark finished -- or rewind and re-fetch on failure."""
+        try:
+            out = BatchOutput(outcomes=[(m.key, m.value) for m in admitted]) if self.processor is None \
+                else await self._route(admitted)  # type: ignore[misc]
+            await self.publish(out)
+            await self.windows.write(out.windows)
+        except BaseException as exc:
+            seeks = self.continuity.rewind({m.partition for m in admitted})
+            log.error("a batch of %d messages failed after admission (%r); re-fetching from %s", len(admitted),
+                      exc, seeks)
+            if isinstance(exc, asyncio.CancelledError) or not isinstance(exc, Exception):
+                raise
+            await self.control.seek(seeks)
+            return BatchOutput()
         self.continuity.routed(admitted)
         self.counters.batches += 1
         return out
@@ -138,11 +160,12 @@ class RouterAgent:
         """A dead letter too large for the broker is sent again truncated (the reason says so);
         anything else is sent again as it is."""
         topic, key, value, headers = msg
-        if isinstance(error, MessageSizeTooLargeError) and topic == self.topics.deadletter:
+        too_large = _too_large(error)
+        if too_large and topic == self.topics.deadletter:
             headers = dict(headers or {})
             headers["var-truncated-from"] = str(len(value)).encode()
             return topic, key, value[:TRUNCATED_DEADLETTER_BYTES], headers
-        if isinstance(error, MessageSizeTooLargeError):
+        if too_large:
             raise error  # outcomes are split well below the limit (pipeline.outcomes); a bug
         return msg
 
@@ -171,4 +194,18 @@ class RouterAgent:
         if self.control.quiet():
             return
         self.continuity.observe_generation(self.control.generation())
-        await self.control.seek(await self.continuity.stalls(self.control.assigned()))
+        try:
+            seeks = await self.continuity.stalls(self.control.assigned())
+        except (KafkaError, OSError, asyncio.TimeoutError) as exc:  # a broker away: try at the next tick
+            log.warning("stall check skipped: %r", exc)
+            return
+        await self.control.seek(seeks)
+
+
+def _too_large(error: BaseException) -> bool:
+    """A message over the size limit -- raw, or wrapped by Faust (``ProducerSendError`` from it)."""
+    while error is not None:
+        if isinstance(error, MessageSizeTooLargeError):
+            return True
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return False

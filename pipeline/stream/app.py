@@ -48,6 +48,7 @@ from .agent import RouterAgent, Topics
 from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
 from .processor import BatchOutput, InMessage, RouterProcessor
+from .producer import MAX_REQUEST_BYTES
 from .window_state import WindowState
 from .workers import WorkerFailed
 
@@ -86,6 +87,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_request_timeout": max(90.0, settings.session_timeout_s * 2),
         "broker_commit_interval": 1.0,
         "producer_linger": 0.005,
+        "producer_max_request_size": MAX_REQUEST_BYTES,  # the same limit as the token producers
         # Bounded fetch rounds: a seek waits for the records already fetched to drain.
         "broker_max_poll_records": 2000,
         "datadir": str(worker_datadir()),
@@ -161,7 +163,12 @@ def create_app(settings: Settings) -> RouterApp:
     table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes, use_partitioner=True)
     metrics = RouterMetrics(name)
     offsets = KafkaOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens)
-    windows = WindowState(table, settings.partitions, settings.stream_idle_s)
+
+    async def changelog(key: bytes, value: Any) -> Any:
+        return await table.changelog_topic.send(key=key, value=value, key_serializer=table.key_serializer,
+                                                value_serializer=table.value_serializer)
+
+    windows = WindowState(table, settings.partitions, settings.stream_idle_s, changelog=changelog)
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes] | None) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
@@ -201,9 +208,10 @@ def create_app(settings: Settings) -> RouterApp:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set, **_: Any) -> None:
-        # Faust has waited for the agent and flushed the producer: commit what it finished, so
-        # the next owner starts exactly there. (The eager protocol revokes *every* partition, so
-        # nothing is dropped from the table here: Faust keeps what it will still own.)
+        # Faust waits only for messages of topics with acks, so wait for the batch in progress
+        # here; then commit what the agent finished, so the next owner starts exactly there.
+        # (The eager protocol revokes *every* partition; nothing is dropped from the table.)
+        await agent.idle.wait()
         await agent.commit(during_rebalance=True)
 
     @app.agent(tokens, name="router")

@@ -87,8 +87,12 @@ class ConsumerControl:
         """
         tp = TP(self.topic, partition)
         consumer = self.app.consumer
+        resumed = False
         try:
             consumer.pause_partitions({tp})
+            # A partition under stream back-pressure is still handed to streams (and re-activated
+            # when the pressure drops) while in this set: take it out, it is paused on purpose.
+            consumer._buffered_partitions.discard(tp)
             for _ in range(5):
                 await consumer.seek_wait({tp: offset})
                 await asyncio.sleep(self.settle_s)
@@ -99,11 +103,15 @@ class ConsumerControl:
                 log.info("partition %s: a record fetched before the seek moved the read offset; seeking again",
                          partition)
             consumer.resume_partitions({tp})
+            resumed = True
             self.seeks += 1
         except Exception as exc:  # revoked meanwhile, consumer stopping
             log.warning("seek of partition %s to %s failed (%r); the stall check retries", partition, offset, exc)
         finally:
             self._seeking.discard(partition)
+            if not resumed and not self.quiet() and self.generation() == generation \
+                    and partition in self.assigned():
+                consumer.resume_partitions({tp})  # never leave a partition paused by a failed seek
 
     async def commit(self, offsets: dict[int, int]) -> bool:
         """Commit ``partition -> next offset to route`` after flushing the producer."""

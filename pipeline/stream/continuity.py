@@ -111,10 +111,22 @@ class OffsetContinuity:
         return admitted, seeks
 
     def routed(self, messages: list[InMessage]) -> None:
-        """Mark admitted messages finished: outcomes acknowledged and windows written."""
-        for msg in messages:
-            if msg.offset + 1 > self.done.get(msg.partition, 0):
+        """Mark admitted messages finished (outcomes acknowledged, windows written); the frontier
+        only moves contiguously, so it can never pass a message that was not finished."""
+        for msg in sorted(messages, key=lambda m: (m.partition, m.offset)):
+            if msg.partition in self.done and msg.offset == self.done[msg.partition]:
                 self.done[msg.partition] = msg.offset + 1
+
+    def rewind(self, partitions: Iterable[int]) -> dict[int, int]:
+        """After a failed batch: expect each partition's first unfinished offset again; returns
+        the seeks that fetch it (also marked pending)."""
+        seeks = {}
+        for p in partitions:
+            if p in self.done:
+                self.expected[p] = self.done[p]
+                self.pending.pop(p, None)
+                seeks[p] = self._ask_seek(p, "a batch failed after admission")
+        return seeks
 
     def committable(self) -> dict[int, int]:
         """Partition -> next offset to route, where it moved past the last commit."""

@@ -18,9 +18,10 @@ are not dropped here. They are bounded by the streams alive when the partition m
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiokafka.partitioner import murmur2
 
@@ -34,13 +35,24 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+ChangelogSend = Callable[[bytes, Any], Awaitable[Any]]
+
+
 class WindowState:
-    """Window lookup, write and idle sweep over a Faust table (tests pass plain dicts)."""
+    """Window lookup, write and idle sweep over a Faust table (tests pass plain dicts).
+
+    ``changelog(key, value)`` sends one changelog record and returns its delivery future;
+    :meth:`write` stores locally and waits for every record's acknowledgement, so a window is
+    durable before the offsets it covers may be committed. (Faust's own ``table[key] = value``
+    queues the record in a buffer whose ``flush`` can return before it was sent.) Without
+    ``changelog`` (tests), ``table[key] = value`` is used.
+    """
 
     def __init__(self, table: Any, partitions: int, idle_s: float,
-                 clock: Callable[[], float] = time.monotonic, local: Any | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, changelog: ChangelogSend | None = None) -> None:
         self.table, self.partitions, self.idle_s, self.clock = table, partitions, idle_s, clock
-        self.local = local if local is not None else getattr(table, "data", table)
+        self.local = getattr(table, "data", table)
+        self.changelog = changelog
         self.touched: dict[bytes, float] = {}
         self.forgotten = 0
 
@@ -48,13 +60,20 @@ class WindowState:
         value = self.table.get(stream.encode())
         return StreamWindow.from_list(value) if value is not None else None
 
-    def write(self, windows: dict[str, StreamWindow]) -> None:
-        """Write each touched stream's window once (a changelog record each)."""
-        now = self.clock()
+    async def write(self, windows: dict[str, StreamWindow]) -> None:
+        """Write each touched stream's window once (a changelog record each); returns when the
+        broker acknowledged every record (raises if a send failed: nothing may be committed)."""
+        now, pending = self.clock(), []
         for stream_id, window in windows.items():
-            key = stream_id.encode()
-            self.table[key] = window.to_list()
+            key, value = stream_id.encode(), window.to_list()
+            if self.changelog is None:
+                self.table[key] = value
+            else:
+                self.local[key] = value
+                pending.append(await self.changelog(key, value))
             self.touched[key] = now
+        if pending:
+            await asyncio.gather(*pending)
 
     def __len__(self) -> int:
         return len(self.local)

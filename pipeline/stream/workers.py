@@ -86,8 +86,8 @@ class WorkerPool:
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(10)
 
-    def stop(self, worker: WorkerProcess, timeout_s: float = 30.0) -> None:
-        """SIGTERM: the worker leaves the group cleanly (SIGKILL if it does not exit in time)."""
+    def stop(self, worker: WorkerProcess, timeout_s: float = 30.0) -> bool:
+        """SIGTERM: the worker leaves the group cleanly; False if it had to be SIGKILLed."""
         if worker.alive():
             worker.process.send_signal(signal.SIGTERM)
             try:
@@ -95,6 +95,8 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait(5)
+                return False
+        return True
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every live worker, then SIGKILL whatever did not exit in time."""

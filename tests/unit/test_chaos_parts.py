@@ -35,10 +35,10 @@ def test_idle_windows_of_owned_partitions_are_tombstoned_and_others_kept():
     table: dict[bytes, list] = {}
     state = WindowState(table, 4, idle_s=10.0, clock=lambda: now[0])
     streams = [f"s{i}" for i in range(40)]
-    state.write({s: StreamWindow((1, 2), 0, i) for i, s in enumerate(streams)})
+    asyncio.run(state.write({s: StreamWindow((1, 2), 0, i) for i, s in enumerate(streams)}))
     owned = [0, 1]
     now[0] = 5.0
-    state.write({streams[0]: StreamWindow((2, 3), 1, 99)})  # one stream stays active
+    asyncio.run(state.write({streams[0]: StreamWindow((2, 3), 1, 99)}))  # one stream stays active
     now[0] = 12.0
     forgotten = state.sweep(owned)
     left = {k.decode() for k in table}
@@ -121,3 +121,20 @@ def test_worker_datadirs_of_dead_processes_are_removed(tmp_path):
     mine = worker_datadir(tmp_path, pid=os.getpid())
     assert mine.exists() and not stale.exists()
     assert np.all([p.name.startswith("var-worker-") for p in tmp_path.iterdir()])
+
+
+def test_window_writes_wait_for_every_changelog_acknowledgement():
+    local: dict[bytes, list] = {}
+    acked: list[bytes] = []
+
+    class Table(dict):
+        data = local
+
+    async def changelog(key, value):
+        future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, lambda: (acked.append(key), future.set_result(None)))
+        return future
+
+    state = WindowState(Table(), 4, 60.0, changelog=changelog)
+    asyncio.run(state.write({"a": StreamWindow((1, 2), 5, 9), "b": StreamWindow((3, 4), 6, 10)}))
+    assert sorted(acked) == [b"a", b"b"] and local[b"a"] == [5, 9, 1, 2]

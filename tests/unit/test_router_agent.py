@@ -179,3 +179,40 @@ def test_a_batch_arriving_while_faust_rebalances_or_restores_windows_is_not_rout
     control.rebalancing = False
     asyncio.run(agent.handle(msgs))  # Faust delivers them again from the committed offset
     assert agent.continuity.committable() == {0: len(msgs)}
+
+
+class FailingWindows(WindowState):
+    def __init__(self, fail: int) -> None:
+        super().__init__({}, 4, 600.0)
+        self.fail = fail
+
+    async def write(self, windows):  # type: ignore[override]
+        if self.fail:
+            self.fail -= 1
+            raise KafkaTimeoutError()
+        await super().write(windows)
+
+
+def test_a_batch_failing_after_admission_is_rewound_and_routed_again():
+    agent, producer, control, _ = agent_for()
+    agent.windows = FailingWindows(fail=1)
+    msgs = messages_for(corpus(10))
+    asyncio.run(agent.handle(msgs))
+    assert agent.continuity.committable() == {0: 0} and control.seeks == [{0: 0}]  # nothing finished
+    asyncio.run(agent.handle(msgs))  # the re-fetch after the seek
+    assert agent.continuity.committable() == {0: len(msgs)}
+
+
+def test_a_dead_letter_too_large_is_recognised_when_faust_wraps_the_error():
+    from faust.exceptions import ProducerSendError
+
+    try:
+        try:
+            raise MessageSizeTooLargeError()
+        except MessageSizeTooLargeError as inner:
+            raise ProducerSendError("Error while sending") from inner
+    except ProducerSendError as wrapped:
+        error = wrapped
+    agent, producer, _, _ = agent_for(fail=1, error=error)
+    asyncio.run(agent.publish(BatchOutput(deadletters=[DeadLetter(b"k", b"x" * 100, "r", 0, 1)])))
+    assert producer.sent[0][3]["var-truncated-from"] == b"100"
