@@ -9,7 +9,7 @@ pipeline lossless:
 3. route (:class:`~pipeline.stream.processor.RouterProcessor`; a bug dead-letters the batch);
 4. publish outcomes and dead letters and wait until the broker acknowledged all of them
    (a failed send is retried until it succeeds: nothing after this step runs before);
-5. write each touched stream's window once;
+5. write each touched stream's window once, waiting for its changelog record's acknowledgement;
 6. only then mark the batch's offsets finished -- the commit timer
    (:meth:`RouterAgent.commit`) commits that frontier after a producer flush.
 

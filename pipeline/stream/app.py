@@ -8,12 +8,14 @@
   The table uses the key partitioner (``use_partitioner=True``) with raw keys: a window lives on
   the same partition number as its stream's token messages.
 
-The agent consumes micro-batches (``take_events``), routes each through
-:class:`~pipeline.stream.processor.RouterProcessor`, waits until its outcomes and dead letters
-are acknowledged by the broker, and only then writes each touched stream's window once. If a
-worker dies after the outcomes but before the window reached the changelog, the redelivered
-messages are routed again (duplicates, counted by the replay); if the window made it, they are
-recognised by offset and skipped.
+The agent consumes micro-batches (``take_events``) and hands each to
+:class:`~pipeline.stream.agent.RouterAgent`, which routes it, waits until its outcomes and dead
+letters are acknowledged by the broker, then writes each touched stream's window once (waiting
+for the changelog records too), and only then lets the batch's offsets be committed -- by the
+agent itself: the token topic is ``acks=False`` (see :mod:`pipeline.stream.consumer_control`).
+If a worker dies after the outcomes but before the window reached the changelog, the
+redelivered messages are routed again (duplicates, counted by the replay); if the window made
+it, they are recognised by offset and skipped.
 """
 from __future__ import annotations
 
