@@ -22,15 +22,14 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.corpus.jsonl import iter_batches
-from pipeline.engine.budget import BudgetPolicy
-from pipeline.engine.cache import CachePolicy
+from pipeline.assembly import engine_config, router_spec, thresholds
 from pipeline.engine.context import StreamWindow
-from pipeline.engine.engine import EngineConfig, RouteResult, VAREngine
+from pipeline.engine.engine import RouteResult, VAREngine
 from pipeline.engine.events import EventChunk, Tier, TIER_LABELS
 from pipeline.engine.offline import collect_statistics
-from pipeline.engine.routers import RouterSpec, TorchRouter, build_router
+from pipeline.engine.routers import TorchRouter, build_router
 from pipeline.engine.stats import TokenStats
-from pipeline.engine.table import RoutingTable, Thresholds, build_table
+from pipeline.engine.table import RoutingTable, build_table
 from pipeline.quality import QualityAccumulator
 from pipeline.report import ReplayReport
 from pipeline.settings import Settings
@@ -53,25 +52,6 @@ class Prepared:
     records: int
     train_records: int
     stats: TokenStats | None = None  # the offline statistics (None with a table file)
-
-
-def router_spec(settings: Settings, vocab_size: int) -> RouterSpec:
-    return RouterSpec(kind=settings.router, vocab_size=vocab_size, hidden=settings.hidden,
-                      num_experts=settings.experts, top_k=settings.top_k, window=settings.window,
-                      seed=settings.seed)
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        window=settings.window,
-        cache=CachePolicy(settings.cache_ttl_s, settings.cache_size, settings.cache_min_confidence),
-        budget=BudgetPolicy(settings.budget, settings.budget_window, settings.governor),
-        cache_scope=settings.cache_scope,
-    )
-
-
-def thresholds(settings: Settings) -> Thresholds:
-    return Thresholds(settings.min_frequency, settings.max_entropy, settings.static_below)
 
 
 def resolve_vocab(settings: Settings, max_token: int) -> int:

@@ -28,6 +28,12 @@ def _at_least(low: float) -> Check:
     return lambda v: None if v >= low else f"must be >= {low:g}"
 
 
+def _router_choice(value: str) -> str | None:
+    if value in ("context", "seed", "model") or (value.startswith("model:") and len(value) > 6):
+        return None
+    return "must be model, model:PATH, context or seed"
+
+
 def _within(low: float, high: float) -> Check:
     return lambda v: None if low <= v <= high else f"must be within [{low:g}, {high:g}]"
 
@@ -44,8 +50,9 @@ class Settings:
     """Resolved settings. See ``var config`` or the README table for every field."""
 
     # --- learned router ---
-    router: str = _setting("context", "VAR_ROUTER", "learned router: context (receptive field = window) or seed",
-                           choices=("context", "seed"))
+    router: str = _setting("context", "VAR_ROUTER", "learned router: model (every MoE layer of the bundled LM), "
+                           "model:PATH (a checkpoint), or the synthetic context (receptive field = window) or seed",
+                           _router_choice)
     vocab_size: int | None = _setting(None, "VAR_VOCAB_SIZE", "vocabulary size (default: inferred from the corpus)",
                                       _at_least(1))
     hidden: int = _setting(128, "VAR_HIDDEN", "router hidden size (seed size 128, large 4096)", _at_least(1))
@@ -83,6 +90,8 @@ class Settings:
                                      _within(0, 0.95))
     quality_sample: int = _setting(50000, "VAR_QUALITY_SAMPLE", "events used by the MoE-layer quality probe",
                                    _at_least(100))
+    quality_bound_pct: float = _setting(1.0, "VAR_QUALITY_BOUND_PCT", "quality_preserved: model perplexity may rise "
+                                        "at most this many percent over exact routing", _at_least(0))
     # --- services ---
     kafka_bootstrap: str = _setting("127.0.0.1:9092", "KAFKA_BOOTSTRAP", "Kafka bootstrap servers (host:port,...)")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "REDIS_URL", "Redis URL for the shared cache and tables")

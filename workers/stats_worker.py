@@ -44,7 +44,7 @@ from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable
 from pipeline.observability import configure_logging, serve_metrics
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
-from pipeline.replay import router_spec, thresholds
+from pipeline.assembly import router_spec, thresholds
 from pipeline.settings import Settings
 from pipeline.stats_metrics import StatsMetrics
 from pipeline.stores.keys import RedisKeys

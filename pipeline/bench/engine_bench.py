@@ -31,7 +31,7 @@ from pipeline.engine.events import EventBatch, Tier
 from pipeline.engine.offline import collect_statistics
 from pipeline.engine.routers import PRESETS, TorchRouter, build_router
 from pipeline.engine.table import RoutingTable, build_table
-from pipeline.replay import engine_config, router_spec, thresholds
+from pipeline.assembly import engine_config, router_spec, thresholds
 from pipeline.settings import Settings
 
 

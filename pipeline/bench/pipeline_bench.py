@@ -35,7 +35,7 @@ from pipeline.engine.routers import PRESETS, build_router
 from pipeline.engine.table import build_table
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.outcomes import OutcomeError, decode_outcome
-from pipeline.replay import router_spec, thresholds
+from pipeline.assembly import router_spec, thresholds
 from pipeline.settings import Settings
 from pipeline.stack.ports import free_port
 from pipeline.stream.kafka_replay import publish_initial_table, scoped_settings

@@ -20,7 +20,8 @@ from pipeline.engine.offline import collect_statistics
 from pipeline.engine.refresher import SnapshotError, read_snapshot, refresh_table, version_report
 from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
-from pipeline.replay import read_table_file, resolve_vocab, router_spec
+from pipeline.assembly import router_spec
+from pipeline.replay import read_table_file, resolve_vocab
 from pipeline.settings import Settings
 from pipeline.sources import FileSource
 

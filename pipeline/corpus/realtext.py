@@ -1,9 +1,10 @@
 """Record real text as a token corpus, with a bundled byte-level BPE tokenizer (no downloads).
 
-Bundled in ``pipeline/corpus/data/`` (made by ``deploy/tools/build_realtext_assets.py``): eight
-Shakespeare plays (Project Gutenberg editions, public domain; see ``data/SOURCES.md``) as
-``<play>.txt.gz`` and ``tokenizer.json``, a byte-level BPE (vocab 4096) trained on them. Byte
-level means any UTF-8 text encodes, and encoding is deterministic.
+Bundled in ``pipeline/corpus/data/`` (made by ``deploy/tools/build_realtext_assets.py``): the 42
+Shakespeare works (Project Gutenberg editions, public domain; see ``data/SOURCES.md`` and
+:mod:`.works`) as ``<work>.txt.gz`` and ``tokenizer.json``, a byte-level BPE (vocab 4096) trained
+on the training works (never on :data:`.works.HELD_OUT`). It is also the bundled MoE model's
+vocabulary. Byte level means any UTF-8 text encodes, and encoding is deterministic.
 
 Streams: with ``stream_by="scene"`` each scene is a stream ``"<doc>/<act>.<scene>"`` (e.g.
 ``"hamlet/1.2"``), split at lines ``ACT <n>`` / ``SCENE <n>`` (roman or arabic numerals, any
@@ -30,10 +31,9 @@ from pipeline.engine.events import EventChunk
 
 from .jsonl import PathLike, write_corpus
 from .synthetic import chunked, interleave
+from .works import DATA_DIR, DEFAULT_PLAYS, work_path
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 TOKENIZER_PATH = DATA_DIR / "tokenizer.json"
-_PLAY_SUFFIX = ".txt.gz"
 _ROMAN = r"(?:x{0,3}(?:ix|iv|v?i{0,3}))"
 _HEADING = re.compile(rf"^\s*(act|scene)\s+(\d+|{_ROMAN})(?=$|[\s.,:;-])", re.I)
 _ROMAN_VALUES = {"i": 1, "v": 5, "x": 10}
@@ -54,16 +54,13 @@ class RealTextStats:
 
 
 def bundled_plays() -> list[str]:
-    """Names of the bundled plays (``"hamlet"``, ...), sorted."""
-    return sorted(p.name[: -len(_PLAY_SUFFIX)] for p in DATA_DIR.glob(f"*{_PLAY_SUFFIX}"))
+    """Names of the eight plays recorded by default (``"hamlet"``, ...), sorted."""
+    return sorted(DEFAULT_PLAYS)
 
 
 def bundled_play_path(name: str) -> Path:
-    """The file of a bundled play; ``ValueError`` for an unknown name."""
-    path = DATA_DIR / f"{name}{_PLAY_SUFFIX}"
-    if not path.is_file():
-        raise ValueError(f"no bundled play {name!r} (have: {', '.join(bundled_plays())})")
-    return path
+    """The file of a bundled work; ``ValueError`` for an unknown name."""
+    return work_path(name)
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
-from .context import Rejection, StreamWindow, build_contexts
+from .context import ContextResult, Rejection, StreamWindow, build_contexts
 from .events import DecisionBatch, EventBatch, Tier
 from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
@@ -130,13 +130,19 @@ class VAREngine:
     def prepare(self, batch: EventBatch, windows: Mapping[str, StreamWindow]) -> RoutePlan:
         """Contexts, context hashes and cache keys for the batch (pure; no store access)."""
         ctx = build_contexts(batch, windows, self.window)
+        return self.plan(batch, ctx)
+
+    def plan(self, batch: EventBatch, ctx: ContextResult) -> RoutePlan:
+        """:meth:`prepare` from contexts already built, possibly wider than this engine's window
+        (a multi-layer engine builds them once for its widest layer; see :mod:`.layered`)."""
         events = batch.select(ctx.accepted) if ctx.rejections else batch
-        hashes = context_hash(ctx.contexts[:, :-1])
+        contexts = ctx.contexts[:, ctx.contexts.shape[1] - self.window:]
+        hashes = context_hash(contexts[:, :-1])
         keys = cache_key(hashes, events.tokens, self.config.layer)
         inverse = np.full(len(keys), -1, dtype=np.int64)
         looked = np.ones(len(keys), bool) if self.config.cache_scope == "all" else ~self.table.eligible[events.tokens]
         unique, inverse[looked] = np.unique(keys[looked], return_inverse=True)
-        return RoutePlan(events, ctx.accepted, ctx.contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
+        return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
                          ctx.rejections)
 
     def complete(self, plan: RoutePlan, cached: Sequence[bytes | None]) -> RouteResult:

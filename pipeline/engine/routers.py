@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ROUTER_KINDS = ("context", "seed")
+ROUTER_KINDS = ("context", "seed", "model")  # "model": a trained MoE LM's gate (pipeline.model.router)
 PRESETS: dict[str, dict[str, int]] = {
     "seed": {"hidden": 128, "num_experts": 8},
     "large": {"hidden": 4096, "num_experts": 64},
@@ -232,5 +232,7 @@ class TorchRouter:
 
 
 def build_router(spec: RouterSpec, device: str = "cpu") -> TorchRouter:
-    """The router described by ``spec`` on ``device`` (``cpu`` or ``cuda``)."""
+    """The synthetic router described by ``spec`` on ``device`` (``cpu`` or ``cuda``)."""
+    if spec.kind == "model":
+        raise ValueError("a model router is built from a checkpoint (pipeline.model.router.model_routers)")
     return TorchRouter(spec, device)

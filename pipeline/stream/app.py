@@ -38,7 +38,7 @@ from pipeline.engine.context import StreamWindow
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import Tier
 from pipeline.engine.table import RoutingTable
-from pipeline.replay import engine_config, router_spec
+from pipeline.assembly import engine_config, router_spec
 from pipeline.engine.routers import build_router
 from pipeline.observability import RouterMetrics, configure_logging, serve_metrics
 from pipeline.settings import Settings

@@ -35,7 +35,7 @@ from pipeline.engine.refresher import read_snapshot, refresh_table
 from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
 from pipeline.plot import plot_timeline, timeline_summary
-from pipeline.replay import router_spec
+from pipeline.assembly import router_spec
 from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
 from pipeline.stream.collector import Collected, collect

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from pipeline.corpus.jsonl import read_corpus, scan_corpus
+from pipeline.corpus.works import HELD_OUT, bundled_works, training_works
 from pipeline.corpus.realtext import (
     DATA_DIR,
     bundled_play_path,
@@ -47,14 +48,14 @@ def test_bundled_assets_are_small_and_present():
     assert len(plays) >= 6 and "hamlet" in plays
     assert tokenizer_vocab_size() == 4096
     total = sum(p.stat().st_size for p in DATA_DIR.iterdir() if p.is_file())
-    assert total < 1_500_000
+    assert total < 3_000_000  # 42 works + tokenizer
     assert "ACT I" in read_text(bundled_play_path("hamlet"))
-    with pytest.raises(ValueError, match="no bundled play"):
+    with pytest.raises(ValueError, match="no bundled work"):
         bundled_play_path("no_such_play")
 
 
 def test_bundled_texts_have_no_gutenberg_boilerplate():
-    for play in bundled_plays():
+    for play in bundled_works():
         assert "gutenberg" not in read_text(bundled_play_path(play)).lower()
 
 
@@ -138,3 +139,11 @@ def test_bad_arguments(tmp_path):
         record_text(tmp_path / "c.jsonl", chunk_size=0)
     with pytest.raises(FileNotFoundError):
         record_text(tmp_path / "c.jsonl", [tmp_path / "missing.txt"])
+
+
+def test_works_split_holds_whole_plays_out():
+    works = bundled_works()
+    assert len(works) == 42
+    assert set(HELD_OUT) <= set(works)
+    assert not set(HELD_OUT) & set(training_works())
+    assert len(training_works()) == 38
