@@ -16,6 +16,14 @@ QUALITY_BOUND_PCT = 5.0
 TIMING_FIELDS = ("tokens_per_s", "routing_s", "wall_s")
 
 
+def full_window_share(block_learned: list[int], block_sizes: list[int], window: int) -> float:
+    """Learned share over the complete budget windows (all blocks if none is complete)."""
+    full = [learned for learned, size in zip(block_learned, block_sizes) if size == window]
+    if not full:
+        return sum(block_learned) / window
+    return sum(full) / (window * len(full))
+
+
 @dataclass
 class ReplayReport:
     """Everything a replay measured. ``tiers`` maps tier label -> decisions."""
@@ -53,11 +61,7 @@ class ReplayReport:
         is at most the budget; the overall share can exceed it by up to cap/decisions because
         of the run's last, partial window.
         """
-        full = [(learned, size) for learned, size in zip(self.window_learned, self.window_sizes)
-                if size == self.budget_window]
-        if not full:
-            return sum(self.window_learned) / self.budget_window
-        return sum(learned for learned, _ in full) / (self.budget_window * len(full))
+        return full_window_share(self.window_learned, self.window_sizes, self.budget_window)
 
     @property
     def cache_hit_rate(self) -> float:

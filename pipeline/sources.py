@@ -61,3 +61,30 @@ class SyntheticSource:
         s = self.spec
         records = s.num_streams * -(-s.tokens_per_stream // s.chunk_size)
         return CorpusInfo(records, s.total_tokens, s.num_streams, s.vocab_size - 1)
+
+
+@dataclass
+class TextSource:
+    """Text files (default: the held-out bundled works) tokenized in memory, one stream per scene."""
+
+    works: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        from pipeline.corpus.works import HELD_OUT
+
+        return "held-out works (" + ", ".join(self.works or HELD_OUT) + ")"
+
+    def _chunks(self) -> list[EventChunk]:
+        from pipeline.corpus.realtext import text_chunks
+        from pipeline.corpus.works import HELD_OUT, work_path
+
+        return list(text_chunks([work_path(w) for w in (self.works or HELD_OUT)], "scene"))
+
+    def chunks(self, vocab_size: int | None = None) -> Iterator[EventChunk]:
+        return iter(self._chunks())
+
+    def info(self) -> CorpusInfo:
+        chunks = self._chunks()
+        return CorpusInfo(len(chunks), sum(len(c) for c in chunks), len({c.stream for c in chunks}),
+                          max(max(c.tokens) for c in chunks))

@@ -12,7 +12,8 @@ from .common import UserError, add_settings, print_json, settings_from
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (baseline vs VAR, same run)")
     bsub = p.add_subparsers(dest="bench_command", metavar="TARGET", required=True)
-    eng = bsub.add_parser("engine", help="per-token seed routing vs batched always-learned vs VAR")
+    eng = bsub.add_parser("engine", help="per-token seed routing vs batched always-learned vs VAR "
+                         "(--router model: the MoE LM's always-learned path vs VAR)")
     eng.add_argument("--tokens", type=int, default=200_000, help="online tokens per run (default 200000)")
     eng.add_argument("--train-tokens", type=int, default=300_000, help="offline-phase tokens (default 300000)")
     eng.add_argument("--per-token-sample", type=int, default=2_000, help="tokens timed for the per-token loop")
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--sizes", default="seed,large", help="router sizes: seed, large (comma-separated)")
     eng.add_argument("--json", action="store_true", help="print a JSON object with the ratios")
     add_settings(eng, ("router", "top_k", "window", "seed", "device", "budget", "budget_window", "governor",
+                       "train_fraction",
                        "batch_size", "cache_size", "cache_scope", "min_frequency", "max_entropy", "static_below"))
     eng.set_defaults(handler=run_engine)
     _register_pipeline(bsub)
@@ -34,13 +36,17 @@ def _register_pipeline(bsub: argparse._SubParsersAction) -> None:
 
 
 def run_engine(args: argparse.Namespace) -> int:
+    from pipeline.assembly import is_model
+
+    settings = settings_from(args)
+    if is_model(settings):
+        return _run_model(args, settings)
     sizes = tuple(s.strip() for s in args.sizes.split(",") if s.strip())
     unknown = [s for s in sizes if s not in ("seed", "large")]
     if unknown or not sizes:
         raise UserError(f"unknown router size(s) {', '.join(unknown) or '(none)'}; choose from seed, large")
     if min(args.tokens, args.train_tokens, args.per_token_sample, args.repeats) < 1:
         raise UserError("--tokens, --train-tokens, --per-token-sample and --repeats must be >= 1")
-    settings = settings_from(args)
     cfg = EngineBenchConfig(args.tokens, args.train_tokens, args.per_token_sample, args.repeats, sizes)
     say = (lambda msg: print(f"bench: {msg}", file=sys.stderr)) if not args.json else (lambda msg: None)
     results = [bench_size(size, settings, cfg, say) for size in sizes]
@@ -49,4 +55,18 @@ def run_engine(args: argparse.Namespace) -> int:
                     "ratios": {r["size"]: r["ratio_var_vs_batched"] for r in results}})
     else:
         print(render(results))
+    return 0
+
+
+def _run_model(args: argparse.Namespace, settings) -> int:
+    from pipeline.bench.model_bench import bench_model, render_model
+
+    if min(args.tokens, args.repeats) < 1:
+        raise UserError("--tokens and --repeats must be >= 1")
+    say = (lambda msg: print(f"bench: {msg}", file=sys.stderr)) if not args.json else (lambda msg: None)
+    result = bench_model(settings, args.tokens, args.repeats, say)
+    if args.json:
+        print_json(result)
+    else:
+        print(render_model(result))
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.corpus.jsonl import scan_corpus, write_corpus
 from pipeline.corpus.synthetic import generate
@@ -23,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     text = csub.add_parser("record-text", help="tokenize real text (BPE) into a corpus; streams = scenes/documents")
     text.add_argument("out", help="output path (.jsonl or .jsonl.gz)")
-    text.add_argument("sources", nargs="*", help="UTF-8 text files (default: the bundled Shakespeare plays)")
+    text.add_argument("sources", nargs="*", metavar="FILE_OR_DIR",
+                      help="UTF-8 text files (.gz read transparently) or directories of them, recursively "
+                           "(default: the bundled Shakespeare plays)")
     text.add_argument("--stream-by", choices=("scene", "document"), default=None,
                       help="one stream per scene (default for the bundled plays) or per document (default for files)")
     text.add_argument("--chunk-size", type=int, default=1, help="tokens per record (default 1)")
@@ -49,13 +52,30 @@ def run_record_text(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         raise UserError("--chunk-size must be >= 1")
     stream_by = args.stream_by or ("document" if args.sources else "scene")
+    sources = expand_sources(args.sources)
     try:
-        stats = record_text(args.out, args.sources or None, stream_by, args.chunk_size, progress=show_progress(args))
+        stats = record_text(args.out, sources or None, stream_by, args.chunk_size, progress=show_progress(args))
     except FileNotFoundError as exc:
         raise UserError(f"no such text file: {exc.filename}") from None
     print(f"wrote {stats.records:,} records ({stats.tokens:,} tokens, {stats.streams} streams from "
           f"{stats.documents} documents, BPE vocabulary {stats.vocab_size}) to {stats.path}")
     return 0
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """Files as given; directories replaced by their regular, non-hidden files (recursive, sorted)."""
+    out: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                raise UserError(f"no text files in directory {source}")
+            out.extend(str(p) for p in files)
+        else:
+            out.append(source)
+    return out
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -6,7 +6,13 @@ system -- Kafka topics, N Faust router workers (separate processes) and Redis.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from pathlib import Path
+
+from pipeline.assembly import is_model
+from pipeline.settings import Settings
+from pipeline.sources import CorpusSource, TextSource
 
 from pipeline.replay import run_replay
 from pipeline.report import render_text
@@ -21,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Offline phase on a training split (or --table), then route the rest "
                                    "through cache -> fast path -> learned router and report. Exit status 1 "
                                    "when a constraint fails.")
-    p.add_argument("path", nargs="?", help="recorded corpus (JSON Lines, optionally .gz)")
+    p.add_argument("path", nargs="?", help="recorded corpus (JSON Lines, optionally .gz); without it and "
+                   "--synthetic: the held-out Shakespeare works through the bundled MoE LM")
     p.add_argument("--synthetic", action="store_true", help="replay the seeded synthetic corpus instead")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--timeline", action="store_true", help="include the per-batch timeline in --json output")
@@ -46,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if not args.path and not args.synthetic:
+        return _run_model(args, _held_out_settings(args, settings), TextSource())
     source = corpus_source(args, settings)
+    if is_model(settings):
+        return _run_model(args, settings, source)
     if args.via == "kafka":
         report = _run_kafka(args, settings, source)
     else:
@@ -59,6 +70,31 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict(with_timeline=args.timeline))
     else:
         print(render_text(report))
+    return 0 if report.to_dict()["constraints_ok"] else 1
+
+
+def _held_out_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Without a corpus: the held-out works through the bundled model (unless a router was chosen)."""
+    if args.router is None and "VAR_ROUTER" not in os.environ:
+        return dataclasses.replace(settings, router="model")
+    if not is_model(settings):
+        raise UserError("give a corpus PATH or --synthetic for a synthetic router (the held-out works need --router model)")
+    return settings
+
+
+def _run_model(args: argparse.Namespace, settings: Settings, source: CorpusSource) -> int:
+    from pipeline.model_replay import run_model_replay
+    from pipeline.model_report import render_text as render_model
+
+    if args.via == "kafka":
+        raise UserError("--via kafka replays synthetic routers only for now; run the model replay embedded")
+    report = run_model_replay(source, settings, progress=show_progress(args))
+    if args.plot:
+        raise UserError("--plot draws synthetic replays; for the model see `var frontier --plot`")
+    if args.json:
+        print_json(report.to_dict(with_timeline=args.timeline))
+    else:
+        print(render_model(report))
     return 0 if report.to_dict()["constraints_ok"] else 1
 
 

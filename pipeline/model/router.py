@@ -12,6 +12,7 @@ once): the offline phase and the quality evaluation use it.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -46,6 +47,7 @@ class ModelRouter:
         self._id = model_router_id(checkpoint.digest, layer)
         self.calls = 0
         self.routed = 0
+        self.seconds = 0.0  # time spent in learned calls (the cost per token of this tier)
 
     @property
     def router_id(self) -> str:
@@ -59,9 +61,11 @@ class ModelRouter:
         return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_experts), np.float32)
 
     def route(self, contexts: np.ndarray, with_logits: bool = False) -> RouterOutput:
+        t0 = time.perf_counter()
+        logits = self.logits(contexts)
         self.calls += 1
         self.routed += len(contexts)
-        logits = self.logits(contexts)
+        self.seconds += time.perf_counter() - t0
         out = read_out(logits, self.spec.top_k)
         if with_logits:
             out.logits = logits

@@ -34,6 +34,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 2
+    evaluate: bool = True  # held-out perplexity in the record (off: faster, e.g. in tests)
 
 
 def encode_works(names: Sequence[str]) -> list[np.ndarray]:
@@ -104,13 +105,13 @@ def train(model_cfg: MoEConfig, cfg: TrainConfig, progress: Progress | None = No
             progress(step + 1, loss_ema)
     train_s = time.perf_counter() - t0
     model.eval()
-    held_out = encode_works(HELD_OUT)
+    held_out = encode_works(HELD_OUT) if cfg.evaluate else []
     record = {
         "train": asdict(cfg), "train_works": works, "held_out_works": list(HELD_OUT),
         "train_tokens": int(len(data)), "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
         "train_s": round(train_s, 1), "final_train_loss": round(loss_ema, 4),
         "held_out_tokens": int(sum(len(s) for s in held_out)),
-        "held_out_perplexity": round(perplexity(model, held_out), 3),
+        "held_out_perplexity": round(perplexity(model, held_out), 3) if cfg.evaluate else None,
         "params": model.num_params(), "active_params": model.num_params(active=True),
     }
     return model, record

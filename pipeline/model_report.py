@@ -1,0 +1,141 @@
+"""The report of a replay through a real MoE LM: per-layer tiers and budget, LM quality, PASS/FAIL.
+
+``quality_preserved`` is "VAR's perplexity is within ``quality_bound_pct`` percent of exact
+routing" (default +1%); the budget checks hold per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.engine.engine import VAREngine
+from pipeline.engine.events import TIER_LABELS, Tier
+from pipeline.model.determinism import LayerDeterminism
+from pipeline.model.evaluate import LMQuality
+from pipeline.model.router import ModelRouter
+from pipeline.report import full_window_share
+
+TIMING_FIELDS = ("tokens_per_s", "routing_s", "wall_s", "learned_us_per_token")
+
+
+@dataclass
+class LayerReport:
+    layer: int
+    router_id: str
+    receptive_field: int
+    table_size: int
+    tiers: dict[str, int]
+    learned_fraction: float
+    learned_fraction_full_windows: float
+    max_window_learned_fraction: float
+    cache_hit_rate: float
+    learned_us_per_token: float
+    determinism: LayerDeterminism
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "determinism"}
+        data["determinism"] = self.determinism.to_dict()
+        return data
+
+
+def layer_report(engine: VAREngine, router: ModelRouter, determinism: LayerDeterminism) -> LayerReport:
+    c, ledger, window = engine.counters, engine.ledger, engine.config.budget.window
+    decisions = max(1, c.decisions)
+    return LayerReport(
+        layer=engine.config.layer, router_id=router.router_id, receptive_field=router.spec.window,
+        table_size=engine.table.size, tiers={label: int(c.tiers[t]) for t, label in enumerate(TIER_LABELS)},
+        learned_fraction=int(c.tiers[Tier.LEARNED]) / decisions,
+        learned_fraction_full_windows=full_window_share(ledger.block_learned, ledger.block_sizes(), window),
+        max_window_learned_fraction=ledger.max_sliding / window,
+        cache_hit_rate=c.cache_hits / c.cache_lookups if c.cache_lookups else 0.0,
+        learned_us_per_token=1e6 * router.seconds / router.routed if router.routed else 0.0,
+        determinism=determinism)
+
+
+@dataclass
+class ModelReplayReport:
+    source: str
+    checkpoint: dict[str, Any]
+    tokens: int
+    train_tokens: int
+    budget: float
+    budget_window: int
+    governor: bool
+    layers: list[LayerReport]
+    quality: LMQuality
+    quality_bound_pct: float
+    routing_s: float
+    wall_s: float
+    timeline: list[dict[str, int]] = field(default_factory=list)
+
+    @property
+    def var(self):  # type: ignore[no-untyped-def]
+        return self.quality.variants["var"]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.routing_s if self.routing_s > 0 else 0.0
+
+    def constraints(self) -> dict[str, bool]:
+        eps = 1e-12
+        return {
+            "learned_under_budget": all(l.learned_fraction_full_windows <= self.budget + eps for l in self.layers),
+            "window_cap_held": all(l.max_window_learned_fraction <= self.budget + eps for l in self.layers),
+            "quality_preserved": self.var.perplexity_change_pct <= self.quality_bound_pct,
+        }
+
+    def to_dict(self, with_timeline: bool = False) -> dict[str, Any]:
+        checks = self.constraints()
+        data: dict[str, Any] = {
+            "mode": "embedded", "router": "model", "source": self.source, "checkpoint": self.checkpoint,
+            "tokens": self.tokens, "train_tokens": self.train_tokens, "budget": self.budget,
+            "budget_window": self.budget_window, "governor": self.governor,
+            "layers": [l.to_dict() for l in self.layers], "quality": self.quality.to_dict(),
+            "quality_bound_pct": self.quality_bound_pct, "tokens_per_s": self.tokens_per_s,
+            "routing_s": self.routing_s, "wall_s": self.wall_s, "constraints": checks,
+            "constraints_ok": all(checks.values()),
+        }
+        if with_timeline:
+            data["timeline"] = self.timeline
+        return data
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _layer_rows(report: ModelReplayReport) -> list[str]:
+    short = {"budget_fallback": "fallback"}
+    head = (f"  {'layer':<6}{'field':>6}{'table':>7}" + "".join(f"{short.get(t, t):>10}" for t in TIER_LABELS)
+            + f"{'learned':>9}{'max/win':>9}{'µs/tok':>8}{'top-1':>7}{'top-k set':>10}{'recall':>8}")
+    rows = [head]
+    for l, agree in zip(report.layers, report.var.layers):
+        shares = "".join(f"{_pct(l.tiers[t] / max(1, report.tokens)):>10}" for t in TIER_LABELS)
+        rows.append(f"  {l.layer:<6}{l.receptive_field:>6}{l.table_size:>7}{shares}"
+                    f"{_pct(l.learned_fraction_full_windows):>9}{_pct(l.max_window_learned_fraction):>9}"
+                    f"{l.learned_us_per_token:>8.0f}{_pct(agree.top1):>7}{_pct(agree.set_match):>10}"
+                    f"{_pct(agree.recall):>8}")
+    return rows
+
+
+def render_text(report: ModelReplayReport) -> str:
+    q, ck = report.quality, report.checkpoint
+    lines = [f"VAR embedded replay of {report.source}",
+             f"  model    {ck['n_layer']} MoE layers x {ck['n_experts']} experts, top-{ck['top_k']}, attention window "
+             f"{ck['attn_window']} (checkpoint {ck['sha256']})",
+             f"  tokens   {report.tokens:,} routed in {report.routing_s:.1f} s = {report.tokens_per_s:,.0f} tokens/s"
+             f" (offline split: {report.train_tokens:,} tokens); budget {_pct(report.budget)} per layer and per "
+             f"{report.budget_window:,} decisions", ""]
+    lines += _layer_rows(report)
+    lines += ["", f"  {'routing':<22}{'perplexity':>11}{'change':>9}{'KL nats':>9}{'greedy':>8}"]
+    lines.append(f"  {'exact':<22}{q.exact_perplexity:>11.2f}")
+    for name, v in q.variants.items():
+        lines.append(f"  {name:<22}{v.perplexity:>11.2f}{v.perplexity_change_pct:>+8.2f}%{v.kl:>9.4f}"
+                     f"{_pct(v.greedy_agreement):>8}")
+    lines += ["", "  token-id determinism (top-1): " + "; ".join(
+        f"L{l.layer} {_pct(l.determinism.determined_share)} of traffic >=95%, H {l.determinism.h_expert_given_token:.2f}"
+        f"/{l.determinism.h_expert:.2f} nats" for l in report.layers)]
+    checks = report.constraints()
+    lines.append(f"  constraints  " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in checks.items())
+                 + f" (perplexity bound +{report.quality_bound_pct:g}%) => {'PASS' if all(checks.values()) else 'FAIL'}")
+    return "\n".join(lines)
