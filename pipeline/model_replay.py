@@ -1,8 +1,9 @@
 """The embedded replay through a real MoE language model (``var replay`` with ``--router model``).
 
 1. Read the corpus; its first ``train_fraction`` of records is the offline split.
-2. Offline phase: route the split exactly (one streamed pass of the LM, every layer at once)
-   and build one fast-path table per MoE layer from the per-layer statistics.
+2. Offline phase: route the split exactly (one streamed pass of the LM, every layer at once),
+   add the model's training-text statistics (:mod:`pipeline.model.corpus_stats`) and build one
+   fast-path table per MoE layer, thresholds calibrated per layer.
 3. Online phase: route the rest in micro-batches through the :class:`LayeredEngine` -- per
    layer: cache -> fast path -> the layer's gate (learned call, recomputed from the token's
    receptive field) under that layer's budget governor, else the budget fallback.
@@ -24,16 +25,18 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.assembly import build_engine, load_model, thresholds
+from pipeline.assembly import build_engine, load_model
+from pipeline.engine.adaptive import choose_thresholds
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.events import EventChunk
 from pipeline.engine.layered import LayeredEngine, LayeredResult
 from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable, build_table
 from pipeline.model.checkpoint import Checkpoint
+from pipeline.model.corpus_stats import compute_stats, training_stats
 from pipeline.model.determinism import token_determinism
 from pipeline.model.evaluate import Routing, compare_routings, random_routing
-from pipeline.model.router import ModelRouter, exact_routing, model_router_id, model_routers
+from pipeline.model.router import ModelRouter, model_router_id, model_routers
 from pipeline.model_report import ModelReplayReport, layer_report
 from pipeline.replay import ReplayError
 from pipeline.settings import Settings
@@ -57,19 +60,22 @@ def group_streams(chunks: Sequence[EventChunk]) -> list[np.ndarray]:
     return [np.asarray(t, dtype=np.int64) for t in parts.values()]
 
 
-def offline_tables(settings: Settings, chunks: Sequence[EventChunk], router_ids: Sequence[str]
-                   ) -> tuple[list[RoutingTable], list[TokenStats]]:
-    """One fast-path table per layer from the exact routing of the offline split."""
-    model = load_model(settings).model
+def offline_tables(settings: Settings, checkpoint: Checkpoint, chunks: Sequence[EventChunk],
+                   router_ids: Sequence[str]) -> tuple[list[RoutingTable], list[TokenStats]]:
+    """One fast-path table per layer: the training text's statistics plus the exact routing of the
+    offline split, with thresholds calibrated per layer (:func:`choose_thresholds`, aiming at
+    ``adaptive_target``) so that each layer's misses fit its budget whatever the layer's entropy."""
+    cfg = checkpoint.config
     streams = group_streams(chunks)
-    tokens = np.concatenate(streams) if streams else np.zeros(0, np.int64)
+    split = compute_stats(checkpoint, streams) if streams else [TokenStats(cfg.vocab_size, cfg.n_experts)] * cfg.n_layer
     tables, all_stats = [], []
-    for layer, out in enumerate(exact_routing(model, streams)):
-        stats = TokenStats(model.cfg.vocab_size, model.cfg.n_experts)
-        stats.observe_tokens(tokens)
-        stats.observe_routing(tokens, out.experts, out.weights, out.confidence, out.entropy)
-        tables.append(build_table(stats, thresholds(settings), model.cfg.top_k, router_ids[layer], 1,
-                                  {"source": "offline", "layer": layer, "records": len(chunks)}))
+    for layer, (prior, local) in enumerate(zip(training_stats(checkpoint), split)):
+        stats = prior.copy()
+        stats.merge(local)
+        choice = choose_thresholds(stats, settings.adaptive_target, settings.static_below)
+        tables.append(build_table(stats, choice.thresholds, cfg.top_k, router_ids[layer], 1,
+                                  {"source": "offline", "layer": layer, "records": len(chunks),
+                                   "adaptive": choice.to_meta()}))
         all_stats.append(stats)
     return tables, all_stats
 
@@ -154,7 +160,7 @@ def prepare(source: CorpusSource, settings: Settings) -> ModelPrepared:
     if split == len(chunks):
         raise ReplayError("the corpus has no records left after the offline split")
     ids = [model_router_id(checkpoint.digest, layer) for layer in range(checkpoint.config.n_layer)]
-    tables, stats = offline_tables(settings, chunks[:split], ids)
+    tables, stats = offline_tables(settings, checkpoint, chunks[:split], ids)
     return ModelPrepared(checkpoint, chunks[split:], tables, stats, sum(len(c) for c in chunks[:split]))
 
 

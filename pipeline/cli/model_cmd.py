@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--dense", action="store_true", help="train the dense baseline of the same active size")
     add_progress_flag(train)
     train.set_defaults(handler=run_train)
+    stats = msub.add_parser("stats", help="(re)compute a checkpoint's training-text routing statistics")
+    stats.add_argument("checkpoint", nargs="?", default=None, help="default: the bundled checkpoint")
+    add_progress_flag(stats)
+    stats.set_defaults(handler=run_stats)
     info = msub.add_parser("info", help="print a checkpoint's config, content hash and training record")
     info.add_argument("checkpoint", nargs="?", default=None, help="default: the bundled checkpoint")
     info.add_argument("--json", action="store_true")
@@ -43,9 +47,33 @@ def run_train(args: argparse.Namespace) -> int:
 
         model, record = train(MoEConfig(dense=args.dense), cfg, progress)
     digest = save_checkpoint(model, out, record)
+    if not args.dense:
+        _write_stats(out, show_progress(args))
     print(f"wrote {out} (sha256 {digest}): {record['params']:,} parameters ({record['active_params']:,} active), "
           f"{record['tokens_seen']:,} tokens in {record['train_s']:.0f} s, held-out perplexity "
           f"{record['held_out_perplexity']:.2f} on {record['held_out_tokens']:,} tokens")
+    return 0
+
+
+def _write_stats(path, progress: bool) -> None:
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.model.corpus_stats import compute_stats, save_stats, stats_path
+    from pipeline.model.train import encode_works
+
+    if progress:
+        print("model: routing the training works exactly for the fast-path statistics", file=sys.stderr)
+    ckpt = load_checkpoint(path)
+    save_stats(compute_stats(ckpt, encode_works(ckpt.record["train_works"])), stats_path(path), ckpt.digest)
+    print(f"wrote {stats_path(path)} (per-layer routing statistics of the training works)")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from pipeline.model.checkpoint import BUNDLED_CHECKPOINT, CheckpointError
+
+    try:
+        _write_stats(args.checkpoint or BUNDLED_CHECKPOINT, show_progress(args))
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     kafka.add_argument("--idle-timeout", type=float, default=90.0, help="give up after this long without outcomes")
     kafka.add_argument("--rate", type=float, default=None, help="produce at most this many tokens per second")
     kafka.add_argument("--log-dir", default=".var/logs", help="worker logs (default .var/logs/RUN)")
-    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample") + SERVICE_SETTINGS)
+    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample", "quality_bound_pct",
+                                                           "adaptive_target") + SERVICE_SETTINGS)
     add_synthetic_arguments(p)
     p.set_defaults(handler=run)
 
@@ -88,9 +89,9 @@ def _run_model(args: argparse.Namespace, settings: Settings, source: CorpusSourc
 
     if args.via == "kafka":
         raise UserError("--via kafka replays synthetic routers only for now; run the model replay embedded")
-    report = run_model_replay(source, settings, progress=show_progress(args))
     if args.plot:
         raise UserError("--plot draws synthetic replays; for the model see `var frontier --plot`")
+    report = run_model_replay(source, settings, progress=show_progress(args))
     if args.json:
         print_json(report.to_dict(with_timeline=args.timeline))
     else:

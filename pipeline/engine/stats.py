@@ -58,6 +58,13 @@ class TokenStats:
         np.add.at(self.expert_weight, (np.repeat(tokens, k), experts.ravel()), weights.ravel())
         np.add.at(self.top1, (tokens, experts[:, 0]), 1.0)
 
+    def merge(self, other: "TokenStats") -> None:
+        """Add ``other``'s evidence (same vocabulary and experts) to this one."""
+        if (other.vocab_size, other.num_experts) != (self.vocab_size, self.num_experts):
+            raise ValueError("cannot merge statistics of different vocabularies or expert counts")
+        for name in self._ARRAYS:
+            getattr(self, name).__iadd__(getattr(other, name))
+
     def decay(self, factor: float) -> None:
         """Multiply all evidence by ``factor`` in (0, 1]."""
         if not 0.0 < factor <= 1.0:
