@@ -39,7 +39,7 @@ class MemoryHarness:
         return self.store.ttl_s(version)
 
     async def put_raw_table(self, version: int, raw: bytes) -> None:
-        self.store.tables[version] = raw
+        self.store.tables[(version, 0)] = raw
 
     async def go_down(self) -> None:
         self.store.set_available(False)
@@ -143,14 +143,14 @@ def test_the_redis_store_makes_no_redis_call_while_backing_off() -> None:
         fake.down = True
         with pytest.raises(StoreUnavailable, match="load_table"):
             await store.load_table(3)
-        assert fake.calls == ["get"]
+        assert fake.calls == ["mget"]
         await store.fetch([1, 2])
         await store.write([1], [b"x"])
-        assert fake.calls == ["get"]
+        assert fake.calls == ["mget"]
         clock.now += store.backoff_s
         fake.down = False
         await store.write([1], [b"x"])
-        assert fake.calls == ["get", "evalsha"] and not store.in_outage
+        assert fake.calls == ["mget", "evalsha"] and not store.in_outage
 
     asyncio.run(scenario())
 
@@ -195,5 +195,5 @@ def test_memory_versions_come_from_a_sequence_and_every_superseded_one_expires()
     clock.now += 10.0
     assert all(asyncio.run(store.load_table(v)) is None for v in range(1, 20))
     assert asyncio.run(store.load_table(20)) is not None
-    del store.tables[20]  # versions are never reused, even when the newest table is lost
+    del store.tables[(20, 0)]  # versions are never reused, even when the newest table is lost
     assert asyncio.run(store.publish_table(sample_table())) == 21
