@@ -187,7 +187,7 @@ class Outcomes:
 def _field(record: dict[str, Any], name: str, kinds: tuple[type, ...], where: str = "") -> Any:
     value = record.get(name)
     if not isinstance(value, kinds) or isinstance(value, bool):
-        raise OutcomeError(f"field {where}{name!r} missing or of the wrong type")
+        raise OutcomeError(f"field {where + name!r} missing or of the wrong type")
     return value
 
 
@@ -202,7 +202,7 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
     per_token = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
     for name, values in per_token.items():
         if not isinstance(values, list) or len(values) != n:
-            raise OutcomeError(f"field {where}{name!r} does not have one entry per token")
+            raise OutcomeError(f"field {where + name!r} does not have one entry per token")
     try:
         tiers = np.asarray([_TIER_CODE[t] for t in per_token["tier"]], dtype=np.int8)
         experts, weights = np.asarray(per_token["experts"], np.int64), np.asarray(per_token["weights"], np.float32)

@@ -291,9 +291,10 @@ class MemoryRoutingStore(LayersMixin, DegradedMode):
             lambda: [self._get_table(version, layer) for layer in range(self.layers)]))
         return parse_tables(raws, version)
 
-    def ttl_s(self, version: int) -> float | None:
-        """Seconds until ``version`` expires; None if it does not (current, or missing)."""
-        if self._get_table(version) is None or version not in self.expires_at:
+    def ttl_s(self, version: int, layer: int = 0) -> float | None:
+        """Seconds until ``version`` (``layer``'s table of it) expires; None if it does not
+        (current, or missing)."""
+        if self._get_table(version, layer) is None or version not in self.expires_at:
             return None
         return self.expires_at[version] - self.clock()
 

@@ -26,20 +26,23 @@ class FakeClock:
 
 
 class MemoryHarness:
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, layers: int = 1) -> None:
         self.clock = FakeClock()
         self.ttl_s, self.grace_s, self.backoff_s, self.margin_s = ttl_s, 300.0, 0.05, 0.001
         self.store = MemoryRoutingStore(CachePolicy(ttl_s=ttl_s), clock=self.clock, grace_s=self.grace_s,
-                                        min_backoff_s=self.backoff_s)
+                                        min_backoff_s=self.backoff_s, layers=layers)
 
     async def advance(self, seconds: float) -> None:
         self.clock.now += seconds
 
-    async def version_ttl(self, version: int) -> float | None:
-        return self.store.ttl_s(version)
+    async def version_ttl(self, version: int, layer: int = 0) -> float | None:
+        return self.store.ttl_s(version, layer)
 
-    async def put_raw_table(self, version: int, raw: bytes) -> None:
-        self.store.tables[(version, 0)] = raw
+    async def put_raw_table(self, version: int, raw: bytes, layer: int = 0) -> None:
+        self.store.tables[(version, layer)] = raw
+
+    async def drop_table(self, version: int, layer: int) -> None:
+        del self.store.tables[(version, layer)]
 
     async def go_down(self) -> None:
         self.store.set_available(False)
@@ -50,8 +53,8 @@ class MemoryHarness:
 
 class TestMemoryStoreContract(StoreContract):
     @asynccontextmanager
-    async def harness(self, ttl_s: float | None = None) -> AsyncIterator[MemoryHarness]:
-        yield MemoryHarness(ttl_s or 60.0)
+    async def harness(self, ttl_s: float | None = None, layers: int = 1) -> AsyncIterator[MemoryHarness]:
+        yield MemoryHarness(ttl_s or 60.0, layers)
 
 
 class FakeRedis:
