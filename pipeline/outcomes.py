@@ -1,35 +1,51 @@
 """Routing outcomes: the messages router workers publish, one per routed input message (a chunk
-of more than ``MAX_OUTCOME_TOKENS`` tokens gets several, each for consecutive seqs).
+longer than :func:`tokens_per_record` tokens gets several, each for consecutive seqs).
 
-An outcome mirrors its input record. For a single token::
+An outcome mirrors its input record and carries the decision of EVERY MoE layer the workers
+route (one for a synthetic router, one per layer for a model). Format version 2, single token::
 
-    {"v": 1, "stream": "doc-1", "seq": 7, "token": 42, "experts": [3, 5], "weights": [0.81, 0.19],
-     "confidence": 0.77, "entropy": 0.64, "tier": "fast", "ctx": 1234567890123, "pos": 5120,
-     "table_version": 3, "router_id": "context-v1000-...", "layer": 0, "worker": "host-4242"}
+    {"v": 2, "stream": "doc-1", "seq": 7, "token": 42, "worker": "host-4242/3f9a1c",
+     "layers": [
+       {"layer": 0, "router_id": "model-1a2b3c4d5e6f-l0", "table_version": 3, "pos": 5120,
+        "experts": [3, 5], "weights": [0.81, 0.19], "confidence": 0.77, "entropy": 0.64,
+        "tier": "fast", "ctx": 1234567890123},
+       {"layer": 1, ...}, ...]}
 
-For a chunk, ``tokens`` replaces ``token`` and the per-token fields (``experts``, ``weights``,
-``confidence``, ``entropy``, ``tier``, ``ctx``) become lists, one entry per token; ``seq`` and
-``pos`` belong to the first token and count up by one per token.
+``layers`` lists the layers in order 0, 1, ... (every layer of the worker's engine, none left
+out). For a chunk, ``tokens`` replaces ``token`` and each layer's per-token fields
+(``experts``, ``weights``, ``confidence``, ``entropy``, ``tier``, ``ctx``) become lists, one
+entry per token; ``seq`` and each layer's ``pos`` belong to the first token and count up by one
+per token.
 
-Provenance makes every decision checkable afterwards: ``ctx`` is the context hash, ``pos`` the
-worker's decision index (the budget governor's clock, so the per-window cap can be verified
-per ``worker``), ``table_version``/``router_id`` say which table and router produced it.
+Provenance makes every decision checkable afterwards: ``ctx`` is the hash of the context that
+layer's router saw (layers have different receptive fields), ``pos`` the layer's decision index
+in the worker (its budget governor's clock, so each layer's per-window cap can be verified per
+``worker``), ``table_version``/``router_id`` which table set and router produced it (all layers
+of an outcome come from the same table-set version).
+
+:func:`decode_outcome` is strict: anything else raises :class:`OutcomeError` with a one-line
+reason. It also reads the version-1 records of earlier workers (one layer, the fields of the
+layer object at the top level next to ``"layer"``), so a topic written before an upgrade can
+still be counted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import orjson
 
 from pipeline.engine.engine import RouteResult
-from pipeline.engine.events import TIER_LABELS, Tier
+from pipeline.engine.events import TIER_LABELS, EventBatch, Tier
 
-OUTCOME_VERSION = 1
-# At most this many tokens per outcome record (~130 bytes each as JSON): a chunk's outcome is
-# split into several records so that it stays far below Kafka's default 1 MB message limit.
+OUTCOME_VERSION = 2
+LEGACY_VERSION = 1  # one layer, its fields at the top level (decoded, never written)
+# At most this many token decisions (tokens x layers) per outcome record (~130 bytes each as
+# JSON): a chunk's outcome is split into several records so that it stays far below Kafka's
+# default 1 MB message limit, whatever the number of layers.
 MAX_OUTCOME_TOKENS = 1024
+PER_TOKEN = ("experts", "weights", "confidence", "entropy", "tier", "ctx")
 _TIER_CODE = {label: code for code, label in enumerate(TIER_LABELS)}
 
 
@@ -37,116 +53,200 @@ class OutcomeError(ValueError):
     """A message that is not a valid outcome; ``str(err)`` is the reason."""
 
 
-def encode_outcomes(result: RouteResult, message_index: np.ndarray, worker: str) -> list[tuple[bytes, bytes]]:
+class Routed(Protocol):
+    """What :func:`encode_outcomes` needs: a :class:`~pipeline.engine.layered.LayeredResult`."""
+
+    events: EventBatch
+    layers: list[RouteResult]
+
+
+def tokens_per_record(layers: int) -> int:
+    """Tokens per outcome record for ``layers`` layers (``MAX_OUTCOME_TOKENS`` decisions)."""
+    return max(1, MAX_OUTCOME_TOKENS // max(1, layers))
+
+
+def _pieces(message_index: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Row ranges [a, b): one per run of equal message indices, cut every ``limit`` rows."""
+    starts = np.flatnonzero(np.concatenate(([True], message_index[1:] != message_index[:-1])))
+    ends = np.concatenate((starts[1:], [len(message_index)]))
+    return [(first, min(first + limit, end)) for begin, end in zip(starts.tolist(), ends.tolist())
+            for first in range(begin, end, limit)]
+
+
+def encode_outcomes(result: Routed, message_index: np.ndarray, worker: str) -> list[tuple[bytes, bytes]]:
     """(key, value) per input message with routed events; ``message_index`` labels each routed row."""
-    ev, d = result.events, result.decisions
+    ev = result.events
     if len(ev) == 0:
         return []
-    starts = np.flatnonzero(np.concatenate(([True], message_index[1:] != message_index[:-1])))
-    ends = np.concatenate((starts[1:], [len(ev)]))
-    if len(starts) and int((ends - starts).max()) > MAX_OUTCOME_TOKENS:
-        pieces = [(first, min(first + MAX_OUTCOME_TOKENS, end)) for begin, end in zip(starts.tolist(), ends.tolist())
-                  for first in range(begin, end, MAX_OUTCOME_TOKENS)]
-        starts, ends = np.array([p[0] for p in pieces]), np.array([p[1] for p in pieces])
-    common = {"table_version": d.table_version, "router_id": d.router_id, "layer": d.layer, "worker": worker}
+    tokens = ev.tokens.tolist()
+    layers = [_LayerLists(r) for r in result.layers]
     out = []
-    for a, b in zip(starts.tolist(), ends.tolist()):
+    for a, b in _pieces(message_index, tokens_per_record(len(layers))):
         stream = ev.stream_names[ev.stream_ids[a]]
         record: dict[str, Any] = {"v": OUTCOME_VERSION, "stream": stream, "seq": int(ev.seqs[a])}
-        rows = slice(a, b) if b - a > 1 else a
-        record["tokens" if b - a > 1 else "token"] = ev.tokens[rows].tolist()
-        record["experts"] = d.experts[rows].tolist()
-        record["weights"] = d.weights[rows].tolist()
-        record["confidence"] = d.confidence[rows].tolist()
-        record["entropy"] = d.entropy[rows].tolist()
-        tiers = d.tiers[rows]
-        record["tier"] = [TIER_LABELS[t] for t in tiers.tolist()] if b - a > 1 else TIER_LABELS[int(tiers)]
-        record["ctx"] = d.ctx_hash[rows].tolist()
-        record["pos"] = result.position + a
-        record.update(common)
+        if b - a > 1:
+            record["tokens"] = tokens[a:b]
+        else:
+            record["token"] = tokens[a]
+        record["worker"] = worker
+        record["layers"] = [layer.record(a, b) for layer in layers]
         out.append((stream.encode(), orjson.dumps(record)))
     return out
 
 
+class _LayerLists:
+    """One layer's decisions as Python lists (converted once per batch, sliced per record)."""
+
+    def __init__(self, result: RouteResult) -> None:
+        d = result.decisions
+        self.common = {"layer": d.layer, "router_id": d.router_id, "table_version": d.table_version}
+        self.position = result.position
+        self.columns = {"experts": d.experts.tolist(), "weights": d.weights.tolist(),
+                        "confidence": d.confidence.tolist(), "entropy": d.entropy.tolist(),
+                        "tier": [TIER_LABELS[t] for t in d.tiers.tolist()], "ctx": d.ctx_hash.tolist()}
+
+    def record(self, a: int, b: int) -> dict[str, Any]:
+        rec: dict[str, Any] = dict(self.common, pos=self.position + a)
+        for name, values in self.columns.items():
+            rec[name] = values[a:b] if b - a > 1 else values[a]
+        return rec
+
+
+@dataclass(slots=True)
+class LayerOutcomes:
+    """One MoE layer's decisions as columns, rows aligned with :class:`Outcomes`."""
+
+    layer: int
+    experts: np.ndarray  # int64 [n, k]
+    weights: np.ndarray  # float32 [n, k]
+    confidence: np.ndarray  # float32 [n]
+    entropy: np.ndarray  # float32 [n]
+    tiers: np.ndarray  # int8 [n]
+    ctx: np.ndarray  # uint64 [n]
+    positions: np.ndarray  # int64 [n], the layer's governor position
+    table_versions: np.ndarray  # int64 [n]
+    router_ids: list[str]
+
+    _ARRAYS = ("experts", "weights", "confidence", "entropy", "tiers", "ctx", "positions", "table_versions")
+
+    def select(self, idx: np.ndarray) -> "LayerOutcomes":
+        return LayerOutcomes(self.layer, *(getattr(self, name)[idx] for name in self._ARRAYS),
+                             [self.router_ids[i] for i in idx.tolist()])
+
+    def learned(self) -> np.ndarray:
+        return self.tiers == Tier.LEARNED
+
+    @classmethod
+    def concat(cls, parts: Sequence["LayerOutcomes"]) -> "LayerOutcomes":
+        return cls(parts[0].layer, *(np.concatenate([getattr(p, name) for p in parts]) for name in cls._ARRAYS),
+                   [r for p in parts for r in p.router_ids])
+
+
 @dataclass(slots=True)
 class Outcomes:
-    """Outcomes as columns (one row per routed token)."""
+    """Outcomes as columns: one row per routed token, one :class:`LayerOutcomes` per layer."""
 
     streams: list[str]
     seqs: np.ndarray
     tokens: np.ndarray
-    experts: np.ndarray
-    weights: np.ndarray
-    confidence: np.ndarray
-    entropy: np.ndarray
-    tiers: np.ndarray
-    ctx: np.ndarray
-    positions: np.ndarray
-    table_versions: np.ndarray
     workers: list[str]
-    router_ids: list[str]
+    layers: list[LayerOutcomes]
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
     @classmethod
     def empty(cls) -> "Outcomes":
         z = np.zeros(0, np.int64)
-        return cls([], z, z, np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32),
-                   np.zeros(0, np.float32), np.zeros(0, np.int8), np.zeros(0, np.uint64), z, z, [], [])
+        return cls([], z, z, [], [])
+
+    def select(self, idx: np.ndarray) -> "Outcomes":
+        """The rows ``idx`` (integer indices)."""
+        rows = idx.tolist()
+        return Outcomes([self.streams[i] for i in rows], self.seqs[idx], self.tokens[idx],
+                        [self.workers[i] for i in rows], [layer.select(idx) for layer in self.layers])
 
     @classmethod
     def concat(cls, parts: Sequence["Outcomes"]) -> "Outcomes":
+        """Rows of ``parts`` in order; they must all have the same layers (ValueError otherwise)."""
+        parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
-        arrays = ("seqs", "tokens", "experts", "weights", "confidence", "entropy", "tiers", "ctx", "positions",
-                  "table_versions")
-        return cls(
-            [s for p in parts for s in p.streams],
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in arrays),
-            [w for p in parts for w in p.workers],
-            [r for p in parts for r in p.router_ids],
-        )
+        shapes = {tuple(layer.layer for layer in p.layers) for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot concatenate outcomes of different layers: {sorted(shapes)}")
+        return cls([s for p in parts for s in p.streams], np.concatenate([p.seqs for p in parts]),
+                   np.concatenate([p.tokens for p in parts]), [w for p in parts for w in p.workers],
+                   [LayerOutcomes.concat([p.layers[i] for p in parts]) for i in range(len(parts[0].layers))])
 
 
-def _field(record: dict[str, Any], name: str, kinds: tuple[type, ...]) -> Any:
+def _field(record: dict[str, Any], name: str, kinds: tuple[type, ...], where: str = "") -> Any:
     value = record.get(name)
     if not isinstance(value, kinds) or isinstance(value, bool):
-        raise OutcomeError(f"field {name!r} missing or of the wrong type")
+        raise OutcomeError(f"field {where + name!r} missing or of the wrong type")
     return value
 
 
+def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes:
+    """One layer object (or a version-1 record) into columns for ``n`` tokens."""
+    if not isinstance(layer, dict):
+        raise OutcomeError(f"layer {index} is not an object")
+    where = f"layers[{index}]." if index >= 0 else ""
+    number = _field(layer, "layer", (int,), where)
+    if index >= 0 and number != index:
+        raise OutcomeError(f"layers[{index}] is layer {number}: layers must be listed in order 0, 1, ...")
+    per_token = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
+    for name, values in per_token.items():
+        if not isinstance(values, list) or len(values) != n:
+            raise OutcomeError(f"field {where + name!r} does not have one entry per token")
+    try:
+        tiers = np.asarray([_TIER_CODE[t] for t in per_token["tier"]], dtype=np.int8)
+        experts, weights = np.asarray(per_token["experts"], np.int64), np.asarray(per_token["weights"], np.float32)
+        columns = (np.asarray(per_token["confidence"], np.float32), np.asarray(per_token["entropy"], np.float32),
+                   tiers, np.asarray(per_token["ctx"], np.uint64))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise OutcomeError(f"bad per-token values in {where or 'the outcome'} ({type(exc).__name__}: {exc})") from None
+    if experts.ndim != 2 or experts.shape != weights.shape:
+        raise OutcomeError(f"{where}experts/weights must be [tokens, k]")
+    pos, version = _field(layer, "pos", (int,), where), _field(layer, "table_version", (int,), where)
+    router_id = _field(layer, "router_id", (str,), where)
+    return LayerOutcomes(number, experts, weights, *columns, pos + np.arange(n, dtype=np.int64),
+                         np.full(n, version, np.int64), [router_id] * n)
+
+
 def decode_outcome(raw: bytes) -> Outcomes:
-    """Parse and validate one outcome message (either shape) into columns."""
+    """Parse and validate one outcome message (either shape, version 2 or 1) into columns."""
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise OutcomeError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(record, dict) or record.get("v") != OUTCOME_VERSION:
-        raise OutcomeError("not a version-1 outcome object")
+    if not isinstance(record, dict) or record.get("v") not in (OUTCOME_VERSION, LEGACY_VERSION):
+        raise OutcomeError("not a version-2 (or version-1) outcome object")
     single = "token" in record
     tokens = [_field(record, "token", (int,))] if single else _field(record, "tokens", (list,))
     n = len(tokens)
-    per_token = {name: ([record.get(name)] if single else record.get(name))
-                 for name in ("experts", "weights", "confidence", "entropy", "tier", "ctx")}
-    for name, values in per_token.items():
-        if not isinstance(values, list) or len(values) != n:
-            raise OutcomeError(f"field {name!r} does not have one entry per token")
     try:
-        tiers = np.asarray([_TIER_CODE[t] for t in per_token["tier"]], dtype=np.int8)
-        columns = (np.asarray(tokens, np.int64), np.asarray(per_token["experts"], np.int64),
-                   np.asarray(per_token["weights"], np.float32), np.asarray(per_token["confidence"], np.float32),
-                   np.asarray(per_token["entropy"], np.float32), tiers, np.asarray(per_token["ctx"], np.uint64))
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        token_ids = np.asarray(tokens, np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise OutcomeError(f"bad per-token values ({type(exc).__name__}: {exc})") from None
-    if columns[1].ndim != 2 or columns[1].shape != columns[2].shape or (columns[0] < 0).any():
-        raise OutcomeError("experts/weights must be [tokens, k] and tokens >= 0")
-    seq, pos = _field(record, "seq", (int,)), _field(record, "pos", (int,))
+    if token_ids.ndim != 1 or (token_ids < 0).any():
+        raise OutcomeError("tokens must be integers >= 0")
+    if record["v"] == LEGACY_VERSION:
+        layers = [_decode_layer(record, -1, single, n)]
+    else:
+        listed = record.get("layers")
+        if not isinstance(listed, list) or not listed:
+            raise OutcomeError("field 'layers' missing, empty or not a list")
+        layers = [_decode_layer(layer, i, single, n) for i, layer in enumerate(listed)]
+    seq = _field(record, "seq", (int,))
     stream, worker = _field(record, "stream", (str,)), _field(record, "worker", (str,))
-    version, router_id = _field(record, "table_version", (int,)), _field(record, "router_id", (str,))
-    return Outcomes([stream] * n, seq + np.arange(n, dtype=np.int64), *columns,
-                    pos + np.arange(n, dtype=np.int64), np.full(n, version, np.int64), [worker] * n, [router_id] * n)
+    return Outcomes([stream] * n, seq + np.arange(n, dtype=np.int64), token_ids, [worker] * n, layers)
 
 
-def learned_mask(outcomes: Outcomes) -> np.ndarray:
-    return outcomes.tiers == Tier.LEARNED
+def learned_mask(outcomes: Outcomes, layer: int = 0) -> np.ndarray:
+    """Rows whose decision at ``layer`` came from the learned router."""
+    return outcomes.layers[layer].learned()

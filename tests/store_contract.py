@@ -17,10 +17,16 @@ from pipeline.engine.table import RoutingTable
 from pipeline.stores.base import StoreUnavailable
 
 VALUE_A, VALUE_B = b"\x01" * 20, b"\x02" * 20
+LAYERS = 3  # the multi-layer scenarios' table sets
 
 
 def sample_table(router_id: str = "r-contract") -> RoutingTable:
     return RoutingTable.empty(vocab_size=32, num_experts=4, top_k=2, router_id=router_id)
+
+
+def sample_tables(layers: int = LAYERS) -> list[RoutingTable]:
+    """One table per layer, told apart by their router ids (``r-contract-l0``, ...)."""
+    return [sample_table(f"r-contract-l{layer}") for layer in range(layers)]
 
 
 class Harness(Protocol):
@@ -36,12 +42,16 @@ class Harness(Protocol):
         """Let ``seconds`` pass on the store's clock."""
         ...
 
-    async def version_ttl(self, version: int) -> float | None:
-        """Seconds until table ``version`` expires; None if it has no expiry (or is missing)."""
+    async def version_ttl(self, version: int, layer: int = 0) -> float | None:
+        """Seconds until ``layer``'s table of ``version`` expires; None if it has no expiry (or is missing)."""
         ...
 
-    async def put_raw_table(self, version: int, raw: bytes) -> None:
-        """Store ``raw`` as table ``version`` behind the store's back (no pointer move)."""
+    async def put_raw_table(self, version: int, raw: bytes, layer: int = 0) -> None:
+        """Store ``raw`` as ``layer``'s table of ``version`` behind the store's back (no pointer move)."""
+        ...
+
+    async def drop_table(self, version: int, layer: int) -> None:
+        """Lose ``layer``'s table of ``version`` behind the store's back (eviction, an operator)."""
         ...
 
     async def go_down(self) -> None:
@@ -59,13 +69,13 @@ Scenario = Callable[[Harness], Awaitable[None]]
 class StoreContract:
     """The contract's test methods; subclasses provide :meth:`harness`."""
 
-    def harness(self, ttl_s: float | None = None) -> AbstractAsyncContextManager[Harness]:
-        """A fresh store; ``ttl_s`` overrides the backend's (short) decision TTL."""
+    def harness(self, ttl_s: float | None = None, layers: int = 1) -> AbstractAsyncContextManager[Harness]:
+        """A fresh store of ``layers`` layers; ``ttl_s`` overrides the backend's (short) decision TTL."""
         raise NotImplementedError
 
-    def run(self, scenario: Scenario, ttl_s: float | None = None) -> None:
+    def run(self, scenario: Scenario, ttl_s: float | None = None, layers: int = 1) -> None:
         async def main() -> None:
-            async with self.harness(ttl_s) as h:
+            async with self.harness(ttl_s, layers) as h:
                 await scenario(h)
 
         asyncio.run(main())
@@ -159,3 +169,64 @@ class StoreContract:
             assert table is not None and table.version == version
 
         self.run(scenario, ttl_s=60.0)  # the cached decision must outlive the outage
+
+    # --- several layers: per-layer decisions, table sets published and loaded whole ---------
+    def test_each_layer_has_its_own_decisions_in_one_round_trip(self) -> None:
+        async def scenario(h: Harness) -> None:
+            store = h.store
+            await store.write([1, 1, 2], [VALUE_A, VALUE_B, VALUE_A], per_layer=[1, 2, 0])
+            trips = store.round_trips
+            values, version = await store.fetch([1, 2, 1, 2, 1], per_layer=[2, 2, 1])
+            assert values == [VALUE_A, None, VALUE_B, VALUE_A, None] and version is None
+            assert store.round_trips == trips + 1  # every layer's keys in ONE fetch
+            with pytest.raises(ValueError):
+                await store.fetch([1, 2], per_layer=[1, 0, 0])  # does not add up
+            with pytest.raises(ValueError):
+                await store.fetch([1])  # a multi-layer store needs the split
+
+        self.run(scenario, layers=LAYERS)
+
+    def test_a_table_set_is_published_under_one_version_and_loaded_whole(self) -> None:
+        async def scenario(h: Harness) -> None:
+            store = h.store
+            assert [await store.publish_tables(sample_tables()) for _ in range(2)] == [1, 2]
+            _, pointer = await store.fetch([], per_layer=[0] * LAYERS)
+            assert pointer == 2
+            trips = store.round_trips
+            tables = await store.load_tables(2)
+            assert store.round_trips == trips + 1  # every layer in ONE round trip
+            assert tables is not None and [t.version for t in tables] == [2] * LAYERS
+            assert [t.router_id for t in tables] == [f"r-contract-l{layer}" for layer in range(LAYERS)]
+            assert [await h.version_ttl(2, layer) for layer in range(LAYERS)] == [None] * LAYERS
+            with pytest.raises(ValueError):
+                await store.publish_tables(sample_tables(LAYERS - 1))  # a set has every layer
+            with pytest.raises(ValueError):
+                await store.load_table(2)  # the one-layer shorthand does not apply
+
+        self.run(scenario, layers=LAYERS)
+
+    def test_every_layer_of_a_superseded_set_expires_together(self) -> None:
+        async def scenario(h: Harness) -> None:
+            old = await h.store.publish_tables(sample_tables())
+            new = await h.store.publish_tables(sample_tables())
+            ttls = [await h.version_ttl(old, layer) for layer in range(LAYERS)]
+            assert all(t is not None and 0 < t <= h.grace_s for t in ttls), ttls
+            assert await h.store.load_tables(old) is not None
+            await h.advance(h.grace_s + h.margin_s)
+            assert await h.store.load_tables(old) is None
+            current = await h.store.load_tables(new)
+            assert current is not None and [t.version for t in current] == [new] * LAYERS
+
+        self.run(scenario, layers=LAYERS)
+
+    def test_a_set_with_a_lost_or_unreadable_layer_does_not_load(self) -> None:
+        async def scenario(h: Harness) -> None:
+            first = await h.store.publish_tables(sample_tables())
+            second = await h.store.publish_tables(sample_tables())
+            await h.drop_table(second, LAYERS - 1)
+            assert await h.store.load_tables(second) is None  # all layers or none
+            await h.put_raw_table(first, b"not a table", 1)
+            assert await h.store.load_tables(first) is None
+            assert not h.store.in_outage and h.store.degraded == 0
+
+        self.run(scenario, layers=LAYERS)

@@ -1,6 +1,10 @@
 """The stats refresher worker: outcomes topic -> statistics -> new fast-path table versions in Redis.
 
-The logic lives in :mod:`pipeline.engine.refresher` (no I/O); this module is its Kafka/Redis edge.
+The logic lives in :mod:`pipeline.engine.refresher` and :mod:`pipeline.engine.layered_refresher`
+(no I/O); this module is its Kafka/Redis edge. It learns one fast-path table per MoE layer the
+router workers route (every layer of a model, the one layer of a synthetic router), each from
+that layer's decisions in the outcomes, and publishes them together as one table set (one
+version number, one atomic step).
 
 Why a plain aiokafka consumer rather than a Faust agent:
 
@@ -18,8 +22,9 @@ Why a plain aiokafka consumer rather than a Faust agent:
 Each loop: ``getmany`` (at most ``take_max`` messages, ``take_within_s`` wait) -> decode and check
 every message (malformed or foreign ones are skipped with a logged reason and counted, never
 raised) -> one vectorised update of the statistics -> when due: build the table, publish it
-(``RedisRoutingStore.publish_table``: allocate a version with INCR, then one script writes
-``v{n}``, moves the pointer only forward and gives the superseded version a grace TTL), save the snapshot, commit the offsets. A crash
+(``RedisRoutingStore.publish_tables``: allocate a version with INCR, then one script writes
+every layer's ``v{n}:l{layer}``, moves the pointer only forward and gives the superseded
+version's layers a grace TTL), save the snapshot, commit the offsets. A crash
 between publishing and saving the snapshot only means the outcomes since the previous snapshot
 are read and counted again into that older snapshot (never twice into the same statistics), and
 the next table gets a higher version. On SIGTERM the snapshot is saved before exiting.
@@ -39,38 +44,20 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from pipeline.engine.refresher import Clock, RefreshPolicy, SnapshotError, StatsRefresher
-from pipeline.engine.stats import TokenStats
-from pipeline.engine.table import RoutingTable
+from pipeline.engine.layered_refresher import LayeredRefresher
+from pipeline.engine.refresher import Clock, Refresh, SnapshotError
 from pipeline.observability import configure_logging, serve_metrics
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
-from pipeline.assembly import router_spec, thresholds
 from pipeline.settings import Settings
 from pipeline.stats_metrics import StatsMetrics
-from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
+
+from .table_sets import (StatsWorkerError, build_refresher, layer_routers, publish_table_and_stats,  # noqa: F401
+                         publish_tables_and_stats, refresh_policy, routing_store)
 
 log = logging.getLogger(__name__)
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 SKIP_LOG_LIMIT = 20  # skipped messages logged one by one per refresh period; the rest are summed up
-
-
-class StatsWorkerError(RuntimeError):
-    """The worker cannot start (e.g. a snapshot for another configuration); one-line message."""
-
-
-def refresh_policy(settings: Settings) -> RefreshPolicy:
-    return RefreshPolicy(settings.refresh_every, settings.refresh_interval_s, settings.stats_decay,
-                         thresholds(settings), settings.adaptive_target if settings.adaptive else None)
-
-
-def build_refresher(settings: Settings, clock: Clock = time.monotonic) -> StatsRefresher:
-    """A cold refresher for the routers' router id (settings must name the vocabulary size)."""
-    if settings.vocab_size is None:
-        raise StatsWorkerError("the stats worker needs the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
-    spec = router_spec(settings, settings.vocab_size)
-    return StatsRefresher(spec.vocab_size, spec.num_experts, spec.top_k, spec.router_id, refresh_policy(settings),
-                          clock)
 
 
 @dataclass
@@ -100,7 +87,7 @@ class StatsWorker:
     """One refresher bound to a consumer, a Redis client and a routing store."""
 
     settings: Settings
-    refresher: StatsRefresher
+    refresher: LayeredRefresher
     consumer: AIOKafkaConsumer
     redis: aioredis.Redis
     metrics: StatsMetrics
@@ -108,9 +95,8 @@ class StatsWorker:
     skips: SkipLog = field(default_factory=SkipLog)
 
     def __post_init__(self) -> None:
-        self.keys = RedisKeys(self.settings.namespace, self.refresher.router_id)
-        self.store = RedisRoutingStore(self.settings.redis_url, self.keys, self.settings.cache_ttl_s,
-                                       grace_s=self.settings.table_grace_s, client=self.redis)
+        self.store = routing_store(self.settings, self.refresher.router_ids, client=self.redis)
+        self.keys = self.store.keys
 
     async def start(self) -> None:
         """Restore the snapshot (if any) and position the consumer on every outcome partition."""
@@ -135,7 +121,8 @@ class StatsWorker:
             else:
                 await self.consumer.seek_to_beginning(tp)
         c = self.refresher.counters
-        log.info("stats worker on %s (%d partitions), router %s: %s at %s", topic, len(tps), self.refresher.router_id,
+        log.info("stats worker on %s (%d partitions), router %s (%d layers): %s at %s", topic, len(tps),
+                 self.keys.router_id, len(self.refresher),
                  f"resumed {c.outcomes:,} outcomes, last table v{c.last_version}" if raw else "cold start",
                  self.refresher.offsets or "the beginning")
 
@@ -163,7 +150,7 @@ class StatsWorker:
                 if part is not None:
                     parts.append(part)
         merged = Outcomes.concat(parts)
-        learned = self.refresher.observe(merged) if parts else 0
+        learned = sum(self.refresher.observe(merged)) if parts else 0
         self.refresher.advance({tp.partition: records[-1].offset + 1 for tp, records in batches.items() if records})
         self.metrics.outcomes.inc(len(merged))
         self.metrics.learned.inc(learned)
@@ -186,38 +173,43 @@ class StatsWorker:
         self.skips.skip(partition, offset, reason)
 
     async def refresh(self) -> int | None:
-        """Build and publish the next table, then save the snapshot; None if publishing failed."""
-        refresh = self.refresher.build()
+        """Build and publish the next table set (every layer), then save the snapshot; None if
+        publishing failed."""
+        refreshes = self.refresher.build()
         try:
-            version = await self.store.publish_table(refresh.table)
+            version = await self.store.publish_tables([r.table for r in refreshes])
         except _REDIS_ERRORS as exc:
             self.metrics.publish_errors.inc()
             self.refresher.postpone()
             log.error("cannot publish a table (%s: %s); retrying in %.0f s", type(exc).__name__, exc,
                       self.settings.refresh_interval_s)
             return None
-        self.refresher.published(refresh, version)
-        self._record_publication(refresh, version)
+        self.refresher.published(refreshes, version)
+        self._record_publication(refreshes, version)
         await self.save()
         return version
 
-    def _record_publication(self, refresh: Any, version: int) -> None:
-        table, m = refresh.table, self.metrics
+    def _record_publication(self, refreshes: list[Refresh], version: int) -> None:
+        """Metrics (the table size summed over layers, the highest predicted learned share) and
+        one log line per layer."""
+        m = self.metrics
         m.tables.inc()
         m.table_version.set(version)
-        m.table_size.set(table.size)
-        m.predicted_share.set(refresh.prediction.learned_share)
+        m.table_size.set(sum(r.table.size for r in refreshes))
+        m.predicted_share.set(max(r.prediction.learned_share for r in refreshes))
         m.last_refresh.set(time.time())
         self.skips.flush()
-        t, rows = table.thresholds, self.refresher.report()
-        last = rows[-1] if rows else {}
-        log.info("published table v%d: %d fast-path tokens (frequency > %.4g, entropy < %.4g%s); predicted "
-                 "learned share %.1f%%; last observed (v%s): learned %.1f%%, not fast %.1f%%, predicted %s",
-                 version, table.size, t.min_frequency, t.max_entropy, ", adaptive" if refresh.choice else "",
-                 100 * refresh.prediction.learned_share, last.get("version"),
-                 100 * (last.get("observed_learned_share") or 0), 100 * (last.get("observed_non_fast_share") or 0),
-                 _pct(last.get("predicted_learned_share")),
-                 extra={"table_version": version, "fast_tokens": table.size, "report": last})
+        for layer, (refresh, rows) in enumerate(zip(refreshes, self.refresher.report())):
+            table, t = refresh.table, refresh.table.thresholds
+            last = rows[-1] if rows else {}
+            where = f" layer {layer}" if len(refreshes) > 1 else ""
+            log.info("published table v%d%s: %d fast-path tokens (frequency > %.4g, entropy < %.4g%s); predicted "
+                     "learned share %.1f%%; last observed (v%s): learned %.1f%%, not fast %.1f%%, predicted %s",
+                     version, where, table.size, t.min_frequency, t.max_entropy, ", adaptive" if refresh.choice else "",
+                     100 * refresh.prediction.learned_share, last.get("version"),
+                     100 * (last.get("observed_learned_share") or 0), 100 * (last.get("observed_non_fast_share") or 0),
+                     _pct(last.get("predicted_learned_share")),
+                     extra={"table_version": version, "layer": layer, "fast_tokens": table.size, "report": last})
 
     async def save(self) -> None:
         """Store the snapshot, then commit the same offsets to Kafka (for lag monitoring)."""
@@ -288,25 +280,3 @@ def run_stats_worker(settings: Settings, name: str) -> None:
     asyncio.run(serve(settings, name))
 
 
-async def publish_table_and_stats(settings: Settings, table: RoutingTable, stats: TokenStats | None) -> tuple[int, bool]:
-    """Publish an (offline) table and, given its statistics, make them the stats worker's starting
-    point -- only if the worker has no snapshot yet. Returns (version, whether stats were seeded).
-
-    Without seeded statistics a stats worker started next to an offline table would have no
-    evidence for the tokens the fast path serves (they produce no learned outcomes) and its first
-    table would drop them all.
-    """
-    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table.router_id),
-                              settings.cache_ttl_s, grace_s=settings.table_grace_s, timeout_s=5.0)
-    try:
-        version = await store.publish_table(table)
-        if stats is None:
-            return version, False
-        refresher = build_refresher(settings)
-        refresher.stats = stats
-        c = refresher.counters
-        c.outcomes, c.learned, c.last_version = int(stats.total_frequency), int(stats.total_routed), version
-        seeded = await store.client.set(store.keys.stats_snapshot, refresher.snapshot(), nx=True)
-        return version, bool(seeded)
-    finally:
-        await store.close()

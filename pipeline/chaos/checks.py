@@ -2,7 +2,8 @@
 
 * 0 events missing: every (stream, seq) sent has a distinct outcome; none unexpected;
 * duplicates counted (they are allowed, and reported);
-* every outcome's context hash equals the one computed from the corpus itself;
+* every outcome's context hash -- at every layer, each with its own receptive field -- equals the
+  one computed from the corpus itself;
 * every poison message is in the dead-letter topic, with a reason naming its fault, and no
   good message is;
 * no worker process died except the ones the scenario killed or stopped;
@@ -11,15 +12,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.engine.context import corpus_context_hashes
+from pipeline.engine.events import EventChunk
 from pipeline.outcomes import Outcomes
 
 from .poison import Poison
 
 Key = tuple[str, int]
-__all__ = ["RunChecks", "check_deadletters", "check_outcomes", "corpus_context_hashes"]
+__all__ = ["RunChecks", "check_deadletters", "check_outcomes", "corpus_context_hashes", "layer_context_hashes"]
+
+
+def layer_context_hashes(chunks: Iterable[EventChunk], windows: Sequence[int]) -> dict[Key, tuple[int, ...]]:
+    """(stream, seq) -> the context hash of every layer (``windows``: each layer's receptive field)."""
+    chunks = list(chunks)
+    per_layer = [corpus_context_hashes(chunks, w) for w in windows]
+    return {key: tuple(layer[key] for layer in per_layer) for key in per_layer[0]}
 
 
 @dataclass
@@ -73,19 +82,24 @@ class RunChecks:
         return {**asdict(self), "ok": self.ok, "failures": self.failures()}
 
 
-def check_outcomes(checks: RunChecks, expected: dict[Key, int], parts: list[Outcomes], seen: set[Key]) -> None:
-    """Completeness, unexpected outcomes and context hashes (over every outcome, duplicates too)."""
+def check_outcomes(checks: RunChecks, expected: Mapping[Key, int | tuple[int, ...]], parts: list[Outcomes],
+                   seen: set[Key]) -> None:
+    """Completeness, unexpected outcomes and context hashes (over every outcome, duplicates too).
+
+    ``expected`` maps each event to its context hash per layer (:func:`layer_context_hashes`;
+    a plain int is a one-layer run's). An outcome with another number of layers is wrong."""
     checks.events_in = len(expected)
     missing = [k for k in expected if k not in seen]
     checks.missing = len(missing)
     wrong, unexpected = [], []
     for part in parts:
-        for i, (stream, seq, ctx) in enumerate(zip(part.streams, part.seqs.tolist(), part.ctx.tolist())):
+        contexts = list(zip(*(layer.ctx.tolist() for layer in part.layers)))
+        for i, (stream, seq, ctx) in enumerate(zip(part.streams, part.seqs.tolist(), contexts)):
             want = expected.get((stream, seq))
             if want is None:
                 unexpected.append((stream, seq))
-            elif want != ctx:
-                wrong.append((stream, seq, part.workers[i], int(part.positions[i])))
+            elif (want if isinstance(want, tuple) else (want,)) != ctx:
+                wrong.append((stream, seq, part.workers[i], int(part.layers[0].positions[i])))
     checks.unexpected, checks.context_mismatches = len(set(unexpected)), len(wrong)
     checks.examples.update(missing=missing[:5], unexpected=unexpected[:5], wrong_context=wrong[:20])
 

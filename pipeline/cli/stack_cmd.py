@@ -55,7 +55,9 @@ def _worker_settings(args: argparse.Namespace, stack: LocalStack) -> Settings:
     # The stack's own --partitions is the broker's num.partitions, not the workers' VAR_PARTITIONS.
     own = {k: v for k, v in vars(args).items() if k != "partitions"}
     settings = settings_from(argparse.Namespace(**own)).with_(kafka_bootstrap=kafka, redis_url=redis)
-    if settings.vocab_size is None:
+    from pipeline.assembly import is_model
+
+    if settings.vocab_size is None and not is_model(settings):  # a model router brings its own vocabulary
         print(f"stack: workers use --vocab-size {DEFAULT_VOCAB} (the synthetic corpus); set VAR_VOCAB_SIZE "
               "for other corpora", file=sys.stderr)
         settings = settings.with_(vocab_size=DEFAULT_VOCAB)

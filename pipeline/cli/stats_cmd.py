@@ -6,8 +6,9 @@
   and/or publish it to Redis as a new version; ``--seed-stats`` also stores the statistics as the
   stats worker's starting point (only if it has none yet).
 * ``var stats worker`` -- the stats refresher (``workers/stats_worker.py``).
-* ``var stats show [--file FILE]`` -- version, size, thresholds and top tokens of a table file, or
-  of the table currently published in Redis (plus the stats worker's snapshot there).
+* ``var stats show [--file FILE] [--layer L]`` -- version, size, thresholds and top tokens of a table
+  file, or of layer ``L``'s table in the table set currently published in Redis (plus the stats
+  worker's snapshot of that layer there).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Any
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.offline import collect_statistics
-from pipeline.engine.refresher import SnapshotError, read_snapshot, refresh_table, version_report
+from pipeline.engine.layered_refresher import read_layer_snapshots
+from pipeline.engine.refresher import SnapshotError, refresh_table, version_report
 from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
 from pipeline.assembly import router_spec
@@ -54,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = ssub.add_parser("show", help="print a table's version, size, thresholds and top tokens")
     show.add_argument("--file", help="table file (default: the current table in Redis)")
     show.add_argument("--top", type=int, default=10, help="how many of the most frequent tokens to list")
+    show.add_argument("--layer", type=int, default=0, help="MoE layer of the published table set (default 0)")
     show.add_argument("--json", action="store_true")
     add_settings(show, ROUTING_SETTINGS + REDIS_SETTINGS)
     show.set_defaults(handler=run_show)
@@ -135,7 +138,12 @@ def table_summary(table: RoutingTable, top: int) -> dict[str, object]:
 
 
 async def _router_ids(settings: Settings, client: Any) -> list[str]:
-    """The router id the settings name, or every router with a table in the namespace."""
+    """The table set the settings name, or every table set in the namespace."""
+    from pipeline.assembly import build_routers, is_model, model_vocab
+    from pipeline.stores.keys import table_set_id
+
+    if is_model(settings):
+        return [table_set_id([r.router_id for r in build_routers(settings, model_vocab(settings) or 0)])]
     if settings.vocab_size is not None:
         return [router_spec(settings, settings.vocab_size).router_id]
     prefix = f"var:{settings.namespace}:fp:"
@@ -143,7 +151,15 @@ async def _router_ids(settings: Settings, client: Any) -> list[str]:
     return sorted(n[len(prefix):-len(":current")] for n in names)
 
 
-async def _load_current(settings: Settings) -> tuple[RoutingTable, dict[str, Any] | None]:
+async def _layers(client: Any, keys: Any, version: int) -> int:
+    """How many layers the published table set ``version`` has (its consecutive layer keys)."""
+    layers = 0
+    while await client.exists(keys.table(version, layers)):
+        layers += 1
+    return layers
+
+
+async def _load_current(settings: Settings, layer: int = 0) -> tuple[RoutingTable, dict[str, Any] | None]:
     import redis.asyncio as aioredis
 
     from pipeline.stores.base import StoreUnavailable
@@ -158,26 +174,32 @@ async def _load_current(settings: Settings) -> tuple[RoutingTable, dict[str, Any
                             f"tables of {len(ids)} routers in namespace {settings.namespace}; "
                             "give the router settings (--vocab-size ...) to pick one")
         keys = RedisKeys(settings.namespace, ids[0])
-        store = RedisRoutingStore(settings.redis_url, keys, 1.0, client=client)
         version = await client.get(keys.table_pointer)
+        layers = await _layers(client, keys, int(version)) if version is not None else 0
+        if layers and not 0 <= layer < layers:
+            raise UserError(f"--layer {layer}: the table set of {ids[0]} has layers 0-{layers - 1}")
+        store = RedisRoutingStore(settings.redis_url, keys, 1.0, max(1, layers), client=client)
         try:
-            table = await store.load_table(int(version)) if version is not None else None
+            tables = await store.load_tables(int(version)) if layers else None
         except StoreUnavailable as exc:
             raise UserError(f"cannot read the table from {settings.redis_url}: {exc}") from None
-        if table is None:
+        if tables is None:
             raise UserError(f"no table published for router {ids[0]} in namespace {settings.namespace}")
-        return table, _snapshot_summary(await client.get(keys.stats_snapshot))
+        return tables[layer], _snapshot_summary(await client.get(keys.stats_snapshot), layer)
     finally:
         await client.aclose()
 
 
-def _snapshot_summary(raw: bytes | None) -> dict[str, Any] | None:
+def _snapshot_summary(raw: bytes | None, layer: int = 0) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        header, _ = read_snapshot(raw)
+        layers = read_layer_snapshots(raw)
     except SnapshotError as exc:
         return {"error": str(exc)}
+    if layer >= len(layers):
+        return {"error": f"the snapshot has no layer {layer}"}
+    header = layers[layer][0]
     rows = version_report({int(v): c for v, c in header["observed"].items()},
                           {int(v): p for v, p in header["predicted"].items()})
     return {"counters": header["counters"], "offsets": header["offsets"], "bytes": len(raw),
@@ -190,7 +212,7 @@ def run_show(args: argparse.Namespace) -> int:
         table = read_table_file(args.file)
     else:
         settings = settings_from(args)
-        table, snapshot = _run_redis(_load_current(settings))
+        table, snapshot = _run_redis(_load_current(settings, args.layer))
     summary = table_summary(table, args.top)
     if snapshot is not None:
         summary["stats_snapshot"] = snapshot

@@ -15,7 +15,8 @@ way (confident repeated contexts are served by the cache), which only makes the 
 cautious. A token on the fast path stops receiving new evidence; its entry keeps the evidence
 gathered before (with decay, that evidence fades, see :mod:`pipeline.engine.adaptive`).
 Outcomes of another router (``router_id``) or out of range for this vocabulary are rejected by
-:meth:`StatsRefresher.check`.
+:meth:`StatsRefresher.check`. A refresher learns ONE layer's table (``check``/``observe`` read
+that layer of each outcome); :mod:`.layered_refresher` runs one per MoE layer.
 
 **Bounded memory.** :class:`~pipeline.engine.stats.TokenStats` is O(vocab x experts) whatever
 the traffic; ``decay`` multiplies it at every refresh, so evidence older than about
@@ -126,26 +127,32 @@ class StatsRefresher:
         self._not_before = -math.inf
 
     # --- input ---------------------------------------------------------------------------
-    def check(self, outcomes: "Outcomes") -> str | None:
-        """Why these outcomes (one decoded message) cannot be counted here, or None."""
-        if any(r != self.router_id for r in set(outcomes.router_ids)):
-            return f"router id {outcomes.router_ids[0]!r} is not this worker's {self.router_id!r}"
+    def check(self, outcomes: "Outcomes", layer: int = 0) -> str | None:
+        """Why ``layer``'s decisions in these outcomes (one decoded message) cannot be counted
+        here, or None."""
+        if layer >= outcomes.num_layers:
+            return f"no layer {layer} in the outcome (it has {outcomes.num_layers})"
+        d = outcomes.layers[layer]
+        if any(r != self.router_id for r in set(d.router_ids)):
+            return f"router id {d.router_ids[0]!r} is not this worker's {self.router_id!r}"
         s = self.stats
         if len(outcomes.tokens) and int(outcomes.tokens.max()) >= s.vocab_size:
             return f"token {int(outcomes.tokens.max())} outside the vocabulary ({s.vocab_size})"
-        if outcomes.experts.shape[1:] != (self.top_k,):
-            return f"experts per token {outcomes.experts.shape[1:]} is not top-k {self.top_k}"
-        if outcomes.experts.size and not (0 <= outcomes.experts.min() and outcomes.experts.max() < s.num_experts):
+        if d.experts.shape[1:] != (self.top_k,):
+            return f"experts per token {d.experts.shape[1:]} is not top-k {self.top_k}"
+        if d.experts.size and not (0 <= d.experts.min() and d.experts.max() < s.num_experts):
             return f"expert ids outside [0, {s.num_experts})"
-        numbers = (outcomes.weights, outcomes.confidence, outcomes.entropy)
+        numbers = (d.weights, d.confidence, d.entropy)
         if not all(np.isfinite(a).all() and (a >= 0).all() for a in numbers):
             return "weights, confidence and entropy must be finite and >= 0"
         return None
 
-    def observe(self, outcomes: "Outcomes") -> int:
-        """Count checked :class:`~pipeline.outcomes.Outcomes`; returns the rows used as evidence."""
-        return self._accumulate(outcomes.tokens, outcomes.tiers, outcomes.experts, outcomes.weights,
-                                outcomes.confidence, outcomes.entropy, outcomes.table_versions)
+    def observe(self, outcomes: "Outcomes", layer: int = 0) -> int:
+        """Count ``layer``'s decisions of checked :class:`~pipeline.outcomes.Outcomes`; returns the
+        rows used as evidence."""
+        d = outcomes.layers[layer]
+        return self._accumulate(outcomes.tokens, d.tiers, d.experts, d.weights, d.confidence, d.entropy,
+                                d.table_versions)
 
     def observe_result(self, result: RouteResult) -> int:
         """Count an engine result directly (the in-process loop)."""

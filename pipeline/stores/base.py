@@ -1,18 +1,29 @@
-"""The routing store: the shared decision cache and the versioned fast-path table.
+"""The routing store: the shared decision cache and the versioned fast-path tables of every layer.
 
-Router workers talk to it once or twice per micro-batch, never per token:
+A store serves the ``layers`` MoE layers of one table set (see :mod:`.keys`): each layer has
+its own decision keys and its own fast-path table, and the tables of all layers are published
+and loaded together under ONE version number. Router workers talk to it once or twice per
+micro-batch, never per token and never per layer:
 
 * :meth:`RoutingStore.fetch` -- ONE round trip returns the cached decisions for the batch's
-  unique keys *and* the current table version (the pointer rides along in the same MGET).
-* :meth:`RoutingStore.write` -- ONE round trip stores the batch's confident learned decisions.
-* :meth:`RoutingStore.load_table` -- only when the pointer moved.
+  unique keys of every layer *and* the current table-set version (the pointer rides along in
+  the same MGET). ``per_layer`` says how many of the keys belong to each layer, layer after
+  layer (the order of :attr:`~pipeline.engine.layered.LayeredPlan.unique_keys`).
+* :meth:`RoutingStore.write` -- ONE round trip stores the batch's confident learned decisions
+  of every layer (same ``per_layer`` convention).
+* :meth:`RoutingStore.load_tables` -- only when the pointer moved: every layer's table of that
+  version, in one round trip, or None if any of them is missing.
 
-Versions come from a sequence counter and are never reused. The pointer only moves forward;
-a version that is not (or no longer) current expires ``grace_s`` after it was superseded, so a
-reader that saw the old pointer a moment ago can still load it.
+``load_table``/``publish_table`` are the one-layer shorthands (a store of one layer only).
+
+Versions come from a sequence counter and are never reused. The pointer only moves forward, and
+it moves in the same atomic step that writes every layer's table of the version, so a reader
+never sees half a table set; a version that is not (or no longer) current expires -- all its
+layers together -- ``grace_s`` after it was superseded, so a reader that saw the old pointer a
+moment ago can still load it.
 
 Degraded mode (:class:`DegradedMode`, shared by both stores): when the store is unreachable or
-slow, ``fetch`` returns all misses and no version, ``write`` drops the batch and ``load_table``
+slow, ``fetch`` returns all misses and no version, ``write`` drops the batch and ``load_tables``
 raises :class:`StoreUnavailable` -- the hot path never sees a store error. After a failure the
 store is not touched again until a back-off delay has passed (``min_backoff_s`` doubling up to
 ``max_backoff_s``); the first successful call ends the outage. ``round_trips`` counts calls
@@ -29,6 +40,8 @@ import logging
 import time
 from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
+import numpy as np
+
 from pipeline.engine.cache import CachePolicy, Clock, MemoryDecisionCache
 from pipeline.engine.table import RoutingTable
 
@@ -42,26 +55,81 @@ class StoreUnavailable(Exception):
 
 
 class RoutingStore(Protocol):
-    async def fetch(self, keys: Sequence[int]) -> tuple[list[bytes | None], int | None]:
-        """Cached values for ``keys`` (None = miss) and the current table version (None = none).
+    layers: int  # MoE layers served: decisions and tables of layers 0 .. layers-1
 
-        Never raises for an outage: all misses and version None instead."""
+    async def fetch(self, keys: Sequence[int], per_layer: Sequence[int] | None = None
+                    ) -> tuple[list[bytes | None], int | None]:
+        """Cached values for ``keys`` (None = miss), in order, and the current table-set version
+        (None = none). ``per_layer``: keys per layer, layer after layer (None: all of layer 0,
+        one-layer stores only). Never raises for an outage: all misses and version None instead."""
         ...
 
-    async def write(self, keys: Sequence[int], values: Sequence[bytes]) -> None:
-        """Cache decisions (with the policy's TTL). Dropped silently during an outage."""
+    async def write(self, keys: Sequence[int], values: Sequence[bytes], per_layer: Sequence[int] | None = None) -> None:
+        """Cache decisions (with the policy's TTL); ``per_layer`` as in :meth:`fetch`. Dropped
+        silently during an outage."""
+        ...
+
+    async def load_tables(self, version: int) -> list[RoutingTable] | None:
+        """Every layer's published table of this version; None if any of them does not exist
+        (never published, expired after being superseded) or is unreadable. Raises
+        :class:`StoreUnavailable` when the store cannot be asked -- the caller should retry
+        later, not give the version up."""
+        ...
+
+    async def publish_tables(self, tables: Sequence[RoutingTable]) -> int:
+        """Store one table per layer under a new version and make the set current unless a newer
+        one already is (atomically: all layers or none); returns the version. Raises when the
+        store is unreachable (a publisher must know)."""
         ...
 
     async def load_table(self, version: int) -> RoutingTable | None:
-        """The published table with this version; None if it does not exist (never published,
-        expired after being superseded) or is unreadable. Raises :class:`StoreUnavailable` when
-        the store cannot be asked -- the caller should retry later, not give the version up."""
+        """:meth:`load_tables` of a one-layer store."""
         ...
 
     async def publish_table(self, table: RoutingTable) -> int:
-        """Store ``table`` under a new version and make it current unless a newer one already is;
-        returns the version. Raises when the store is unreachable (a publisher must know)."""
+        """:meth:`publish_tables` of a one-layer store."""
         ...
+
+
+def layer_slices(count: int, per_layer: Sequence[int] | None, layers: int) -> list[tuple[int, slice]]:
+    """``(layer, rows)`` of each layer's share of ``count`` keys; ValueError if they do not add up."""
+    if per_layer is None:
+        if layers != 1:
+            raise ValueError(f"a store of {layers} layers needs the number of keys of each layer")
+        per_layer = [count]
+    if len(per_layer) != layers or sum(per_layer) != count or min(per_layer) < 0:
+        raise ValueError(f"{count} keys split as {list(per_layer)} do not fit {layers} layers")
+    bounds = np.concatenate(([0], np.cumsum(per_layer))).tolist()
+    return [(layer, slice(bounds[layer], bounds[layer + 1])) for layer in range(layers)]
+
+
+class LayersMixin:
+    """The one-layer shorthands and the table-count check, for stores with ``layers``."""
+
+    layers: int
+
+    def _check_tables(self, tables: Sequence[RoutingTable]) -> None:
+        if len(tables) != self.layers:
+            raise ValueError(f"got {len(tables)} tables for a store of {self.layers} layers")
+
+    def _one_layer(self, what: str) -> None:
+        if self.layers != 1:
+            raise ValueError(f"{what} is for one-layer stores; this one has {self.layers} layers")
+
+    async def load_tables(self, version: int) -> list[RoutingTable] | None:
+        raise NotImplementedError
+
+    async def publish_tables(self, tables: Sequence[RoutingTable]) -> int:
+        raise NotImplementedError
+
+    async def load_table(self, version: int) -> RoutingTable | None:
+        self._one_layer("load_table")
+        tables = await self.load_tables(version)
+        return tables[0] if tables is not None else None
+
+    async def publish_table(self, table: RoutingTable) -> int:
+        self._one_layer("publish_table")
+        return await self.publish_tables([table])
 
 
 class DegradedMode:
@@ -127,38 +195,57 @@ class DegradedMode:
         self.retry_at = self.clock() + self.backoff_s
 
 
-def parse_table(raw: bytes, version: int) -> RoutingTable | None:
+def parse_table(raw: bytes, version: int, layer: int = 0) -> RoutingTable | None:
     """The table in ``raw``; None (logged) when it is not a readable table."""
     try:
         return RoutingTable.from_bytes(raw)
     except _UNREADABLE as exc:
-        log.error("fast-path table v%s in the store is not readable: %s", version, exc)
+        log.error("fast-path table v%s (layer %s) in the store is not readable: %s", version, layer, exc)
         return None
 
 
-class MemoryRoutingStore(DegradedMode):
+def parse_tables(raws: Sequence[bytes | None], version: int) -> list[RoutingTable] | None:
+    """Every layer's table, or None if one is missing or unreadable (the set is all or nothing)."""
+    if any(raw is None for raw in raws):
+        return None
+    tables = [parse_table(raw, version, layer) for layer, raw in enumerate(raws)]  # type: ignore[arg-type]
+    return None if any(t is None for t in tables) else tables  # type: ignore[return-value]
+
+
+class MemoryRoutingStore(LayersMixin, DegradedMode):
     """In-process twin of the Redis store: same semantics and counters, no I/O.
 
-    ``tables`` maps version -> serialized table, ``expires_at`` the superseded versions to the
-    clock time they disappear at (like Redis, a version expires when the clock reaches it),
-    ``sequence`` is the last allocated version, ``pointer`` the current one. The decision cache
-    and the grace TTLs share ``clock``. :meth:`set_available` simulates an outage: the calls fail
-    the way a timed-out Redis call does (one counted round trip, then back-off).
+    ``caches`` holds one decision cache per layer (like the per-layer Redis keys), ``tables``
+    maps (version, layer) -> serialized table, ``expires_at`` the superseded versions to the
+    clock time they disappear at, all their layers together (like Redis, a version expires when
+    the clock reaches it), ``sequence`` is the last allocated version, ``pointer`` the current
+    one. The decision caches and the grace TTLs share ``clock``. :meth:`set_available`
+    simulates an outage: the calls fail the way a timed-out Redis call does (one counted round
+    trip, then back-off).
     """
 
     outage_errors = (ConnectionError,)
     store_name = "memory store"
 
     def __init__(self, policy: CachePolicy = CachePolicy(), clock: Clock = time.monotonic,
-                 grace_s: float = 300.0, max_backoff_s: float = 5.0, min_backoff_s: float = 0.05) -> None:
+                 grace_s: float = 300.0, max_backoff_s: float = 5.0, min_backoff_s: float = 0.05,
+                 layers: int = 1) -> None:
         super().__init__(clock, max_backoff_s, min_backoff_s)
-        self.cache = MemoryDecisionCache(policy, clock)
+        if layers < 1:
+            raise ValueError("a routing store serves at least one layer")
+        self.layers = layers
+        self.caches = [MemoryDecisionCache(policy, clock) for _ in range(layers)]
         self.grace_s = grace_s
-        self.tables: dict[int, bytes] = {}
+        self.tables: dict[tuple[int, int], bytes] = {}
         self.expires_at: dict[int, float] = {}
         self.sequence = 0
         self.pointer: int | None = None
         self.available = True
+
+    @property
+    def cache(self) -> MemoryDecisionCache:
+        """Layer 0's decision cache."""
+        return self.caches[0]
 
     def set_available(self, available: bool) -> None:
         """Switch the simulated outage off (True) or on (False)."""
@@ -170,48 +257,64 @@ class MemoryRoutingStore(DegradedMode):
             raise ConnectionError("simulated routing store outage")
         return op()
 
-    async def fetch(self, keys: Sequence[int]) -> tuple[list[bytes | None], int | None]:
+    def _get_many(self, keys: Sequence[int], parts: list[tuple[int, slice]]) -> list[bytes | None]:
+        return [value for layer, rows in parts for value in self.caches[layer].get_many(keys[rows])]
+
+    def _put_many(self, keys: Sequence[int], values: Sequence[bytes], parts: list[tuple[int, slice]]) -> None:
+        for layer, rows in parts:
+            if rows.stop > rows.start:
+                self.caches[layer].put_many(keys[rows], values[rows])
+
+    async def fetch(self, keys: Sequence[int], per_layer: Sequence[int] | None = None
+                    ) -> tuple[list[bytes | None], int | None]:
+        parts = layer_slices(len(keys), per_layer, self.layers)
         misses: tuple[list[bytes | None], int | None] = ([None] * len(keys), None)
-        return await self._call("fetch", lambda: self._reach(lambda: (self.cache.get_many(keys), self.pointer)),
+        return await self._call("fetch", lambda: self._reach(lambda: (self._get_many(keys, parts), self.pointer)),
                                 misses)
 
-    async def write(self, keys: Sequence[int], values: Sequence[bytes]) -> None:
+    async def write(self, keys: Sequence[int], values: Sequence[bytes], per_layer: Sequence[int] | None = None) -> None:
+        parts = layer_slices(len(keys), per_layer, self.layers)
         if not keys:
             return
-        await self._call("write", lambda: self._reach(lambda: self.cache.put_many(keys, values)), None)
+        await self._call("write", lambda: self._reach(lambda: self._put_many(keys, values, parts)), None)
 
-    def _get_table(self, version: int) -> bytes | None:
+    def _get_table(self, version: int, layer: int = 0) -> bytes | None:
         expires = self.expires_at.get(version)
         if expires is not None and expires <= self.clock():
-            self.tables.pop(version, None)
+            for key in [k for k in self.tables if k[0] == version]:
+                del self.tables[key]
             self.expires_at.pop(version, None)
-        return self.tables.get(version)
+        return self.tables.get((version, layer))
 
-    async def load_table(self, version: int) -> RoutingTable | None:
-        raw = await self._attempt("load_table", lambda: self._reach(lambda: self._get_table(version)))
-        return parse_table(raw, version) if raw is not None else None
+    async def load_tables(self, version: int) -> list[RoutingTable] | None:
+        raws = await self._attempt("load_tables", lambda: self._reach(
+            lambda: [self._get_table(version, layer) for layer in range(self.layers)]))
+        return parse_tables(raws, version)
 
-    def ttl_s(self, version: int) -> float | None:
-        """Seconds until ``version`` expires; None if it does not (current, or missing)."""
-        if self._get_table(version) is None or version not in self.expires_at:
+    def ttl_s(self, version: int, layer: int = 0) -> float | None:
+        """Seconds until ``version`` (``layer``'s table of it) expires; None if it does not
+        (current, or missing)."""
+        if self._get_table(version, layer) is None or version not in self.expires_at:
             return None
         return self.expires_at[version] - self.clock()
 
-    async def publish_table(self, table: RoutingTable) -> int:
+    async def publish_tables(self, tables: Sequence[RoutingTable]) -> int:
         """Same steps as the Redis store's two server-side scripts; raises :class:`StoreUnavailable`
         during a simulated outage (publishing is not part of the degraded-mode accounting)."""
+        self._check_tables(tables)
         if not self.available:
-            raise StoreUnavailable("routing store unavailable during publish_table (simulated outage)")
+            raise StoreUnavailable("routing store unavailable during publish_tables (simulated outage)")
         self.sequence = max(self.sequence, self.pointer or 0) + 1
         version = self.sequence
-        blob = table.with_version(version).to_bytes()
+        blobs = {(version, layer): t.with_version(version).to_bytes() for layer, t in enumerate(tables)}
         current, grace_until = self.pointer, self.clock() + self.grace_s
         if current is None or version > current:
-            self.tables[version] = blob
+            self.tables.update(blobs)
             self.expires_at.pop(version, None)
             self.pointer = version
-            if current is not None and self._get_table(current) is not None:
+            if current is not None and any(self._get_table(current, layer) is not None for layer in range(self.layers)):
                 self.expires_at[current] = grace_until
         elif version < current:
-            self.tables[version], self.expires_at[version] = blob, grace_until
+            self.tables.update(blobs)
+            self.expires_at[version] = grace_until
         return version

@@ -1,22 +1,30 @@
 """Every Redis key VAR uses, in one place.
 
-All keys start with ``var:{namespace}:``. ``{router}`` is the router id (decisions and tables
-of different routers never mix).
+All keys start with ``var:{namespace}:``. ``{router}`` is the id of the *table set*: the
+router id of a one-layer engine (a synthetic router), or for a model the common stem of its
+layers' router ids (``model-<sha12>`` for ``model-<sha12>-l0`` ... ``-l3``), see
+:func:`table_set_id` -- decisions and tables of different routers never mix. ``{layer}`` is the
+MoE layer: each layer has its own decisions and its own fast-path table, and the tables of all
+layers are published together under ONE version number (a table set).
 
 =====================================  ========  =================================================
 key                                    type      contents
 =====================================  ========  =================================================
 ``dc:{router}:{layer}:{key:016x}``     string    a cached learned decision (packed bytes), TTL
-``fp:{router}:current``                string    version number of the current fast-path table
-``fp:{router}:v{version}``             string    fast-path table version (JSON), TTL once superseded
-``fp:{router}:seq``                    string    last allocated table version (never below current)
+``fp:{router}:current``                string    version number of the current table set
+``fp:{router}:v{version}:l{layer}``    string    layer's fast-path table of that version (JSON), TTL
+                                                 once superseded (all layers of a version together)
+``fp:{router}:seq``                    string    last allocated table-set version (never below current)
 ``stats:{router}:snapshot``            string    stats worker snapshot (statistics + offsets)
 ``workers:{topic}:{incarnation}``      string    a live router worker (JSON: router id, vocab), TTL
 =====================================  ========  =================================================
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -50,11 +58,16 @@ class RedisKeys:
 
     @property
     def table_prefix(self) -> str:
-        """``table(n) == table_prefix + str(n)`` (the publish script builds version keys with it)."""
+        """``table(n, l) == table_prefix + f"{n}:l{l}"`` (the publish script builds keys with it)."""
         return f"{self.prefix}fp:{self.router_id}:v"
 
-    def table(self, version: int) -> str:
-        return f"{self.table_prefix}{version}"
+    def table(self, version: int, layer: int = 0) -> str:
+        """Layer ``layer``'s fast-path table of table-set version ``version``."""
+        return f"{self.table_prefix}{version}:l{layer}"
+
+    def tables(self, version: int, layers: int) -> list[str]:
+        """Every layer's table of ``version``, in layer order."""
+        return [self.table(version, layer) for layer in range(layers)]
 
     @property
     def table_sequence(self) -> str:
@@ -63,6 +76,28 @@ class RedisKeys:
     @property
     def stats_snapshot(self) -> str:
         return f"{self.prefix}stats:{self.router_id}:snapshot"
+
+
+_LAYER_SUFFIX = re.compile(r"^(?P<stem>.+)-l(?P<layer>\d+)$")
+
+
+def table_set_id(router_ids: Sequence[str]) -> str:
+    """The id under which the decisions and tables of these layers' routers (in layer order) live.
+
+    One router: its id (the keys of a synthetic router are what they always were). Several:
+    the common stem when the ids are ``<stem>-l0``, ``<stem>-l1``, ... (a model's layers);
+    otherwise ``layers-<sha256[:12] of the ids>``.
+    """
+    ids = list(router_ids)
+    if not ids:
+        raise ValueError("a table set needs at least one router")
+    if len(ids) == 1:
+        return ids[0]
+    matches = [_LAYER_SUFFIX.match(rid) for rid in ids]
+    stems = {m.group("stem") for m in matches if m}
+    if len(stems) == 1 and all(m and int(m.group("layer")) == i for i, m in enumerate(matches)):
+        return stems.pop()
+    return "layers-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
 
 
 def worker_key(namespace: str, topic: str, incarnation: str) -> str:

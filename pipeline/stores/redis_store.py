@@ -1,15 +1,16 @@
-"""The Redis-backed routing store (shared decision cache + versioned fast-path tables).
+"""The Redis-backed routing store (shared decision cache + versioned fast-path table sets).
 
-Batching: ``fetch`` is one MGET (table pointer + every unique cache key of the batch),
-``write`` one EVALSHA of a small script that does ``SET key value PX ttl`` for every key,
-``load_table`` one GET. Publishing a table is two server-side scripts (see
-:meth:`RedisRoutingStore.publish_table`); readers follow the pointer, so they never see a
-half-written table, and the pointer never moves backwards.
+Batching, whatever the number of layers: ``fetch`` is one MGET (table pointer + every unique
+cache key of every layer of the batch), ``write`` one EVALSHA of a small script that does
+``SET key value PX ttl`` for every key, ``load_tables`` one MGET of every layer's table.
+Publishing a table set is two server-side scripts (see :meth:`RedisRoutingStore.publish_tables`);
+readers follow the pointer, so they never see a half-written set, and the pointer never moves
+backwards.
 
 Degraded mode (:class:`~pipeline.stores.base.DegradedMode`): if Redis is unreachable or slow
 (socket timeout), ``fetch`` returns all misses and no version (the worker keeps its last
 in-memory table and the learned router covers the rest, under the budget governor), ``write``
-drops the batch and ``load_table`` raises :class:`~pipeline.stores.base.StoreUnavailable`;
+drops the batch and ``load_tables`` raises :class:`~pipeline.stores.base.StoreUnavailable`;
 ``degraded`` counts the failed calls. After a failure the store does not touch Redis again
 until a back-off delay has passed (doubling up to ``max_backoff_s``, measured on ``clock``);
 the first successful call ends the outage.
@@ -26,7 +27,7 @@ from redis.exceptions import RedisError
 from pipeline.engine.cache import Clock
 from pipeline.engine.table import RoutingTable
 
-from .base import DegradedMode, StoreUnavailable, parse_table
+from .base import DegradedMode, LayersMixin, StoreUnavailable, layer_slices, parse_tables
 from .keys import RedisKeys
 
 __all__ = ["RedisRoutingStore", "StoreUnavailable"]
@@ -48,39 +49,49 @@ if current and n <= current then
 end
 return n
 """
-# KEYS: the new version's key, pointer. ARGV: version, blob, grace (ms), version key prefix.
+# KEYS: pointer, then the new version's table key of every layer. ARGV: version, grace (ms),
+# version key prefix, layers, then the blob of every layer. Writes every layer or none.
 # Returns 1 if the pointer moved to the version, 0 if a newer version is already current.
 _COMMIT_VERSION = """
 local v = tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[2]))
+local layers = tonumber(ARGV[4])
+local current = tonumber(redis.call('GET', KEYS[1]))
 if current == nil or v > current then
-  redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('SET', KEYS[2], v)
+  for i = 1, layers do
+    redis.call('SET', KEYS[i + 1], ARGV[i + 4])
+  end
+  redis.call('SET', KEYS[1], v)
   if current ~= nil then
-    redis.call('PEXPIRE', ARGV[4] .. current, ARGV[3])
+    for l = 0, layers - 1 do
+      redis.call('PEXPIRE', ARGV[3] .. current .. ':l' .. l, ARGV[2])
+    end
   end
   return 1
 end
 if v < current then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  for i = 1, layers do
+    redis.call('SET', KEYS[i + 1], ARGV[i + 4], 'PX', ARGV[2])
+  end
 end
 return 0
 """
 
 
-class RedisRoutingStore(DegradedMode):
-    """Routing store on one Redis database (see module docstring)."""
+class RedisRoutingStore(LayersMixin, DegradedMode):
+    """Routing store of ``layers`` layers on one Redis database (see module docstring)."""
 
     outage_errors = (RedisError, OSError, TimeoutError)
     store_name = "redis"
 
-    def __init__(self, url: str, keys: RedisKeys, ttl_s: float, layer: int = 0, timeout_s: float = 0.5,
+    def __init__(self, url: str, keys: RedisKeys, ttl_s: float, layers: int = 1, timeout_s: float = 0.5,
                  grace_s: float = 300.0, max_backoff_s: float = 5.0, client: aioredis.Redis | None = None,
                  clock: Clock = time.monotonic, min_backoff_s: float = 0.05) -> None:
         super().__init__(clock, max_backoff_s, min_backoff_s)
+        if layers < 1:
+            raise ValueError("a routing store serves at least one layer")
         self.keys = keys
         self.ttl_ms = max(1, int(ttl_s * 1000))
-        self.layer = layer
+        self.layers = layers
         self.grace_s = grace_s
         self.client = client or aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
@@ -95,55 +106,66 @@ class RedisRoutingStore(DegradedMode):
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def fetch(self, keys: Sequence[int]) -> tuple[list[bytes | None], int | None]:
-        names = [self.keys.table_pointer, *self.keys.decisions(keys, self.layer)]
+    def _names(self, keys: Sequence[int], per_layer: Sequence[int] | None) -> list[str]:
+        """The Redis key of every decision key, each under its layer."""
+        parts = layer_slices(len(keys), per_layer, self.layers)
+        return [name for layer, rows in parts for name in self.keys.decisions(keys[rows], layer)]
+
+    async def fetch(self, keys: Sequence[int], per_layer: Sequence[int] | None = None
+                    ) -> tuple[list[bytes | None], int | None]:
+        names = [self.keys.table_pointer, *self._names(keys, per_layer)]
         values: list[Any] = await self._call("fetch", lambda: self.client.mget(names), [None] * len(names))
         pointer = values[0]
         return list(values[1:]), int(pointer) if pointer is not None else None
 
-    async def write(self, keys: Sequence[int], values: Sequence[bytes]) -> None:
+    async def write(self, keys: Sequence[int], values: Sequence[bytes], per_layer: Sequence[int] | None = None) -> None:
         """One command for the whole batch: a server-side script SETs every key with the TTL
         (a pipeline of N SETs costs ~40 us per key in the client; the script ~2 us)."""
+        names = self._names(keys, per_layer)
         if not keys:
             return
-        names = self.keys.decisions(keys, self.layer)
         await self._call("write", lambda: self._set_many(keys=names, args=[self.ttl_ms, *values]), None)
 
-    async def load_table(self, version: int) -> RoutingTable | None:
-        """The table ``version``; None if its key is missing (or unreadable, logged); raises
-        :class:`StoreUnavailable` on an outage or timeout, or while backing off after one."""
-        raw = await self._attempt("load_table", lambda: self.client.get(self.keys.table(version)))
-        return parse_table(raw, version) if raw is not None else None
+    async def load_tables(self, version: int) -> list[RoutingTable] | None:
+        """Every layer's table of ``version`` (one MGET); None if one is missing (or unreadable,
+        logged); raises :class:`StoreUnavailable` on an outage or timeout, or while backing off."""
+        names = self.keys.tables(version, self.layers)
+        raws = await self._attempt("load_tables", lambda: self.client.mget(names))
+        return parse_tables(raws, version)
 
-    async def publish_table(self, table: RoutingTable) -> int:
-        """Write ``table`` as a new version and make it current unless a newer one already is.
+    async def publish_tables(self, tables: Sequence[RoutingTable]) -> int:
+        """Write one table per layer as a new version and make the set current unless a newer
+        one already is.
 
         Two atomic server-side steps (two round trips):
 
         1. ``_ALLOCATE_VERSION``: INCR the sequence (lifted above the pointer if the sequence
            key was ever lost) -- a version number nobody else gets.
-        2. ``_COMMIT_VERSION``: SET the version's blob; if it is newer than the pointer, move the
-           pointer and PEXPIRE the previously current version by the grace period; otherwise
-           (a concurrent publisher already made a newer one current) SET it with the grace TTL.
+        2. ``_COMMIT_VERSION``: SET every layer's blob; if the version is newer than the
+           pointer, move the pointer and PEXPIRE every layer of the previously current version
+           by the grace period; otherwise (a concurrent publisher already made a newer one
+           current) SET them with the grace TTL. All layers or none, in one script.
 
-        Why not one script: the blob embeds its version (``with_version(n).to_bytes()``), so it
-        can only be serialized once the number is known. Building it inside Lua would mean
-        re-encoding the JSON there (cjson loses float precision) or splicing bytes into the
-        serializer's output (coupling to its layout). Splitting is safe because step 2 does the
-        compare: the pointer only ever moves forward, and every version that is not current has
-        a TTL -- it either was written not-newer (own TTL) or was current until a later step 2
-        replaced it and gave it the TTL in the same atomic step. A publisher dying between the
-        steps leaves only an unused version number. (Step 2 derives the previous version's key
-        from ``table_prefix``: fine on one Redis; a cluster would need one hash slot per router.)
+        Why not one script: the blobs embed their version (``with_version(n).to_bytes()``), so
+        they can only be serialized once the number is known. Building them inside Lua would
+        mean re-encoding the JSON there (cjson loses float precision) or splicing bytes into
+        the serializer's output (coupling to its layout). Splitting is safe because step 2 does
+        the compare: the pointer only ever moves forward, and every version that is not current
+        has a TTL -- it either was written not-newer (own TTL) or was current until a later
+        step 2 replaced it and gave it the TTL in the same atomic step. A publisher dying
+        between the steps leaves only an unused version number. (Step 2 derives the previous
+        version's keys from ``table_prefix``: fine on one Redis; a cluster would need one hash
+        slot per table set.)
 
         Unlike the hot-path calls this raises on Redis errors (a publisher must know) and is not
         part of the degraded-mode accounting. Returns the version written.
         """
+        self._check_tables(tables)
         pointer = self.keys.table_pointer
         version = int(await self._allocate(keys=[self.keys.table_sequence, pointer]))
-        blob = table.with_version(version).to_bytes()
-        moved = await self._commit(keys=[self.keys.table(version), pointer],
-                                   args=[version, blob, self.grace_ms, self.keys.table_prefix])
+        blobs = [table.with_version(version).to_bytes() for table in tables]
+        moved = await self._commit(keys=[pointer, *self.keys.tables(version, self.layers)],
+                                   args=[version, self.grace_ms, self.keys.table_prefix, self.layers, *blobs])
         if not int(moved):
-            log.info("fast-path table v%s published but superseded by a newer version already", version)
+            log.info("fast-path table set v%s published but superseded by a newer version already", version)
         return version

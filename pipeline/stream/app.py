@@ -35,14 +35,11 @@ import faust
 from redis.exceptions import RedisError
 
 from pipeline.engine.context import StreamWindow
-from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import Tier
-from pipeline.engine.table import RoutingTable
-from pipeline.assembly import engine_config, router_spec
-from pipeline.engine.routers import build_router
+from pipeline.assembly import build_engine, build_routers, engine_config, is_model, model_vocab
 from pipeline.observability import RouterMetrics, configure_logging, serve_metrics
 from pipeline.settings import Settings
-from pipeline.stores.keys import RedisKeys
+from pipeline.stores.keys import RedisKeys, table_set_id
 from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import REFRESH_S, register
 
@@ -62,9 +59,16 @@ def worker_name(settings: Settings) -> str:
 
 
 def require_vocab(settings: Settings) -> int:
-    if settings.vocab_size is None:
-        from pipeline.cli.common import UserError
+    """The vocabulary: a model router's own (a different VAR_VOCAB_SIZE is an error), else the setting."""
+    from pipeline.cli.common import UserError
 
+    if is_model(settings):
+        vocab = model_vocab(settings)
+        assert vocab is not None
+        if settings.vocab_size not in (None, vocab):
+            raise UserError(f"VAR_VOCAB_SIZE={settings.vocab_size} but the model router's vocabulary is {vocab}")
+        return vocab
+    if settings.vocab_size is None:
         raise UserError("router workers need the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
     return settings.vocab_size
 
@@ -136,13 +140,13 @@ class RouterApp:
 
 
 def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, RedisRoutingStore]:
-    router = build_router(router_spec(settings, require_vocab(settings)), settings.device)
-    config = engine_config(settings)
-    spec = router.spec
-    engine = VAREngine(router, RoutingTable.empty(spec.vocab_size, spec.num_experts, spec.top_k, router.router_id),
-                       config)
-    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, router.router_id),
-                              config.cache.ttl_s, config.layer, settings.redis_timeout_s)
+    """The worker's engine (every layer of a model, or one synthetic router; empty tables until
+    the store's pointer names a table set) and its Redis store of as many layers."""
+    routers = build_routers(settings, require_vocab(settings))
+    engine = build_engine(settings, routers)
+    keys = RedisKeys(settings.namespace, table_set_id([r.router_id for r in routers]))
+    store = RedisRoutingStore(settings.redis_url, keys, engine_config(settings).cache.ttl_s, len(routers),
+                              settings.redis_timeout_s)
     # Outcomes name the worker *process* (name/incarnation): a restarted worker starts its governor
     # positions at 0 again, and the budget check must not mix the two runs.
     incarnation = f"{name}/{uuid.uuid4().hex[:6]}"
@@ -204,7 +208,7 @@ def create_app(settings: Settings) -> RouterApp:
     async def announce() -> None:
         try:
             await register(store.client, settings.namespace, settings.topic_tokens, processor.worker,
-                           processor.engine.router.router_id, processor.engine.router.spec.vocab_size)
+                           store.keys.router_id, processor.vocab_size)
         except (RedisError, OSError) as exc:  # Redis down: the registration simply expires
             log.debug("worker registration failed: %r", exc)
 
@@ -234,25 +238,31 @@ def create_app(settings: Settings) -> RouterApp:
 
 def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchOutput, messages: int,
                  seconds: float, offset_gaps: int) -> None:
-    """Update the worker's metrics after a routed batch (counters follow the engine's totals)."""
-    engine, store = processor.engine, processor.store
+    """Update the worker's metrics after a routed batch (counters follow the engines' totals).
+
+    Tier counts add up every layer's decisions; the learned share, cache hit rate and window
+    maximum are those of the layer with the highest (what the budget must hold for each)."""
+    layers, store = processor.engine.layers, processor.store
     metrics.batch_size.observe(messages)
     metrics.latency.observe(seconds)
     if out.result is not None:
-        for tier, count in out.result.decisions.tier_counts().items():
-            metrics.tier(tier).inc(count)
-    c = engine.counters
-    if c.decisions:
-        metrics.learned_share.set(c.tiers[Tier.LEARNED] / c.decisions)
-    if c.cache_lookups:
-        metrics.cache_hit_rate.set(c.cache_hits / c.cache_lookups)
-    metrics.window_max.set(engine.ledger.max_window_fraction)
-    metrics.table_version.set(engine.table.version)
+        for layer in out.result.layers:
+            for tier, count in layer.decisions.tier_counts().items():
+                metrics.tier(tier).inc(count)
+    shares = [e.counters.tiers[Tier.LEARNED] / e.counters.decisions for e in layers if e.counters.decisions]
+    if shares:
+        metrics.learned_share.set(max(shares))
+    hits = [e.counters.cache_hits / e.counters.cache_lookups for e in layers if e.counters.cache_lookups]
+    if hits:
+        metrics.cache_hit_rate.set(min(hits))
+    metrics.window_max.set(max(e.ledger.max_window_fraction for e in layers))
+    metrics.table_version.set(processor.table_version)
     metrics.deadletters.inc(len(out.deadletters))
     metrics.redelivered.inc(out.redelivered)
     metrics.observe_totals(getattr(store, "round_trips", 0), getattr(store, "degraded", 0), offset_gaps)
     log.debug("batch of %d messages: %d routed, %d dead letters, %d redelivered", messages, out.routed,
-              len(out.deadletters), out.redelivered, extra={"batch_messages": messages, "table_version": engine.table.version})
+              len(out.deadletters), out.redelivered,
+              extra={"batch_messages": messages, "table_version": processor.table_version})
 
 
 def current_messages(events: list, generation: int | None) -> list[InMessage]:

@@ -2,7 +2,8 @@
 
 Every outcome is identified by (stream, seq). The first outcome for an event counts; later ones
 are duplicates (a redelivered uncommitted tail after a worker died). Completeness compares the
-events produced with the distinct outcomes received.
+events produced with the distinct outcomes received. Every outcome carries all layers; the first
+valid one fixes the layers of the run, and an outcome with other layers counts as invalid.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Collected:
     first_at: float | None = None
     last_at: float | None = None
     stream_prefix: str = ""  # only outcomes of streams with this prefix count (attached replays)
+    layers: tuple[int, ...] | None = None  # the layers every outcome must carry (set by the first)
 
     @property
     def distinct(self) -> int:
@@ -53,24 +55,23 @@ class Collected:
             return
         if self.stream_prefix and not part.streams[0].startswith(self.stream_prefix):
             return
+        layers = tuple(layer.layer for layer in part.layers)
+        if self.layers is None:
+            self.layers = layers
+        elif layers != self.layers:
+            self.invalid += 1
+            log.warning("skipping an outcome of layers %s in a run of layers %s", layers, self.layers)
+            return
         self.all_parts.append(part)
         keys = list(zip(part.streams, part.seqs.tolist()))
         fresh = np.fromiter((k not in self.seen for k in keys), dtype=bool, count=len(keys))
         self.duplicates += int((~fresh).sum())
         if fresh.any():
             self.seen.update(k for k, f in zip(keys, fresh) if f)
-            self.parts.append(_select(part, fresh) if not fresh.all() else part)
+            self.parts.append(part.select(np.flatnonzero(fresh)) if not fresh.all() else part)
         now = time.perf_counter()
         self.first_at = self.first_at or now
         self.last_at = now
-
-
-def _select(part: Outcomes, mask: np.ndarray) -> Outcomes:
-    idx = np.flatnonzero(mask)
-    return Outcomes([part.streams[i] for i in idx], part.seqs[idx], part.tokens[idx], part.experts[idx],
-                    part.weights[idx], part.confidence[idx], part.entropy[idx], part.tiers[idx], part.ctx[idx],
-                    part.positions[idx], part.table_versions[idx], [part.workers[i] for i in idx],
-                    [part.router_ids[i] for i in idx])
 
 
 async def collect(bootstrap: str, outcome_topic: str, expected: int, deadletter_topic: str | None = None,

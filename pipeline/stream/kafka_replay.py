@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -125,10 +126,16 @@ def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Sett
     return streams, *(np.concatenate([p[i] for p in parts]) for i in range(1, 5))  # type: ignore[return-value]
 
 
-def context_mismatches(expected: dict[tuple[str, int], int], parts: list[Outcomes]) -> int:
-    """Outcomes (duplicates included) whose context hash is not the corpus's for that event."""
-    return sum(expected.get((s, q)) != c for p in parts
-               for s, q, c in zip(p.streams, p.seqs.tolist(), p.ctx.tolist()))
+def context_mismatches(expected: Mapping[tuple[str, int], int | tuple[int, ...]], parts: list[Outcomes]) -> int:
+    """Outcomes (duplicates included) whose context hashes -- one per layer -- are not the corpus's
+    for that event (``expected``: per event, the hash of each layer, or one int for one layer)."""
+    wrong = 0
+    for p in parts:
+        contexts = zip(*(layer.ctx.tolist() for layer in p.layers))
+        for s, q, c in zip(p.streams, p.seqs.tolist(), contexts):
+            want = expected.get((s, q))
+            wrong += (want if isinstance(want, tuple) else (want,)) != c
+    return wrong
 
 
 def _align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarray:
@@ -143,13 +150,16 @@ def _align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarr
     return np.where(hit, order[pos] if len(got) else -1, -1)
 
 
-def budget_ledger(all_outcomes: Outcomes, window: int) -> tuple[int, list[int], list[int]]:
-    """Per worker, learned calls in decision order (from ``pos``): max sliding window, blocks, sizes."""
+def budget_ledger(all_outcomes: Outcomes, window: int, layer: int = 0) -> tuple[int, list[int], list[int]]:
+    """Per worker, ``layer``'s learned calls in its decision order (from its ``pos``): max sliding
+    window, blocks, sizes (every layer has its own governor, so each is checked on its own)."""
     best, blocks, sizes = 0, [], []
+    if not len(all_outcomes):
+        return best, blocks, sizes
     workers = np.asarray(all_outcomes.workers, dtype=object)
     for name in sorted(set(all_outcomes.workers)):
         mine = workers == name
-        pos, learned = all_outcomes.positions[mine], learned_mask(all_outcomes)[mine]
+        pos, learned = all_outcomes.layers[layer].positions[mine], learned_mask(all_outcomes, layer)[mine]
         flags = np.zeros(int(pos.max()) + 1 if len(pos) else 0, dtype=bool)
         flags[pos] = learned
         ledger = WindowLedger(window)
@@ -238,13 +248,15 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
     quality = QualityAccumulator(prepared.vocab_size, settings.experts, settings.seed, settings.quality_sample)
     if have.any():
         r = rows[have]
-        quality.add([s for s, h in zip(streams, have) if h], tokens[have], outcomes.experts[r], outcomes.weights[r],
-                    exact_e[have], exact_w[have])
+        quality.add([s for s, h in zip(streams, have) if h], tokens[have], outcomes.layers[0].experts[r],
+                    outcomes.layers[0].weights[r], exact_e[have], exact_w[have])
     max_window, blocks, sizes = budget_ledger(Outcomes.concat(got.all_parts), settings.budget_window)
-    counts = np.bincount(outcomes.tiers.astype(np.int64), minlength=len(TIER_LABELS))
+    first = outcomes.layers[0] if outcomes.layers else None
+    tiers = first.tiers if first is not None else np.zeros(0, np.int8)
+    counts = np.bincount(tiers.astype(np.int64), minlength=len(TIER_LABELS))
     events_in = len(tokens)
     wrong = context_mismatches(corpus_context_hashes(chunks, settings.window), got.all_parts)
-    versions = sorted(set(outcomes.table_versions.tolist()))
+    versions = sorted(set(first.table_versions.tolist())) if first is not None else []
     return ReplayReport(
         source=source.name, mode=f"kafka ({opts.workers} worker{'s' if opts.workers != 1 else ''}, "
                                  f"{opts.message_size} token{'s' if opts.message_size != 1 else ''}/message)",
@@ -252,7 +264,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
         table=_final_table(settings, prepared, versions),
         tokens=len(outcomes), train_tokens=prepared.train_tokens,
         tiers={label: int(counts[i]) for i, label in enumerate(TIER_LABELS)},
-        cache_lookups=len(outcomes) if settings.cache_scope == "all" else int((outcomes.tiers != Tier.FAST).sum()),
+        cache_lookups=len(outcomes) if settings.cache_scope == "all" else int((tiers != Tier.FAST).sum()),
         learned_calls=int(counts[Tier.LEARNED]),
         budget=settings.budget, budget_window=settings.budget_window, governor=settings.governor,
         max_window_learned=max_window, window_learned=blocks, window_sizes=sizes, quality=quality.result(),

@@ -4,10 +4,13 @@ The Faust agent (``pipeline.stream.app``) hands over raw messages and a window l
 back the outcome and dead-letter messages and the windows to write; the routing store is the
 only I/O here, and it is an injected interface (Redis in production, memory in tests).
 
-Per batch: parse every message (bad ones go to the dead-letter list with the reason), build one
-EventBatch, compute contexts from the streams' windows, ONE store fetch (cache + table pointer),
-swap the table if its version moved, route (cache -> fast path -> learned, governor), ONE store
-write. Events whose seq does not increase are dead-lettered -- unless their offset shows they
+The engine is a :class:`~pipeline.engine.layered.LayeredEngine`: every MoE layer of a model (or
+the one layer of a synthetic router), sharing the stream windows. Per batch: parse every message
+(bad ones go to the dead-letter list with the reason), build one EventBatch, compute contexts
+from the streams' windows, ONE store fetch (every layer's cache keys + the table-set pointer),
+swap every layer's table if the set's version moved (the set is loaded whole, or not at all),
+route each layer (cache -> fast path -> learned, one router call per layer, its own governor),
+ONE store write of every layer's new decisions. The outcomes carry every layer's decisions. Events whose seq does not increase are dead-lettered -- unless their offset shows they
 are redeliveries of messages already routed before a crash or rebalance, which are skipped.
 """
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Callable
 import numpy as np
 
 from pipeline.engine.context import REDELIVERED, StreamWindow
-from pipeline.engine.engine import RouteResult, VAREngine
+from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import EventBatch, EventChunk
+from pipeline.engine.layered import LayeredEngine, LayeredResult
 from pipeline.engine.records import RecordError, parse_record_bytes
 from pipeline.outcomes import encode_outcomes
 from pipeline.stores.base import RoutingStore, StoreUnavailable
@@ -60,18 +64,23 @@ class BatchOutput:
     windows: dict[str, StreamWindow] = field(default_factory=dict)
     routed: int = 0
     redelivered: int = 0
-    result: RouteResult | None = None
+    result: LayeredResult | None = None
 
 
 WindowLookup = Callable[[str], "StreamWindow | None"]
 
 
 class RouterProcessor:
-    """Routes message batches with one engine and one routing store."""
+    """Routes message batches with one (layered) engine and one routing store of as many layers."""
 
-    def __init__(self, engine: VAREngine, store: RoutingStore, worker: str, learned_only: bool = False) -> None:
-        """``learned_only``: the always-learned baseline (no store calls, every token routed)."""
-        self.engine = engine
+    def __init__(self, engine: LayeredEngine | VAREngine, store: RoutingStore, worker: str,
+                 learned_only: bool = False) -> None:
+        """``learned_only``: the always-learned baseline (no store calls, every token routed).
+        A bare :class:`VAREngine` is routed as a one-layer engine."""
+        self.engine = engine if isinstance(engine, LayeredEngine) else LayeredEngine([engine])
+        if getattr(store, "layers", 1) != len(self.engine):
+            raise ValueError(f"the routing store serves {getattr(store, 'layers', 1)} layers, "
+                             f"the engine routes {len(self.engine)}")
         self.store = store
         self.worker = worker
         self.learned_only = learned_only
@@ -80,7 +89,7 @@ class RouterProcessor:
 
     def _parse(self, messages: list[InMessage], out: BatchOutput) -> tuple[list[EventChunk], list[int]]:
         """Valid chunks (and the index of their message); invalid messages are dead-lettered."""
-        vocab = self.engine.router.spec.vocab_size
+        vocab = self.vocab_size
         chunks, origin = [], []
         for i, msg in enumerate(messages):
             try:
@@ -94,27 +103,42 @@ class RouterProcessor:
             origin.append(i)
         return chunks, origin
 
-    async def _refresh_table(self, version: int | None) -> None:
-        if version is None or version in (self.engine.table.version, self._unusable_version):
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.layers[0].router.spec.vocab_size
+
+    @property
+    def table_version(self) -> int:
+        """The version of the table set in use (every layer's table has it)."""
+        return self.engine.layers[0].table.version
+
+    async def _refresh_tables(self, version: int | None) -> None:
+        """Load and swap every layer's table when the published set moved (all layers or none)."""
+        current = self.table_version
+        if version is None or version in (current, self._unusable_version):
             return
         try:
-            table = await self.store.load_table(version)
+            tables = await self.store.load_tables(version)
         except StoreUnavailable as exc:  # a timeout is not "missing": try again on a later batch
-            log.debug("fast-path table v%s not loaded now (%s); keeping v%s", version, exc, self.engine.table.version)
+            log.debug("fast-path table set v%s not loaded now (%s); keeping v%s", version, exc, current)
             return
-        if table is None:
-            log.warning("fast-path table v%s announced but not loadable; keeping v%s", version,
-                        self.engine.table.version)
+        if tables is None:
+            log.warning("fast-path table set v%s announced but not loadable; keeping v%s", version, current)
             self._unusable_version = version
             return
         try:
-            self.engine.set_table(table)
+            previous = [engine.table for engine in self.engine.layers]
+            try:
+                self.engine.set_tables(tables)
+            except ValueError:
+                self.engine.set_tables(previous)  # never leave the layers on mixed versions
+                raise
         except ValueError as exc:
-            log.error("ignoring fast-path table v%s: %s", version, exc)
+            log.error("ignoring fast-path table set v%s: %s", version, exc)
             self._unusable_version = version
             return
         self.table_reloads += 1
-        log.info("fast-path table v%s loaded (%s tokens)", version, table.size)
+        log.info("fast-path table set v%s loaded (%s tokens per layer)", version, [t.size for t in tables])
 
     async def process(self, messages: list[InMessage], lookup: WindowLookup) -> BatchOutput:
         """Route one batch; see the module docstring for the steps and guarantees."""
@@ -128,10 +152,10 @@ class RouterProcessor:
         if self.learned_only:
             result = self.engine.complete_learned(plan)
         else:
-            cached, version = await self.store.fetch(plan.unique_keys)
-            await self._refresh_table(version)
+            cached, version = await self.store.fetch(plan.unique_keys, [len(p.unique_keys) for p in plan.layers])
+            await self._refresh_tables(version)
             result = self.engine.complete(plan, cached)
-            await self.store.write(result.cache_keys, result.cache_values)
+            await self.store.write(result.cache_keys, result.cache_values, [len(r.cache_keys) for r in result.layers])
         lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
         message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
         self._reject(batch, result, message_of_row, messages, out)
@@ -141,7 +165,7 @@ class RouterProcessor:
         out.result = result
         return out
 
-    def _reject(self, batch: EventBatch, result: RouteResult, message_of_row: np.ndarray,
+    def _reject(self, batch: EventBatch, result: LayeredResult, message_of_row: np.ndarray,
                 messages: list[InMessage], out: BatchOutput) -> None:
         """Dead-letter each message with out-of-order events once; count redeliveries.
 

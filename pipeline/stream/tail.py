@@ -7,23 +7,34 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
 
 from pipeline.engine.events import TIER_LABELS
-from pipeline.outcomes import OutcomeError, decode_outcome
+from pipeline.outcomes import LayerOutcomes, OutcomeError, decode_outcome
 
 from .topics import TopicError
 
 
+def _experts(layer: LayerOutcomes, i: int) -> str:
+    return " ".join(f"{e}:{w:.2f}" for e, w in zip(layer.experts[i].tolist(), layer.weights[i].tolist()))
+
+
 def render_outcome(raw: bytes) -> list[str]:
-    """One line per token: stream, seq, token, tier, experts:weights, confidence, table version."""
+    """One line per token: stream, seq, token, then tier, experts:weights and confidence -- of the
+    one layer, or compactly of every layer (``l0 fast 3:0.81 5:0.19 | l1 ...``) -- table version."""
     try:
         o = decode_outcome(raw)
     except OutcomeError as exc:
         return [f"<invalid outcome: {exc}>"]
     lines = []
     for i in range(len(o)):
-        experts = " ".join(f"{e}:{w:.2f}" for e, w in zip(o.experts[i].tolist(), o.weights[i].tolist()))
-        lines.append(f"{o.streams[i]:<20} seq {int(o.seqs[i]):>7} token {int(o.tokens[i]):>6}  "
-                     f"{TIER_LABELS[o.tiers[i]]:<15} experts {experts:<22} conf {o.confidence[i]:.3f}  "
-                     f"table v{int(o.table_versions[i])}  {o.workers[i]}")
+        head = f"{o.streams[i]:<20} seq {int(o.seqs[i]):>7} token {int(o.tokens[i]):>6}  "
+        version = int(o.layers[0].table_versions[i])
+        if o.num_layers == 1:
+            layer = o.layers[0]
+            body = (f"{TIER_LABELS[layer.tiers[i]]:<15} experts {_experts(layer, i):<22} "
+                    f"conf {layer.confidence[i]:.3f}  ")
+        else:
+            body = " | ".join(f"l{layer.layer} {TIER_LABELS[layer.tiers[i]]} {_experts(layer, i)}"
+                              for layer in o.layers) + "  "
+        lines.append(f"{head}{body}table v{version}  {o.workers[i]}")
     return lines
 
 

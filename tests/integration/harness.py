@@ -81,7 +81,7 @@ def reference_context_hashes(h: Harness) -> dict[tuple[str, int], int]:
 def check_contexts(h: Harness, outcomes: Outcomes) -> None:
     """Every outcome's context hash matches the corpus: windows continued correctly."""
     ref = reference_context_hashes(h)
-    wrong = [(s, q) for s, q, c in zip(outcomes.streams, outcomes.seqs.tolist(), outcomes.ctx.tolist())
+    wrong = [(s, q) for s, q, c in zip(outcomes.streams, outcomes.seqs.tolist(), outcomes.layers[0].ctx.tolist())
              if ref[(s, q)] != c]
     assert not wrong, f"{len(wrong)} outcomes with a wrong context, e.g. {wrong[:5]}"
 
@@ -90,10 +90,11 @@ def check_exact(h: Harness, outcomes: Outcomes) -> None:
     """Learned and cached decisions equal the learned router's decisions for the same events."""
     streams, seqs, _, experts, weights = exact_reference(h.prepared, h.chunks, h.settings)
     index = {(s, q): i for i, (s, q) in enumerate(zip(streams, seqs.tolist()))}
-    exact_tiers = (outcomes.tiers == Tier.LEARNED) | (outcomes.tiers == Tier.CACHE)
+    layer = outcomes.layers[0]
+    exact_tiers = (layer.tiers == Tier.LEARNED) | (layer.tiers == Tier.CACHE)
     rows = np.asarray([index[(s, q)] for s, q in zip(outcomes.streams, outcomes.seqs.tolist())], dtype=np.int64)
-    assert (outcomes.experts[exact_tiers] == experts[rows[exact_tiers]]).all()
-    np.testing.assert_allclose(outcomes.weights[exact_tiers], weights[rows[exact_tiers]], atol=1e-5)
+    assert (layer.experts[exact_tiers] == experts[rows[exact_tiers]]).all()
+    np.testing.assert_allclose(layer.weights[exact_tiers], weights[rows[exact_tiers]], atol=1e-5)
 
 
 def arrival_order_ok(outcomes: Outcomes) -> bool:

@@ -147,8 +147,8 @@ def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path, capsys)
     got = asyncio.run(run())
     assert got.distinct == loop.tokens and got.invalid == 0, loop.logs()
     outcomes = got.outcomes()
-    fifths = [float(np.mean(part == Tier.LEARNED)) for part in np.array_split(outcomes.tiers, 5)]
-    versions = sorted(set(outcomes.table_versions.tolist()))
+    fifths = [float(np.mean(part == Tier.LEARNED)) for part in np.array_split(outcomes.layers[0].tiers, 5)]
+    versions = sorted(set(outcomes.layers[0].table_versions.tolist()))
     final, offline = loop.current_table(), offline_table(loop)
     both = final.eligible & offline.eligible
     share = offline.frequency / offline.frequency.sum()
@@ -156,7 +156,7 @@ def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path, capsys)
     snap = loop.wait_counted(loop.tokens)
     refresher = build_refresher(loop.settings)
     refresher.restore(loop.redis.get(loop.keys.stats_snapshot))
-    late = [r for r in refresher.report() if r["predicted_learned_share"] is not None and r["outcomes"] >= 500]
+    late = [r for r in refresher.report()[0] if r["predicted_learned_share"] is not None and r["outcomes"] >= 500]
     timeline = outcome_timeline(outcomes)
     figures = {"learned_share_by_fifth": fifths, "versions": len(versions), "final_version": final.version,
                "final_size": final.size, "offline_size": offline.size, "overlap": float(overlap),
@@ -229,18 +229,18 @@ def test_stats_worker_killed_and_restarted_resumes_without_counting_twice(loop):
     assert after["outcomes"] == loop.tokens, "every outcome counted exactly once across the restart"
     assert after["outcomes"] >= before["outcomes"] and after["learned"] >= before["learned"]
     assert after["last_version"] > before["last_version"], "versions keep increasing after the restart"
-    assert int(got.outcomes().table_versions.max()) > before["last_version"], "routers use the new versions"
+    assert int(got.outcomes().layers[0].table_versions.max()) > before["last_version"], "routers use the new versions"
 
 
 GARBAGE_STREAM = "garbage"
-GARBAGE_REASONS = ("JSON", "version-1", "per-token values", "vocabulary", "router id", "one entry per token")
+GARBAGE_REASONS = ("JSON", "version-2", "per-token values", "vocabulary", "router id", "one entry per token")
 
 
 def garbage(router_id: str) -> list[tuple[bytes | None, bytes]]:
     good = {"v": 1, "stream": GARBAGE_STREAM, "seq": 0, "token": 7, "experts": [1, 2], "weights": [0.6, 0.4], "confidence": 0.6,
             "entropy": 0.5, "tier": "learned", "ctx": 1, "pos": 0, "table_version": 0, "router_id": router_id,
             "layer": 0, "worker": "w"}
-    bad = [b"not json {", orjson.dumps({"v": 2}), orjson.dumps(dict(good, tier="warp")),
+    bad = [b"not json {", orjson.dumps({"v": 3}), orjson.dumps(dict(good, tier="warp")),
            orjson.dumps(dict(good, token=10**6)), orjson.dumps(dict(good, router_id="someone-else")),
            orjson.dumps({k: v for k, v in dict(good, tokens=[1, 2]).items() if k != "token"}), b""]
     return [(GARBAGE_STREAM.encode(), value) for value in bad]

@@ -67,23 +67,26 @@ class SwitchableProxy:
 
 
 class RedisHarness:
-    def __init__(self, redis_url: str, proxy: SwitchableProxy, ttl_s: float) -> None:
+    def __init__(self, redis_url: str, proxy: SwitchableProxy, ttl_s: float, layers: int = 1) -> None:
         self.ttl_s, self.grace_s, self.backoff_s, self.margin_s = ttl_s, 0.5, 0.5, 0.25
         self.proxy = proxy
         self.keys = RedisKeys(f"contract-{uuid.uuid4().hex[:10]}", "r-contract")
         self.direct = aioredis.Redis.from_url(redis_url)
         self.store = RedisRoutingStore(f"redis://127.0.0.1:{proxy.port}/{_db(redis_url)}", self.keys, ttl_s,
-                                       timeout_s=0.2, grace_s=self.grace_s, min_backoff_s=self.backoff_s)
+                                       layers, timeout_s=0.2, grace_s=self.grace_s, min_backoff_s=self.backoff_s)
 
     async def advance(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
-    async def version_ttl(self, version: int) -> float | None:
-        ms = await self.direct.pttl(self.keys.table(version))
+    async def version_ttl(self, version: int, layer: int = 0) -> float | None:
+        ms = await self.direct.pttl(self.keys.table(version, layer))
         return ms / 1000 if ms >= 0 else None
 
-    async def put_raw_table(self, version: int, raw: bytes) -> None:
-        await self.direct.set(self.keys.table(version), raw)
+    async def put_raw_table(self, version: int, raw: bytes, layer: int = 0) -> None:
+        await self.direct.set(self.keys.table(version, layer), raw)
+
+    async def drop_table(self, version: int, layer: int) -> None:
+        await self.direct.delete(self.keys.table(version, layer))
 
     async def go_down(self) -> None:
         self.proxy.up = False
@@ -101,11 +104,11 @@ def _db(redis_url: str) -> str:
 
 
 @asynccontextmanager
-async def redis_harness(redis_url: str, ttl_s: float) -> AsyncIterator[RedisHarness]:
+async def redis_harness(redis_url: str, ttl_s: float, layers: int = 1) -> AsyncIterator[RedisHarness]:
     url = urlparse(redis_url)
     proxy = SwitchableProxy(url.hostname or "127.0.0.1", url.port or 6379)
     await proxy.start()
-    harness = RedisHarness(redis_url, proxy, ttl_s)
+    harness = RedisHarness(redis_url, proxy, ttl_s, layers)
     try:
         yield harness
     finally:
@@ -119,8 +122,8 @@ class TestRedisStoreContract(StoreContract):
     def _redis(self, redis_url: str) -> None:
         self.redis_url = redis_url
 
-    def harness(self, ttl_s: float | None = None):  # type: ignore[override]
-        return redis_harness(self.redis_url, ttl_s or 0.5)
+    def harness(self, ttl_s: float | None = None, layers: int = 1):  # type: ignore[override]
+        return redis_harness(self.redis_url, ttl_s or 0.5, layers)
 
 
 def test_concurrent_publishers_never_move_the_pointer_back_and_superseded_versions_expire(redis_url: str):

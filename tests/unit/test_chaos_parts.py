@@ -99,7 +99,7 @@ def test_checks_fail_on_a_missing_event_a_wrong_context_and_a_stray_dead_letter(
     assert ok.ok, ok.failures()
     bad = RunChecks("t", 1, ended_by_itself=True)
     tampered = parts[1:]
-    tampered[0].ctx[:] = tampered[0].ctx + 1
+    tampered[0].layers[0].ctx[:] = tampered[0].layers[0].ctx + 1
     check_outcomes(bad, expected, tampered, seen - {(parts[0].streams[0], int(parts[0].seqs[0]))})
     check_deadletters(bad, [], [(b"k", b"good", {"var-reason": b"x"})])
     assert bad.missing == 1 and bad.context_mismatches == 1 and bad.good_deadlettered == 1 and not bad.ok

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.engine.events import Tier
-from pipeline.outcomes import Outcomes
+from pipeline.outcomes import LayerOutcomes, Outcomes
 from pipeline.plot import interval_shares, plot_timeline, timeline_summary, version_changes
 from pipeline.quality import QualityResult
 from pipeline.report import ReplayReport
@@ -66,9 +66,10 @@ def test_plot_writes_a_png(tmp_path, timeline):
 def make_outcomes(tiers, versions) -> Outcomes:
     n = len(tiers)
     z = np.zeros(n, np.int64)
-    return Outcomes(["s"] * n, np.arange(n), z, np.zeros((n, 2), np.int64), np.zeros((n, 2), np.float32),
-                    np.zeros(n, np.float32), np.zeros(n, np.float32), np.asarray(tiers, np.int8), z.astype(np.uint64),
-                    z, np.asarray(versions, np.int64), ["w"] * n, ["r"] * n)
+    layer = LayerOutcomes(0, np.zeros((n, 2), np.int64), np.zeros((n, 2), np.float32), np.zeros(n, np.float32),
+                          np.zeros(n, np.float32), np.asarray(tiers, np.int8), z.astype(np.uint64), z,
+                          np.asarray(versions, np.int64), ["r"] * n)
+    return Outcomes(["s"] * n, np.arange(n), z, ["w"] * n, [layer])
 
 
 def test_outcome_timeline_counts_cumulatively_in_arrival_order():

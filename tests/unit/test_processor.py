@@ -87,24 +87,24 @@ def test_redelivered_messages_are_skipped_but_backwards_seq_is_dead_lettered():
 
 def test_table_is_swapped_when_the_pointer_moves():
     processor, store, windows = make()
-    router = processor.engine.router
+    router = processor.engine.layers[0].router
     train = corpus(400)
     stats = collect_statistics(router, iter_batches(train, 256), 3)
     table = build_table(stats, Thresholds(min_frequency=5), 2, router.router_id, 1)
     msgs = messages_for(corpus(400)[:60])
     run(processor, msgs[:30], windows)
-    assert processor.engine.table.version == 0
+    assert processor.table_version == 0
     version = asyncio.run(store.publish_table(table))
     out = run(processor, msgs[30:], windows)
-    assert processor.engine.table.version == version and processor.table_reloads == 1
-    assert out.result is not None and out.result.decisions.table_version == version
+    assert processor.table_version == version and processor.table_reloads == 1
+    assert out.result is not None and out.result.layers[0].decisions.table_version == version
 
 
 def test_learned_only_mode_routes_everything_without_the_store():
     processor, store, windows = make(learned_only=True)
     out = run(processor, messages_for(corpus(50)), windows)
     assert store.round_trips == 0
-    assert out.result is not None and (out.result.decisions.tiers == 2).all()
+    assert out.result is not None and (out.result.layers[0].decisions.tiers == 2).all()
 
 
 def test_offset_continuity_cuts_a_batch_at_a_gap_and_asks_for_a_seek():
@@ -152,14 +152,14 @@ def test_an_unloadable_table_version_is_not_fetched_again_every_batch():
     processor, store, windows = make()
     store.pointer = 9  # announced, but no such table
     loads = []
-    original = store.load_table
+    original = store.load_tables
 
     async def counting(version):
         loads.append(version)
         return await original(version)
 
-    store.load_table = counting
+    store.load_tables = counting
     msgs = messages_for(corpus(40))
     for i in range(0, 40, 10):
         run(processor, msgs[i:i + 10], windows)
-    assert loads == [9] and processor.engine.table.version == 0
+    assert loads == [9] and processor.table_version == 0

@@ -20,7 +20,7 @@ from pipeline.engine.refresher import (RefreshPolicy, SnapshotError, StatsRefres
 from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.budget import BudgetPolicy
 from pipeline.engine.table import RoutingTable, Thresholds
-from pipeline.outcomes import Outcomes
+from pipeline.outcomes import LayerOutcomes, Outcomes
 from pipeline.settings import Settings
 
 V, E, K = 50, 4, 2
@@ -38,10 +38,10 @@ class FakeClock:
 def outcomes(tokens, tiers, experts=None, version=0, router_id=RID, entropy=0.1) -> Outcomes:
     n = len(tokens)
     experts = np.tile([0, 1], (n, 1)) if experts is None else np.asarray(experts, np.int64)
-    return Outcomes(["s"] * n, np.arange(n), np.asarray(tokens, np.int64), experts,
-                    np.tile(np.float32([0.7, 0.3]), (n, 1)), np.full(n, 0.9, np.float32), np.full(n, entropy, np.float32),
-                    np.asarray(tiers, np.int8), np.zeros(n, np.uint64), np.arange(n), np.full(n, version), ["w"] * n,
-                    [router_id] * n)
+    layer = LayerOutcomes(0, experts, np.tile(np.float32([0.7, 0.3]), (n, 1)), np.full(n, 0.9, np.float32),
+                          np.full(n, entropy, np.float32), np.asarray(tiers, np.int8), np.zeros(n, np.uint64),
+                          np.arange(n), np.full(n, version), [router_id] * n)
+    return Outcomes(["s"] * n, np.arange(n), np.asarray(tokens, np.int64), ["w"] * n, [layer])
 
 
 def refresher(clock=None, **policy) -> StatsRefresher:
@@ -77,7 +77,7 @@ def test_fast_path_outcomes_never_confirm_the_table():
 def test_check_rejects_outcomes_this_refresher_cannot_count(field, value, reason):
     o = outcomes([1], [Tier.LEARNED])
     assert refresher().check(o) is None
-    setattr(o, field, value)
+    setattr(o if field == "tokens" else o.layers[0], field, value)
     assert reason in refresher().check(o)
 
 
@@ -271,7 +271,7 @@ def test_worker_skips_malformed_and_foreign_outcomes_and_still_advances_offsets(
     settings = Settings.load(env={}, cli={}).with_(vocab_size=100)
     r = build_refresher(settings)
     good = {"v": 1, "stream": "a", "seq": 0, "token": 7, "experts": [1, 2], "weights": [0.6, 0.4], "confidence": 0.6,
-            "entropy": 0.5, "tier": "learned", "ctx": 1, "pos": 0, "table_version": 0, "router_id": r.router_id,
+            "entropy": 0.5, "tier": "learned", "ctx": 1, "pos": 0, "table_version": 0, "router_id": r.router_ids[0],
             "layer": 0, "worker": "w"}
     foreign = dict(good, router_id="someone-else")
     values = [orjson.dumps(good), b"\xff garbage", None, orjson.dumps(foreign), orjson.dumps(dict(good, token=10**6))]

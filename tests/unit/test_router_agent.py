@@ -167,7 +167,7 @@ def test_a_long_chunk_gets_several_outcome_records_below_the_limit():
     records = [orjson.loads(v) for t, _, v, _ in producer.sent if t == "out"]
     assert len(records) == 3 and all(len(r["tokens"]) == MAX_OUTCOME_TOKENS for r in records)
     assert [r["seq"] for r in records] == [0, MAX_OUTCOME_TOKENS, 2 * MAX_OUTCOME_TOKENS]
-    assert [r["pos"] for r in records] == [0, MAX_OUTCOME_TOKENS, 2 * MAX_OUTCOME_TOKENS]
+    assert [r["layers"][0]["pos"] for r in records] == [0, MAX_OUTCOME_TOKENS, 2 * MAX_OUTCOME_TOKENS]
 
 
 def test_a_batch_arriving_while_faust_rebalances_or_restores_windows_is_not_routed():

@@ -26,20 +26,23 @@ class FakeClock:
 
 
 class MemoryHarness:
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, layers: int = 1) -> None:
         self.clock = FakeClock()
         self.ttl_s, self.grace_s, self.backoff_s, self.margin_s = ttl_s, 300.0, 0.05, 0.001
         self.store = MemoryRoutingStore(CachePolicy(ttl_s=ttl_s), clock=self.clock, grace_s=self.grace_s,
-                                        min_backoff_s=self.backoff_s)
+                                        min_backoff_s=self.backoff_s, layers=layers)
 
     async def advance(self, seconds: float) -> None:
         self.clock.now += seconds
 
-    async def version_ttl(self, version: int) -> float | None:
-        return self.store.ttl_s(version)
+    async def version_ttl(self, version: int, layer: int = 0) -> float | None:
+        return self.store.ttl_s(version, layer)
 
-    async def put_raw_table(self, version: int, raw: bytes) -> None:
-        self.store.tables[version] = raw
+    async def put_raw_table(self, version: int, raw: bytes, layer: int = 0) -> None:
+        self.store.tables[(version, layer)] = raw
+
+    async def drop_table(self, version: int, layer: int) -> None:
+        del self.store.tables[(version, layer)]
 
     async def go_down(self) -> None:
         self.store.set_available(False)
@@ -50,8 +53,8 @@ class MemoryHarness:
 
 class TestMemoryStoreContract(StoreContract):
     @asynccontextmanager
-    async def harness(self, ttl_s: float | None = None) -> AsyncIterator[MemoryHarness]:
-        yield MemoryHarness(ttl_s or 60.0)
+    async def harness(self, ttl_s: float | None = None, layers: int = 1) -> AsyncIterator[MemoryHarness]:
+        yield MemoryHarness(ttl_s or 60.0, layers)
 
 
 class FakeRedis:
@@ -143,14 +146,14 @@ def test_the_redis_store_makes_no_redis_call_while_backing_off() -> None:
         fake.down = True
         with pytest.raises(StoreUnavailable, match="load_table"):
             await store.load_table(3)
-        assert fake.calls == ["get"]
+        assert fake.calls == ["mget"]
         await store.fetch([1, 2])
         await store.write([1], [b"x"])
-        assert fake.calls == ["get"]
+        assert fake.calls == ["mget"]
         clock.now += store.backoff_s
         fake.down = False
         await store.write([1], [b"x"])
-        assert fake.calls == ["get", "evalsha"] and not store.in_outage
+        assert fake.calls == ["mget", "evalsha"] and not store.in_outage
 
     asyncio.run(scenario())
 
@@ -195,5 +198,5 @@ def test_memory_versions_come_from_a_sequence_and_every_superseded_one_expires()
     clock.now += 10.0
     assert all(asyncio.run(store.load_table(v)) is None for v in range(1, 20))
     assert asyncio.run(store.load_table(20)) is not None
-    del store.tables[20]  # versions are never reused, even when the newest table is lost
+    del store.tables[(20, 0)]  # versions are never reused, even when the newest table is lost
     assert asyncio.run(store.publish_table(sample_table())) == 21

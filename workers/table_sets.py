@@ -1,0 +1,98 @@
+"""The table sets of the stats worker's routers: which layers, their refreshers, their store, and
+publishing offline tables (``var stats build --publish``, replays, chaos runs) with their statistics.
+
+Every router worker and the stats worker derive the same layers from the same settings
+(:func:`layer_routers`), hence the same Redis keys (:func:`routing_store`).
+"""
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from pipeline.assembly import build_routers, is_model, model_vocab, router_spec, thresholds
+from pipeline.engine.layered_refresher import LayeredRefresher
+from pipeline.engine.refresher import Clock, RefreshPolicy, StatsRefresher
+from pipeline.engine.routers import RouterSpec
+from pipeline.engine.stats import TokenStats
+from pipeline.engine.table import RoutingTable
+from pipeline.settings import Settings, SettingsError
+from pipeline.stores.keys import RedisKeys, table_set_id
+from pipeline.stores.redis_store import RedisRoutingStore
+
+
+class StatsWorkerError(RuntimeError):
+    """The worker cannot start (e.g. a snapshot for another configuration); one-line message."""
+
+
+def refresh_policy(settings: Settings) -> RefreshPolicy:
+    return RefreshPolicy(settings.refresh_every, settings.refresh_interval_s, settings.stats_decay,
+                         thresholds(settings), settings.adaptive_target if settings.adaptive else None)
+
+
+def layer_routers(settings: Settings) -> list[tuple[RouterSpec, str]]:
+    """(spec, router id) of every layer the router workers route, in layer order: the model's
+    layers (its own vocabulary), or the one synthetic router (settings must name the vocabulary)."""
+    if is_model(settings):
+        vocab = model_vocab(settings)
+        if settings.vocab_size not in (None, vocab):
+            raise StatsWorkerError(f"VAR_VOCAB_SIZE={settings.vocab_size} but the model router's vocabulary is {vocab}")
+        return [(r.spec, r.router_id) for r in build_routers(settings, vocab or 0)]
+    if settings.vocab_size is None:
+        raise StatsWorkerError("the stats worker needs the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
+    spec = router_spec(settings, settings.vocab_size)
+    return [(spec, spec.router_id)]
+
+
+def build_refresher(settings: Settings, clock: Clock = time.monotonic) -> LayeredRefresher:
+    """A cold refresher per layer of the routers (see :func:`layer_routers`)."""
+    try:
+        layers = layer_routers(settings)
+    except SettingsError as exc:
+        raise StatsWorkerError(str(exc)) from None
+    policy = refresh_policy(settings)
+    return LayeredRefresher([StatsRefresher(spec.vocab_size, spec.num_experts, spec.top_k, router_id, policy, clock)
+                             for spec, router_id in layers])
+
+
+def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Redis | None = None,
+                  timeout_s: float | None = None) -> RedisRoutingStore:
+    """The Redis store of these layers' table set (the router workers' keys)."""
+    extra = {"timeout_s": timeout_s} if timeout_s is not None else {}
+    return RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table_set_id(router_ids)),
+                             settings.cache_ttl_s, len(router_ids), grace_s=settings.table_grace_s, client=client,
+                             **extra)
+
+
+async def publish_table_and_stats(settings: Settings, table: RoutingTable, stats: TokenStats | None) -> tuple[int, bool]:
+    """:func:`publish_tables_and_stats` of a one-layer engine (a synthetic router)."""
+    return await publish_tables_and_stats(settings, [table], None if stats is None else [stats])
+
+
+async def publish_tables_and_stats(settings: Settings, tables: list[RoutingTable],
+                                   stats: list[TokenStats] | None) -> tuple[int, bool]:
+    """Publish (offline) tables, one per layer, as one table set and, given their statistics,
+    make them the stats worker's starting point -- only if the worker has no snapshot yet.
+    Returns (version, whether stats were seeded).
+
+    Without seeded statistics a stats worker started next to an offline table would have no
+    evidence for the tokens the fast path serves (they produce no learned outcomes) and its first
+    table would drop them all.
+    """
+    store = routing_store(settings, [t.router_id for t in tables], timeout_s=5.0)
+    try:
+        version = await store.publish_tables(tables)
+        if stats is None:
+            return version, False
+        refresher = build_refresher(settings)
+        if refresher.router_ids != [t.router_id for t in tables] or len(stats) != len(tables):
+            raise StatsWorkerError(f"tables of routers {[t.router_id for t in tables]} do not match the "
+                                   f"settings' routers {refresher.router_ids}")
+        for layer, layer_stats in zip(refresher.layers, stats):
+            layer.stats = layer_stats
+            c = layer.counters
+            c.outcomes, c.learned, c.last_version = int(layer_stats.total_frequency), int(layer_stats.total_routed), version
+        seeded = await store.client.set(store.keys.stats_snapshot, refresher.snapshot(), nx=True)
+        return version, bool(seeded)
+    finally:
+        await store.close()
