@@ -1,6 +1,6 @@
 """Model checkpoints: safetensors weights plus the config and training record as metadata.
 
-The content hash (SHA-256 of the file, first 12 hex digits) is part of every router id built on
+The content hash (:func:`content_digest`: SHA-256 of the config and the tensors, 12 hex digits) is part of every router id built on
 a checkpoint, so caches and fast-path tables of different weights never mix.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -30,7 +31,7 @@ class Checkpoint:
 
     model: MoELM
     path: str
-    digest: str  # first 12 hex digits of the file's SHA-256
+    digest: str  # content_digest of the weights
     record: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -38,8 +39,18 @@ class Checkpoint:
         return self.model.cfg
 
 
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+def content_digest(model: MoELM) -> str:
+    """SHA-256 (first 12 hex digits) of the config and every tensor's name, dtype, shape and bytes.
+
+    Not the file's hash: safetensors writes its metadata in no fixed order, so two saves of the
+    same weights can differ byte for byte.
+    """
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:12]
 
 
 def save_checkpoint(model: MoELM, path: str | Path, record: dict[str, Any]) -> str:
@@ -48,7 +59,7 @@ def save_checkpoint(model: MoELM, path: str | Path, record: dict[str, Any]) -> s
     meta = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict()), "record": json.dumps(record)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta)
-    return file_digest(path)
+    return content_digest(model)
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -75,5 +86,5 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
             raise
         raise CheckpointError(f"{p}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
     model.eval()
-    return Checkpoint(model, str(p), file_digest(p), json.loads(meta.get("record", "{}")))
+    return Checkpoint(model, str(p), content_digest(model), json.loads(meta.get("record", "{}")))
 
