@@ -1,7 +1,7 @@
 """The budget frontier (``var frontier``): quality and learned share against the budget.
 
-The offline phase runs once; then, for each budget, the online phase is routed with fresh
-engines and VAR's routing is scored by the LM (perplexity change against exact routing, per
+The offline statistics are collected once; then, for each budget, the per-layer tables are
+calibrated to that budget and the online phase is routed with fresh engines and VAR's routing is scored by the LM (perplexity change against exact routing, per
 layer top-k set match) -- with the learned share per layer that the budget allowed. The result
 comes as a table, JSON and a PNG plot.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pipeline.model.evaluate import compare_routings
-from pipeline.model_replay import prepare, route_prepared
+from pipeline.model_replay import layer_tables, prepare, route_prepared, router_ids
 from pipeline.model_report import layer_report
 from pipeline.model.determinism import LayerDeterminism
 from pipeline.settings import Settings
@@ -42,7 +42,10 @@ def run_frontier(source: CorpusSource, settings: Settings, budgets: Sequence[flo
         if progress:
             print(f"frontier: budget {100 * budget:g}%", file=sys.stderr)
         run_settings = dataclasses.replace(settings, budget=budget)
-        engine, routers, routed, routing_s, _ = route_prepared(prepared, run_settings, progress)
+        tables = layer_tables(run_settings, prepared.stats, router_ids(prepared.checkpoint),
+                              prepared.checkpoint.config.top_k)
+        point = dataclasses.replace(prepared, tables=tables)  # thresholds calibrated to this budget
+        engine, routers, routed, routing_s, _ = route_prepared(point, run_settings, progress)
         quality = compare_routings(prepared.checkpoint.model, routed.streams,
                                    {"var": list(zip(routed.experts, routed.weights))})
         var = quality.variants["var"]

@@ -60,24 +60,29 @@ def group_streams(chunks: Sequence[EventChunk]) -> list[np.ndarray]:
     return [np.asarray(t, dtype=np.int64) for t in parts.values()]
 
 
-def offline_tables(settings: Settings, checkpoint: Checkpoint, chunks: Sequence[EventChunk],
-                   router_ids: Sequence[str]) -> tuple[list[RoutingTable], list[TokenStats]]:
-    """One fast-path table per layer: the training text's statistics plus the exact routing of the
-    offline split, with thresholds calibrated per layer (:func:`choose_thresholds`, aiming at
-    ``adaptive_target``) so that each layer's misses fit its budget whatever the layer's entropy."""
+def offline_statistics(checkpoint: Checkpoint, chunks: Sequence[EventChunk]) -> list[TokenStats]:
+    """Per layer: the training text's statistics plus the exact routing of the offline split."""
     cfg = checkpoint.config
     streams = group_streams(chunks)
     split = compute_stats(checkpoint, streams) if streams else [TokenStats(cfg.vocab_size, cfg.n_experts)] * cfg.n_layer
-    tables, all_stats = [], []
-    for layer, (prior, local) in enumerate(zip(training_stats(checkpoint), split)):
+    merged = []
+    for prior, local in zip(training_stats(checkpoint), split):
         stats = prior.copy()
         stats.merge(local)
-        choice = choose_thresholds(stats, settings.adaptive_target, settings.static_below)
-        tables.append(build_table(stats, choice.thresholds, cfg.top_k, router_ids[layer], 1,
-                                  {"source": "offline", "layer": layer, "records": len(chunks),
-                                   "adaptive": choice.to_meta()}))
-        all_stats.append(stats)
-    return tables, all_stats
+        merged.append(stats)
+    return merged
+
+
+def layer_tables(settings: Settings, stats: Sequence[TokenStats], ids: Sequence[str], top_k: int) -> list[RoutingTable]:
+    """One fast-path table per layer, thresholds calibrated per layer (:func:`choose_thresholds`,
+    aiming at the learned budget) so that each layer's misses fit its budget whatever the layer's
+    entropy: the tokens the statistics trust least get the learned calls."""
+    tables = []
+    for layer, layer_stats in enumerate(stats):
+        choice = choose_thresholds(layer_stats, settings.budget, settings.static_below)
+        tables.append(build_table(layer_stats, choice.thresholds, top_k, ids[layer], 1, {"source": "offline", "layer": layer,
+                                                          "adaptive": choice.to_meta()}))
+    return tables
 
 
 class _Collector:
@@ -159,9 +164,13 @@ def prepare(source: CorpusSource, settings: Settings) -> ModelPrepared:
     split = int(len(chunks) * settings.train_fraction)
     if split == len(chunks):
         raise ReplayError("the corpus has no records left after the offline split")
-    ids = [model_router_id(checkpoint.digest, layer) for layer in range(checkpoint.config.n_layer)]
-    tables, stats = offline_tables(settings, checkpoint, chunks[:split], ids)
+    stats = offline_statistics(checkpoint, chunks[:split])
+    tables = layer_tables(settings, stats, router_ids(checkpoint), checkpoint.config.top_k)
     return ModelPrepared(checkpoint, chunks[split:], tables, stats, sum(len(c) for c in chunks[:split]))
+
+
+def router_ids(checkpoint: Checkpoint) -> list[str]:
+    return [model_router_id(checkpoint.digest, layer) for layer in range(checkpoint.config.n_layer)]
 
 
 def route_prepared(prepared: ModelPrepared, settings: Settings, show: bool

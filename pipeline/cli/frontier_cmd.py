@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", default="0.05,0.10,0.15,0.25,0.50", help="comma-separated budgets (shares, 0-1)")
     p.add_argument("--plot", metavar="PNG", help="draw the frontier to this PNG")
     p.add_argument("--json", action="store_true")
-    add_settings(p, ("router", "device", "train_fraction", "adaptive_target")
+    add_settings(p, ("router", "device", "train_fraction", "quality_bound_pct")
                  + tuple(s for s in ENGINE_SETTINGS if s != "budget"))
     add_progress_flag(p)
     p.set_defaults(handler=run)

@@ -46,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kafka.add_argument("--idle-timeout", type=float, default=90.0, help="give up after this long without outcomes")
     kafka.add_argument("--rate", type=float, default=None, help="produce at most this many tokens per second")
     kafka.add_argument("--log-dir", default=".var/logs", help="worker logs (default .var/logs/RUN)")
-    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample", "quality_bound_pct",
-                                                           "adaptive_target") + SERVICE_SETTINGS)
+    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample", "quality_bound_pct") + SERVICE_SETTINGS)
     add_synthetic_arguments(p)
     p.set_defaults(handler=run)
 

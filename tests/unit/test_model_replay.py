@@ -40,7 +40,7 @@ def test_quality_is_measured_against_exact_routing(report):
 
 def test_always_learned_routing_reproduces_the_exact_model():
     """No fast path (calibrated for a 100% learned share), the whole budget: exact routing."""
-    settings = Settings(router="model", budget=1.0, adaptive_target=1.0, static_below=0, train_fraction=0.8)
+    settings = Settings(router="model", budget=1.0, static_below=0, train_fraction=0.8)
     rep = run_model_replay(TextSource(("tempest",)), settings, progress=False)
     assert all(l.tiers["fast"] == 0 and l.tiers["budget_fallback"] == 0 for l in rep.layers)
     var = rep.quality.variants["var"]
@@ -51,16 +51,16 @@ def test_always_learned_routing_reproduces_the_exact_model():
 
 def test_a_bad_table_fails_the_quality_check(monkeypatch):
     """Every table entry shifted to the wrong experts and made eligible: quality_preserved FAILs."""
-    real = model_replay.offline_tables
+    real = model_replay.layer_tables
 
     def broken(*args, **kwargs):
-        tables, stats = real(*args, **kwargs)
+        tables = real(*args, **kwargs)
         for t in tables:
             t.experts = (t.experts + 1) % t.num_experts
             t.eligible = t.known.copy()
-        return tables, stats
+        return tables
 
-    monkeypatch.setattr(model_replay, "offline_tables", broken)
+    monkeypatch.setattr(model_replay, "layer_tables", broken)
     rep = run_model_replay(TextSource(("tempest",)), Settings(router="model", train_fraction=0.8), progress=False)
     assert rep.quality.variants["var"].perplexity_change_pct > 1.0
     assert rep.constraints()["quality_preserved"] is False
