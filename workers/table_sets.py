@@ -26,8 +26,12 @@ class StatsWorkerError(RuntimeError):
 
 
 def refresh_policy(settings: Settings) -> RefreshPolicy:
+    """A model router's tables are calibrated per layer to the learned budget, as in the embedded
+    model replay (:func:`pipeline.model_replay.layer_tables`); a synthetic router's follow
+    ``adaptive``/``adaptive_target`` or the fixed thresholds."""
+    target = settings.budget if is_model(settings) else (settings.adaptive_target if settings.adaptive else None)
     return RefreshPolicy(settings.refresh_every, settings.refresh_interval_s, settings.stats_decay,
-                         thresholds(settings), settings.adaptive_target if settings.adaptive else None)
+                         thresholds(settings), target)
 
 
 def layer_routers(settings: Settings) -> list[tuple[RouterSpec, str]]:

@@ -45,3 +45,11 @@ def test_a_model_worker_routes_every_layer_and_the_stats_worker_learns_each():
     assert refresher.check(got) is None
     learned = refresher.observe(got)
     assert learned == [int(layer.learned().sum()) for layer in got.layers] and all(learned)
+
+
+def test_model_tables_are_calibrated_to_the_budget_synthetic_ones_follow_the_settings():
+    from workers.table_sets import refresh_policy
+
+    assert refresh_policy(Settings(router="model", budget=0.12)).adaptive_target == 0.12
+    assert refresh_policy(Settings(router="context")).adaptive_target is None
+    assert refresh_policy(Settings(router="context", adaptive=True, adaptive_target=0.2)).adaptive_target == 0.2
