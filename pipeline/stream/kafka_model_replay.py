@@ -5,8 +5,9 @@
    to the run's Redis namespace -- or nothing (``cold``).
 2. A fresh run id scopes topics, consumer group and Redis namespace
    (:func:`~pipeline.stream.kafka_replay.scoped_settings`); ``workers`` router processes route
-   every layer of the model (``VAR_ROUTER=model``), optionally next to the stats worker. The
-   online events (``prepared.online``) are produced, every outcome is collected back.
+   every layer of the model (``VAR_ROUTER=model``), optionally next to the stats worker. Once all
+   routers are in the consumer group, the online events (``prepared.online``) are produced and
+   every outcome is collected back.
 3. The routed streams and per-layer experts/weights are rebuilt from the outcomes (each stream
    ordered by seq, streams in order of first appearance in the online events: the embedded
    replay's layout) and scored exactly as the embedded replay scores them
@@ -147,7 +148,8 @@ def run_kafka_model_replay(source: CorpusSource, settings: Settings, opts: Kafka
     run = scoped_settings(settings, opts.run_id, cfg.vocab_size)
     asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
     start_tables = _starting_tables(run, prepared, opts.cold)
-    got, start, exits = route_through_pipeline(prepared.online, run, opts, progress)
+    # every worker in the group before the first event: each then routes its share of partitions
+    got, start, exits = route_through_pipeline(prepared.online, run, opts, progress, opts.idle_timeout_s)
     outcomes = got.outcomes()
     if not len(outcomes):
         raise ReplayError(f"no routing outcome came back from the {opts.workers} worker(s) "

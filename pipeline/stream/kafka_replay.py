@@ -41,7 +41,7 @@ from pipeline.stores.registry import router_mismatch, running_workers
 from .collector import Collected, collect
 from .timeline import outcome_timeline
 from .producer import produce_chunks, rechunk
-from .topics import ensure_topics, pipeline_topics
+from .topics import ensure_topics, pipeline_topics, wait_for_group
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,22 @@ def _check_workers(pool: WorkerPool) -> None:
         raise crashed[0].failure("the replay's router workers stopped")
 
 
-def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaReplayOptions,
-                           progress: bool) -> tuple[Collected, float, list[str]]:
+def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaReplayOptions, progress: bool,
+                           wait_for_group_s: float = 0.0) -> tuple[Collected, float, list[str]]:
     """Start ``opts.workers`` router processes (and the stats worker if asked) with the run's
     settings, produce ``chunks``, collect every outcome back, stop the workers. Returns (what was
     collected, the start time, one line per worker that had exited before the end). Raises
-    :class:`~pipeline.stream.workers.WorkerFailed` when every router worker crashed."""
+    :class:`~pipeline.stream.workers.WorkerFailed` when every router worker crashed.
+
+    ``wait_for_group_s`` > 0: first wait (that long at most) until every router is in the stable
+    consumer group, so that all of them share the work; producing starts either way."""
     pool = WorkerPool(run, opts.log_dir / opts.run_id)
     try:
         pool.start_routers(opts.workers)
+        if wait_for_group_s > 0 and opts.workers and not asyncio.run(
+                wait_for_group(run.kafka_bootstrap, run.app_id, opts.workers, wait_for_group_s)):
+            log.warning("not all %d router workers joined group %s within %.0f s; producing anyway",
+                        opts.workers, run.app_id, wait_for_group_s)
         if opts.stats_worker:
             pool.start("stats", ("stats", "worker"))
         got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
