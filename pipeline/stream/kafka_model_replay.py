@@ -12,7 +12,9 @@
    ordered by seq, streams in order of first appearance in the online events: the embedded
    replay's layout) and scored exactly as the embedded replay scores them
    (:func:`~pipeline.model_replay.reference_routings`, :func:`compare_routings`,
-   :func:`token_determinism`), so the two reports compare field by field.
+   :func:`token_determinism`), so the two reports compare field by field. The reference
+   ``fast_path_everywhere`` always uses the offline tables (with ``cold`` too); ``table_size``
+   is that of the newest table set the routers used.
 4. Per layer, from the outcomes: tiers (distinct outcomes); learned share over complete budget
    windows and the most learned calls in any window (every outcome, duplicates included, per
    worker and per layer: a layer's ``pos`` is its governor's clock); cache hit rate (cache-tier
