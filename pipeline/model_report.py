@@ -1,7 +1,8 @@
 """The report of a replay through a real MoE LM: per-layer tiers and budget, LM quality, PASS/FAIL.
 
 ``quality_preserved`` is "VAR's perplexity is within ``quality_bound_pct`` percent of exact
-routing" (default +1%); the budget checks hold per layer.
+routing" (default +1%); the budget checks hold per layer. A replay through Kafka (mode ``kafka``)
+also carries ``completeness`` and the constraint ``complete``.
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ class ModelReplayReport:
     routing_s: float
     wall_s: float
     timeline: list[dict[str, int]] = field(default_factory=list)
+    mode: str = "embedded"
+    completeness: dict[str, Any] | None = None  # --via kafka: events in, outcomes, duplicates, missing, ...
 
     @property
     def var(self):  # type: ignore[no-untyped-def]
@@ -78,16 +81,19 @@ class ModelReplayReport:
 
     def constraints(self) -> dict[str, bool]:
         eps = 1e-12
-        return {
+        checks = {
             "learned_under_budget": all(l.learned_fraction_full_windows <= self.budget + eps for l in self.layers),
             "window_cap_held": all(l.max_window_learned_fraction <= self.budget + eps for l in self.layers),
             "quality_preserved": self.var.perplexity_change_pct <= self.quality_bound_pct,
         }
+        if self.completeness is not None:
+            checks["complete"] = bool(self.completeness["complete"])
+        return checks
 
     def to_dict(self, with_timeline: bool = False) -> dict[str, Any]:
         checks = self.constraints()
         data: dict[str, Any] = {
-            "mode": "embedded", "router": "model", "source": self.source, "checkpoint": self.checkpoint,
+            "mode": self.mode, "router": "model", "source": self.source, "checkpoint": self.checkpoint,
             "tokens": self.tokens, "train_tokens": self.train_tokens, "budget": self.budget,
             "budget_window": self.budget_window, "governor": self.governor,
             "layers": [l.to_dict() for l in self.layers], "quality": self.quality.to_dict(),
@@ -95,6 +101,8 @@ class ModelReplayReport:
             "routing_s": self.routing_s, "wall_s": self.wall_s, "constraints": checks,
             "constraints_ok": all(checks.values()),
         }
+        if self.completeness is not None:
+            data["completeness"] = self.completeness
         if with_timeline:
             data["timeline"] = self.timeline
         return data
@@ -120,7 +128,7 @@ def _layer_rows(report: ModelReplayReport) -> list[str]:
 
 def render_text(report: ModelReplayReport) -> str:
     q, ck = report.quality, report.checkpoint
-    lines = [f"VAR embedded replay of {report.source}",
+    lines = [f"VAR {report.mode} replay of {report.source}",
              f"  model    {ck['n_layer']} MoE layers x {ck['n_experts']} experts, top-{ck['top_k']}, attention window "
              f"{ck['attn_window']} (checkpoint {ck['sha256']})",
              f"  tokens   {report.tokens:,} routed in {report.routing_s:.1f} s = {report.tokens_per_s:,.0f} tokens/s"
@@ -135,6 +143,11 @@ def render_text(report: ModelReplayReport) -> str:
     lines += ["", "  token-id determinism (top-1): " + "; ".join(
         f"L{l.layer} {_pct(l.determinism.determined_share)} of traffic >=95%, H {l.determinism.h_expert_given_token:.2f}"
         f"/{l.determinism.h_expert:.2f} nats" for l in report.layers)]
+    if report.completeness is not None:
+        c = report.completeness
+        lines.append(f"  completeness {c['events_in']:,} events in, {c['outcomes_out']:,} distinct outcomes, "
+                     f"{c['duplicates']} duplicates, {c['missing']} missing, {c['deadletters']} dead letters, "
+                     f"{c['context_mismatches']} context mismatches, {len(c.get('worker_exits', []))} worker exits")
     checks = report.constraints()
     lines.append(f"  constraints  " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in checks.items())
                  + f" (perplexity bound +{report.quality_bound_pct:g}%) => {'PASS' if all(checks.values()) else 'FAIL'}")

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.assembly import is_model
 from pipeline.settings import Settings
@@ -20,6 +21,10 @@ from pipeline.report import render_text
 from .common import (ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_progress_flag, add_settings,
                      add_synthetic_arguments, corpus_source, print_json, settings_from, show_progress)
 from .worker_cmd import SERVICE_SETTINGS
+
+if TYPE_CHECKING:
+    from pipeline.report import ReplayReport
+    from pipeline.stream.kafka_replay import KafkaReplayOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,11 +91,16 @@ def _run_model(args: argparse.Namespace, settings: Settings, source: CorpusSourc
     from pipeline.model_replay import run_model_replay
     from pipeline.model_report import render_text as render_model
 
-    if args.via == "kafka":
-        raise UserError("--via kafka replays synthetic routers only for now; run the model replay embedded")
     if args.plot:
         raise UserError("--plot draws synthetic replays; for the model see `var frontier --plot`")
-    report = run_model_replay(source, settings, progress=show_progress(args))
+    if args.via == "kafka":
+        from pipeline.stream.kafka_model_replay import run_kafka_model_replay
+
+        if args.attach:
+            raise UserError("--attach replays synthetic routers only; a model replay via kafka starts its own workers")
+        report, _ = run_kafka_model_replay(source, settings, _kafka_options(args), progress=show_progress(args))
+    else:
+        report = run_model_replay(source, settings, progress=show_progress(args))
     if args.json:
         print_json(report.to_dict(with_timeline=args.timeline))
     else:
@@ -98,15 +108,21 @@ def _run_model(args: argparse.Namespace, settings: Settings, source: CorpusSourc
     return 0 if report.to_dict()["constraints_ok"] else 1
 
 
-def _run_kafka(args: argparse.Namespace, settings, source):
-    from pipeline.stream.kafka_replay import KafkaReplayOptions, run_kafka_replay
+def _kafka_options(args: argparse.Namespace) -> KafkaReplayOptions:
+    """The --via kafka flags, checked (UserError on a bad value)."""
+    from pipeline.stream.kafka_replay import KafkaReplayOptions
 
     if args.workers < 0 or (args.workers == 0 and not args.attach) or args.message_size < 1:
         raise UserError("--workers must be >= 1 (or 0 with --attach) and --message-size >= 1")
     if args.rate is not None and args.rate <= 0:
         raise UserError("--rate must be > 0")
-    opts = KafkaReplayOptions(workers=0 if args.attach else args.workers, message_size=args.message_size,
+    return KafkaReplayOptions(workers=0 if args.attach else args.workers, message_size=args.message_size,
                               attach=args.attach, cold=args.cold, stats_worker=args.stats_worker,
                               idle_timeout_s=args.idle_timeout, log_dir=Path(args.log_dir), rate=args.rate)
-    report, _ = run_kafka_replay(source, settings, opts, progress=show_progress(args))
+
+
+def _run_kafka(args: argparse.Namespace, settings: Settings, source: CorpusSource) -> ReplayReport:
+    from pipeline.stream.kafka_replay import run_kafka_replay
+
+    report, _ = run_kafka_replay(source, settings, _kafka_options(args), progress=show_progress(args))
     return report

@@ -41,7 +41,7 @@ from pipeline.stores.registry import router_mismatch, running_workers
 from .collector import Collected, collect
 from .timeline import outcome_timeline
 from .producer import produce_chunks, rechunk
-from .topics import ensure_topics, pipeline_topics
+from .topics import ensure_topics, pipeline_topics, wait_for_group
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,44 @@ def _check_workers(pool: WorkerPool) -> None:
         raise crashed[0].failure("the replay's router workers stopped")
 
 
+def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaReplayOptions, progress: bool,
+                           wait_for_group_s: float = 0.0) -> tuple[Collected, float, list[str]]:
+    """Start ``opts.workers`` router processes (and the stats worker if asked) with the run's
+    settings, produce ``chunks``, collect every outcome back, stop the workers. Returns (what was
+    collected, the start time, one line per worker that had exited before the end). Raises
+    :class:`~pipeline.stream.workers.WorkerFailed` when every router worker crashed.
+
+    ``wait_for_group_s`` > 0: first wait (that long at most) until every router is in the stable
+    consumer group, so that all of them share the work; producing starts either way."""
+    pool = WorkerPool(run, opts.log_dir / opts.run_id)
+    try:
+        pool.start_routers(opts.workers)
+        if wait_for_group_s > 0 and opts.workers and not asyncio.run(
+                wait_for_group(run.kafka_bootstrap, run.app_id, opts.workers, wait_for_group_s)):
+            log.warning("not all %d router workers joined group %s within %.0f s; producing anyway",
+                        opts.workers, run.app_id, wait_for_group_s)
+        if opts.stats_worker:
+            pool.start("stats", ("stats", "worker"))
+        got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
+        start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress, got))
+        _check_workers(pool)
+        exits = [f"{w.name} (exit {w.process.returncode}, log {w.log_path})" for w in pool.workers if not w.alive()]
+    finally:
+        pool.stop_all()
+    return got, start, exits
+
+
+def completeness_section(got: Collected, have: np.ndarray, context_mismatches: int, run_id: str) -> dict[str, object]:
+    """The completeness fields of a replay through Kafka: ``have`` marks the produced events that
+    got an outcome; ``complete`` also needs no invalid outcome and no context mismatch (the
+    caller adds ``worker_exits`` and clears ``complete`` when a worker exited)."""
+    events_in = len(have)
+    return {"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
+            "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
+            "deadletters": len(got.deadletters), "context_mismatches": context_mismatches,
+            "complete": bool(have.all()) and got.invalid == 0 and context_mismatches == 0, "run_id": run_id}
+
+
 def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Settings) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(streams, seqs, tokens, experts, weights) of the learned router for every event, in order."""
     windows: dict[str, StreamWindow] = {}
@@ -138,7 +176,7 @@ def context_mismatches(expected: Mapping[tuple[str, int], int | tuple[int, ...]]
     return wrong
 
 
-def _align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarray:
+def align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarray:
     """For each reference event, the row of its outcome (-1 if none)."""
     names = {s: i for i, s in enumerate(dict.fromkeys(streams))}
     ref = np.fromiter((names[s] for s in streams), np.int64, len(streams)) * (1 << 40) + seqs
@@ -201,17 +239,7 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
         from workers.stats_worker import publish_table_and_stats
 
         prepared.table.version, _ = asyncio.run(publish_table_and_stats(run, prepared.table, prepared.stats))
-    pool = WorkerPool(run, opts.log_dir / opts.run_id)
-    try:
-        pool.start_routers(opts.workers)
-        if opts.stats_worker:
-            pool.start("stats", ("stats", "worker"))
-        got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
-        start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress, got))
-        _check_workers(pool)
-        exits = [f"{w.name} (exit {w.process.returncode}, log {w.log_path})" for w in pool.workers if not w.alive()]
-    finally:
-        pool.stop_all()
+    got, start, exits = route_through_pipeline(chunks, run, opts, progress)
     report = build_kafka_report(source, run, prepared, chunks, got, start, wall_start, opts)
     assert report.completeness is not None
     report.completeness["worker_exits"] = exits
@@ -243,7 +271,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
                        got: Collected, start: float, wall_start: float, opts: KafkaReplayOptions) -> ReplayReport:
     outcomes = got.outcomes()
     streams, seqs, tokens, exact_e, exact_w = exact_reference(prepared, chunks, settings)
-    rows = _align(outcomes, streams, seqs)
+    rows = align(outcomes, streams, seqs)
     have = rows >= 0
     quality = QualityAccumulator(prepared.vocab_size, settings.experts, settings.seed, settings.quality_sample)
     if have.any():
@@ -254,7 +282,6 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
     first = outcomes.layers[0] if outcomes.layers else None
     tiers = first.tiers if first is not None else np.zeros(0, np.int8)
     counts = np.bincount(tiers.astype(np.int64), minlength=len(TIER_LABELS))
-    events_in = len(tokens)
     wrong = context_mismatches(corpus_context_hashes(chunks, settings.window), got.all_parts)
     versions = sorted(set(first.table_versions.tolist())) if first is not None else []
     return ReplayReport(
@@ -270,9 +297,5 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
         max_window_learned=max_window, window_learned=blocks, window_sizes=sizes, quality=quality.result(),
         timeline=outcome_timeline(outcomes, settings.batch_size),
         routing_s=(got.last_at or start) - (got.first_at or start), wall_s=time.perf_counter() - wall_start,
-        completeness={"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
-                      "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
-                      "deadletters": len(got.deadletters), "context_mismatches": wrong,
-                      "complete": bool(have.all()) and got.invalid == 0 and wrong == 0,
-                      "run_id": opts.run_id},
+        completeness=completeness_section(got, have, wrong, opts.run_id),
     )

@@ -27,7 +27,8 @@ def test_bad_checkpoints_and_flags_are_one_line_errors(capsys, tmp_path):
     assert "VAR_ROUTER" in _error(capsys, ["replay", "--router", f"model:{tmp_path / 'none.safetensors'}"])
     assert "--budgets" in _error(capsys, ["frontier", "--budgets", "0.1,two"])
     assert "--budgets" in _error(capsys, ["frontier", "--budgets", "1.5"])
-    assert "--via kafka" in _error(capsys, ["replay", "--via", "kafka"])
+    assert "--attach" in _error(capsys, ["replay", "--via", "kafka", "--attach"])  # the model replay starts its workers
+    assert "--workers" in _error(capsys, ["replay", "--via", "kafka", "--workers", "0"])
     assert "frontier" in _error(capsys, ["replay", "--plot", str(tmp_path / "x.png")])
     assert "must be model" in _error(capsys, ["replay", "--router", "gate"])
 
