@@ -80,8 +80,8 @@ def layer_tables(settings: Settings, stats: Sequence[TokenStats], ids: Sequence[
     tables = []
     for layer, layer_stats in enumerate(stats):
         choice = choose_thresholds(layer_stats, settings.budget, settings.static_below)
-        tables.append(build_table(layer_stats, choice.thresholds, top_k, ids[layer], 1, {"source": "offline", "layer": layer,
-                                                          "adaptive": choice.to_meta()}))
+        meta = {"source": "offline", "layer": layer, "adaptive": choice.to_meta()}
+        tables.append(build_table(layer_stats, choice.thresholds, top_k, ids[layer], 1, meta))
     return tables
 
 
