@@ -14,9 +14,8 @@ from pipeline.engine.events import TIER_LABELS, Tier
 from pipeline.model.determinism import LayerDeterminism
 from pipeline.model.evaluate import LMQuality
 from pipeline.model.router import ModelRouter
-from pipeline.report import full_window_share
+from pipeline.report import full_window_share, pct
 
-TIMING_FIELDS = ("tokens_per_s", "routing_s", "wall_s", "learned_us_per_token")
 
 
 @dataclass
@@ -108,21 +107,17 @@ class ModelReplayReport:
         return data
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def _layer_rows(report: ModelReplayReport) -> list[str]:
     short = {"budget_fallback": "fallback"}
     head = (f"  {'layer':<6}{'field':>6}{'table':>7}" + "".join(f"{short.get(t, t):>10}" for t in TIER_LABELS)
             + f"{'learned':>9}{'max/win':>9}{'µs/tok':>8}{'top-1':>7}{'top-k set':>10}{'recall':>8}")
     rows = [head]
     for l, agree in zip(report.layers, report.var.layers):
-        shares = "".join(f"{_pct(l.tiers[t] / max(1, report.tokens)):>10}" for t in TIER_LABELS)
+        shares = "".join(f"{pct(l.tiers[t] / max(1, report.tokens)):>10}" for t in TIER_LABELS)
         rows.append(f"  {l.layer:<6}{l.receptive_field:>6}{l.table_size:>7}{shares}"
-                    f"{_pct(l.learned_fraction_full_windows):>9}{_pct(l.max_window_learned_fraction):>9}"
-                    f"{l.learned_us_per_token:>8.0f}{_pct(agree.top1):>7}{_pct(agree.set_match):>10}"
-                    f"{_pct(agree.recall):>8}")
+                    f"{pct(l.learned_fraction_full_windows):>9}{pct(l.max_window_learned_fraction):>9}"
+                    f"{l.learned_us_per_token:>8.0f}{pct(agree.top1):>7}{pct(agree.set_match):>10}"
+                    f"{pct(agree.recall):>8}")
     return rows
 
 
@@ -132,16 +127,16 @@ def render_text(report: ModelReplayReport) -> str:
              f"  model    {ck['n_layer']} MoE layers x {ck['n_experts']} experts, top-{ck['top_k']}, attention window "
              f"{ck['attn_window']} (checkpoint {ck['sha256']})",
              f"  tokens   {report.tokens:,} routed in {report.routing_s:.1f} s = {report.tokens_per_s:,.0f} tokens/s"
-             f" (offline split: {report.train_tokens:,} tokens); budget {_pct(report.budget)} per layer and per "
+             f" (offline split: {report.train_tokens:,} tokens); budget {pct(report.budget)} per layer and per "
              f"{report.budget_window:,} decisions", ""]
     lines += _layer_rows(report)
     lines += ["", f"  {'routing':<22}{'perplexity':>11}{'change':>9}{'KL nats':>9}{'greedy':>8}"]
     lines.append(f"  {'exact':<22}{q.exact_perplexity:>11.2f}")
     for name, v in q.variants.items():
         lines.append(f"  {name:<22}{v.perplexity:>11.2f}{v.perplexity_change_pct:>+8.2f}%{v.kl:>9.4f}"
-                     f"{_pct(v.greedy_agreement):>8}")
+                     f"{pct(v.greedy_agreement):>8}")
     lines += ["", "  token-id determinism (top-1): " + "; ".join(
-        f"L{l.layer} {_pct(l.determinism.determined_share)} of traffic >=95%, H {l.determinism.h_expert_given_token:.2f}"
+        f"L{l.layer} {pct(l.determinism.determined_share)} of traffic >=95%, H {l.determinism.h_expert_given_token:.2f}"
         f"/{l.determinism.h_expert:.2f} nats" for l in report.layers)]
     if report.completeness is not None:
         c = report.completeness

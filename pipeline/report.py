@@ -120,7 +120,8 @@ class ReplayReport:
         return data
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A share as a percentage with one decimal (``0.123`` -> ``"12.3%"``)."""
     return f"{100 * x:.1f}%"
 
 
@@ -143,16 +144,16 @@ def render_text(report: ReplayReport) -> str:
     for label in TIER_LABELS:
         count = report.tiers.get(label, 0)
         share = count / report.tokens if report.tokens else 0.0
-        lines.append(f"  {label:<16}{count:>12,}{_pct(share):>9}")
+        lines.append(f"  {label:<16}{count:>12,}{pct(share):>9}")
     lines += [
         "",
-        f"  cache hit rate     {_pct(report.cache_hit_rate)}",
-        f"  learned share      {_pct(report.learned_fraction)} overall, {_pct(report.budgeted_learned_fraction)}"
-        f" over complete windows (budget {_pct(report.budget)}, governor {'on' if report.governor else 'off'})",
-        f"  max per window     {_pct(report.max_window_learned_fraction)} of any {report.budget_window:,}"
+        f"  cache hit rate     {pct(report.cache_hit_rate)}",
+        f"  learned share      {pct(report.learned_fraction)} overall, {pct(report.budgeted_learned_fraction)}"
+        f" over complete windows (budget {pct(report.budget)}, governor {'on' if report.governor else 'off'})",
+        f"  max per window     {pct(report.max_window_learned_fraction)} of any {report.budget_window:,}"
         f" consecutive decisions ({len(report.window_learned)} blocks)",
-        f"  agreement          top-1 {_pct(q.agreement_top1)}, top-k overlap {_pct(q.topk_overlap)}",
-        f"  MoE layer          relative output error {_pct(q.moe_rel_error)} on {q.sample_events:,} events",
+        f"  agreement          top-1 {pct(q.agreement_top1)}, top-k overlap {pct(q.topk_overlap)}",
+        f"  MoE layer          relative output error {pct(q.moe_rel_error)} on {q.sample_events:,} events",
         f"  task loss          {q.task_loss_var:.4f} VAR vs {q.task_loss_exact:.4f} exact"
         f" ({q.task_loss_diff_pct:+.2f}%, bound +{QUALITY_BOUND_PCT:g}%)",
     ]
