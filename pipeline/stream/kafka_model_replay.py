@@ -47,11 +47,10 @@ from pipeline.replay import ReplayError
 from pipeline.report import full_window_share
 from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
-from pipeline.stores.base import StoreUnavailable
 
 from .collector import Collected
 from .kafka_replay import (KafkaReplayOptions, align, budget_ledger, completeness_section, context_mismatches,
-                           route_through_pipeline, scoped_settings)
+                           load_published, route_through_pipeline, scoped_settings)
 from .topics import ensure_topics, pipeline_topics
 
 
@@ -98,22 +97,10 @@ async def _publish(run: Settings, prepared: ModelPrepared) -> int:
     return version
 
 
-async def _load_tables(run: Settings, router_ids: list[str], version: int) -> list[RoutingTable] | None:
-    from workers.table_sets import routing_store
-
-    store = routing_store(run, router_ids, timeout_s=5.0)
-    try:
-        return await store.load_tables(version)
-    except StoreUnavailable:  # the report then shows the tables the replay started with
-        return None
-    finally:
-        await store.close()
-
-
 def _tables_used(run: Settings, start: list[RoutingTable], versions: list[int]) -> list[RoutingTable]:
     """The newest table set the routers used (read back from Redis when the stats worker made it)."""
     if versions and max(versions) != start[0].version:
-        return asyncio.run(_load_tables(run, [t.router_id for t in start], max(versions))) or start
+        return asyncio.run(load_published(run, [t.router_id for t in start], max(versions))) or start
     return start
 
 

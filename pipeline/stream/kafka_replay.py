@@ -247,11 +247,14 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
     return report, got
 
 
-async def _load_table(settings: Settings, router_id: str, version: int) -> RoutingTable | None:
-    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, router_id), settings.cache_ttl_s)
+async def load_published(settings: Settings, router_ids: list[str], version: int) -> list[RoutingTable] | None:
+    """Table-set ``version`` of these layers as the routers read it (``None`` if unreachable)."""
+    from workers.table_sets import routing_store
+
+    store = routing_store(settings, router_ids, timeout_s=5.0)
     try:
-        return await store.load_table(version)
-    except StoreUnavailable:  # the report then names the table the replay started with
+        return await store.load_tables(version)
+    except StoreUnavailable:  # the report then names the table(s) the replay started with
         return None
     finally:
         await store.close()
@@ -261,7 +264,8 @@ def _final_table(settings: Settings, prepared: Prepared, versions: list[int]) ->
     """The newest table the routers used (read back from Redis when the stats worker made it)."""
     table = prepared.table
     if versions and max(versions) != table.version:
-        table = asyncio.run(_load_table(settings, table.router_id, max(versions))) or table
+        loaded = asyncio.run(load_published(settings, [table.router_id], max(versions)))
+        table = loaded[0] if loaded else table
     source = prepared.table_source if table is prepared.table else f"stats worker ({len(versions)} versions used)"
     return {"version": max(versions) if versions else table.version, "size": table.size, "source": source,
             "versions_seen": versions, "thresholds": asdict(table.thresholds)}
