@@ -16,7 +16,8 @@ import numpy as np
 from pipeline.engine.events import TIER_LABELS
 from pipeline.report import ReplayReport
 
-TIER_COLORS = {"cache": "#4c72b0", "fast": "#55a868", "learned": "#c44e52", "budget_fallback": "#8172b2"}
+TIER_COLORS = {"cache": "#4c72b0", "fast": "#55a868", "learned": "#c44e52", "budget_fallback": "#8172b2",
+               "prior": "#937860"}
 MAX_VERSION_LABELS = 12
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -164,7 +164,7 @@ def _build_report(source: CorpusSource, settings: Settings, prepared: Prepared, 
         router={"id": spec.router_id, "kind": spec.kind, "vocab_size": spec.vocab_size, "hidden": spec.hidden,
                 "experts": spec.num_experts, "top_k": spec.top_k, "window": spec.window, "device": settings.device},
         table={"version": table.version, "size": table.size, "source": prepared.table_source,
-               "thresholds": asdict(table.thresholds)},
+               "thresholds": table.thresholds.to_dict()},
         tokens=c.decisions,
         train_tokens=prepared.train_tokens,
         tiers={label: int(c.tiers[t]) for t, label in enumerate(TIER_LABELS)},

@@ -33,7 +33,7 @@ so the whole search is one sort and one cumulative sum per entropy candidate.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,7 @@ class AdaptiveChoice:
 
     def to_meta(self) -> dict[str, Any]:
         return {"adaptive": {"target": self.target, "feasible": self.feasible, "candidates": self.candidates,
-                             "thresholds": asdict(self.thresholds), **self.prediction.to_meta()}}
+                             "thresholds": self.thresholds.to_dict(), **self.prediction.to_meta()}}
 
 
 def token_agreement(stats: TokenStats) -> np.ndarray:

@@ -7,8 +7,10 @@ in-memory dict here, Redis in the pipeline -- is called once per batch, between 
    context hash and the cache key, and the *unique* keys to look up.
 2. The caller fetches those keys from its cache store (one batched call).
 3. :meth:`VAREngine.complete` assigns tiers in decision order: cache hit (exact), fast path
-   (table lookup), otherwise the learned router -- if the budget governor admits it, else the
-   budget fallback. All admitted misses are routed in ONE batched router call; the same key
+   (the table entry the event resolves to -- its (previous token, token) pair, else its token --
+   if that entry is eligible), otherwise the learned router -- if the budget governor admits it,
+   else the budget fallback (the same entry's route; the traffic-wide prior only for a token
+   without any entry, tier ``prior``). All admitted misses are routed in ONE batched router call; the same key
    met twice in a batch is routed once and the repeat reuses it (counted as a cache hit).
    It returns the decisions and the confident learned decisions to write back (one batched
    call again).
@@ -25,10 +27,10 @@ import numpy as np
 from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
 from .context import ContextResult, Rejection, StreamWindow, build_contexts
-from .events import DecisionBatch, EventBatch, Tier
+from .events import PAD_TOKEN, DecisionBatch, EventBatch, KeyKind, Tier
 from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
-from .table import RoutingTable
+from .table import Lookup, RoutingTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,8 @@ class VAREngine:
         hashes = context_hash(contexts[:, :-1])
         keys = cache_key(hashes, events.tokens, self.config.layer)
         inverse = np.full(len(keys), -1, dtype=np.int64)
-        looked = np.ones(len(keys), bool) if self.config.cache_scope == "all" else ~self.table.eligible[events.tokens]
+        looked = (np.ones(len(keys), bool) if self.config.cache_scope == "all"
+                  else ~self.resolve(contexts, events.tokens).eligible)
         unique, inverse[looked] = np.unique(keys[looked], return_inverse=True)
         return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
                          ctx.rejections)
@@ -152,12 +155,13 @@ class VAREngine:
         out = _DecisionArrays.allocate(n, k)
         hit = self._fill_cache_hits(plan, cached, out)
         tokens = plan.events.tokens
-        fast = ~hit & self.table.eligible[tokens]
-        out.fill(fast, self.table.experts[tokens[fast]], self.table.weights[tokens[fast]],
-                 self.table.confidence[tokens[fast]], self.table.entropy[tokens[fast]], Tier.FAST)
-        write_keys, write_values = self._route_misses(plan, np.flatnonzero(~hit & ~fast), out)
+        lookup = self.resolve(plan.contexts, tokens)
+        fast = np.flatnonzero(~hit & lookup.eligible)
+        out.fill(fast, *self.table.routes(lookup, fast, tokens), Tier.FAST, lookup.kind[fast])
+        write_keys, write_values = self._route_misses(plan, np.flatnonzero(~hit & ~lookup.eligible), out, lookup)
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
-                                  plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer)
+                                  plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
+                                  out.keys)
         self._count(decisions, len(plan.rejections), int((plan.inverse >= 0).sum()))
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, write_keys, write_values)
@@ -174,6 +178,11 @@ class VAREngine:
         self._count(decisions, len(plan.rejections), 0)
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, [], [])
+
+    def resolve(self, contexts: np.ndarray, tokens: np.ndarray) -> Lookup:
+        """The table entries of events whose context rows (ending with the token) are ``contexts``."""
+        prev = contexts[:, -2] if contexts.shape[1] >= 2 else np.full(len(tokens), PAD_TOKEN, np.int64)
+        return self.table.resolve(prev, tokens)
 
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
@@ -198,7 +207,8 @@ class VAREngine:
         out.fill(hit, hits.experts[take], hits.weights[take], hits.confidence[take], hits.entropy[take], Tier.CACHE)
         return hit
 
-    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, out: "_DecisionArrays") -> tuple[list[int], list[bytes]]:
+    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, out: "_DecisionArrays", lookup: Lookup
+                      ) -> tuple[list[int], list[bytes]]:
         """Governor in decision order, one batched router call, in-batch repeats and fallbacks.
 
         Each distinct key among the misses is decided once, at its first occurrence: admitted
@@ -219,7 +229,9 @@ class VAREngine:
         is_first[first] = True
         fallback = misses[miss_slot < 0]
         if len(fallback):
-            out.fill(fallback, *self.table.fallback_routes(plan.events.tokens[fallback]), Tier.BUDGET_FALLBACK)
+            kinds = lookup.kind[fallback]
+            tiers = np.where(kinds == KeyKind.PRIOR, Tier.PRIOR, Tier.BUDGET_FALLBACK)
+            out.fill(fallback, *self.table.routes(lookup, fallback, plan.events.tokens), tiers, kinds)
         if len(learned_rows) == 0:
             return [], []
         res = self.router.route(plan.contexts[learned_rows])
@@ -257,15 +269,18 @@ class _DecisionArrays:
     confidence: np.ndarray
     entropy: np.ndarray
     tiers: np.ndarray
+    keys: np.ndarray
 
     @classmethod
     def allocate(cls, n: int, k: int) -> "_DecisionArrays":
         return cls(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.float32),
-                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8))
+                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8), np.zeros(n, np.int8))
 
-    def fill(self, rows: np.ndarray, experts, weights, confidence, entropy, tier: Tier) -> None:
+    def fill(self, rows: np.ndarray, experts, weights, confidence, entropy, tier, key=KeyKind.EXACT) -> None:
+        """Rows ``rows`` get these values; ``tier``/``key``: one value or one per row."""
         self.experts[rows] = experts
         self.weights[rows] = weights
         self.confidence[rows] = confidence
         self.entropy[rows] = entropy
         self.tiers[rows] = tier
+        self.keys[rows] = key

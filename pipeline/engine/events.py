@@ -23,7 +23,8 @@ class Tier(IntEnum):
     CACHE = 0
     FAST = 1
     LEARNED = 2
-    BUDGET_FALLBACK = 3
+    BUDGET_FALLBACK = 3  # over budget: the pair's or the token's own table entry
+    PRIOR = 4  # over budget and the token has no entry at all: the traffic-wide prior
 
     @property
     def label(self) -> str:
@@ -31,6 +32,23 @@ class Tier(IntEnum):
 
 
 TIER_LABELS: tuple[str, ...] = tuple(t.label for t in Tier)
+
+
+class KeyKind(IntEnum):
+    """Which table key served a decision: none (an exact router decision, learned or cached),
+    the (previous token, token) pair's entry, the token's entry, or the traffic-wide prior."""
+
+    EXACT = 0
+    PAIR = 1
+    TOKEN = 2
+    PRIOR = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+KEY_LABELS: tuple[str, ...] = tuple(k.label for k in KeyKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +145,17 @@ class DecisionBatch:
     table_version: int
     router_id: str
     layer: int = 0
+    keys: np.ndarray | None = None  # int8 [n], values of KeyKind (None: all exact)
 
     def __len__(self) -> int:
         return len(self.tiers)
+
+    def key_kinds(self) -> np.ndarray:
+        return self.keys if self.keys is not None else np.zeros(len(self.tiers), np.int8)
+
+    def key_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.key_kinds().astype(np.int64), minlength=len(KeyKind))
+        return {label: int(counts[k]) for k, label in enumerate(KEY_LABELS)}
 
     def tier_counts(self) -> dict[str, int]:
         counts = np.bincount(self.tiers.astype(np.int64), minlength=len(Tier))

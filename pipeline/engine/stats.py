@@ -12,6 +12,10 @@ Two kinds of evidence are kept apart on purpose:
 
 ``decay(f)`` multiplies everything by ``f`` so that old evidence fades (bounded influence);
 means are unaffected by a uniform decay.
+
+With ``pair_cap > 0`` the same evidence is also kept per (previous token, token) pair, for at
+most ``pair_cap`` pairs (:mod:`.pairs`); callers pass each row's previous token (``prev``,
+PAD = -1) and rows without one count for their token only.
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ import io
 
 import numpy as np
 
+from .pairs import PairStats, pair_ids
+
 
 class TokenStats:
     """Accumulated per-token statistics for ``vocab_size`` tokens and ``num_experts`` experts."""
 
-    def __init__(self, vocab_size: int, num_experts: int) -> None:
+    def __init__(self, vocab_size: int, num_experts: int, pair_cap: int = 0) -> None:
         self.vocab_size = vocab_size
         self.num_experts = num_experts
         self.frequency = np.zeros(vocab_size, dtype=np.float64)
@@ -32,12 +38,15 @@ class TokenStats:
         self.confidence_sum = np.zeros(vocab_size, dtype=np.float64)
         self.expert_weight = np.zeros((vocab_size, num_experts), dtype=np.float64)
         self.top1 = np.zeros((vocab_size, num_experts), dtype=np.float64)
+        self.pairs = PairStats(vocab_size, num_experts, pair_cap)
 
     _ARRAYS = ("frequency", "routed", "entropy_sum", "confidence_sum", "expert_weight", "top1")
 
-    def observe_tokens(self, tokens: np.ndarray) -> None:
-        """Count occurrences of ``tokens`` (all tiers)."""
+    def observe_tokens(self, tokens: np.ndarray, prev: np.ndarray | None = None) -> None:
+        """Count occurrences of ``tokens`` (all tiers), and of their pairs if ``prev`` is given."""
         self.frequency += np.bincount(tokens, minlength=self.vocab_size)[: self.vocab_size]
+        if prev is not None:
+            self.pairs.observe_tokens(pair_ids(prev, tokens, self.vocab_size))
 
     def observe_routing(
         self,
@@ -46,10 +55,14 @@ class TokenStats:
         weights: np.ndarray,
         confidence: np.ndarray,
         entropy: np.ndarray,
+        prev: np.ndarray | None = None,
     ) -> None:
         """Add learned-router decisions (rows aligned with ``tokens``) as routing evidence."""
         if len(tokens) == 0:
             return
+        if prev is not None:
+            self.pairs.observe_routing(pair_ids(prev, tokens, self.vocab_size), experts, weights, confidence,
+                                       entropy)
         v = self.vocab_size
         self.routed += np.bincount(tokens, minlength=v)[:v]
         self.entropy_sum += np.bincount(tokens, weights=entropy, minlength=v)[:v]
@@ -64,6 +77,7 @@ class TokenStats:
             raise ValueError("cannot merge statistics of different vocabularies or expert counts")
         for name in self._ARRAYS:
             getattr(self, name).__iadd__(getattr(other, name))
+        self.pairs.merge(other.pairs)
 
     def decay(self, factor: float) -> None:
         """Multiply all evidence by ``factor`` in (0, 1]."""
@@ -71,6 +85,7 @@ class TokenStats:
             raise ValueError("decay factor must be in (0, 1]")
         for name in self._ARRAYS:
             getattr(self, name).__imul__(factor)
+        self.pairs.decay(factor)
 
     def _mean(self, sums: np.ndarray, empty: float) -> np.ndarray:
         out = np.full(self.vocab_size, empty, dtype=np.float64)
@@ -108,12 +123,13 @@ class TokenStats:
         clone = TokenStats(self.vocab_size, self.num_experts)
         for name in self._ARRAYS:
             setattr(clone, name, getattr(self, name).copy())
+        clone.pairs = self.pairs.copy()
         return clone
 
     def to_bytes(self) -> bytes:
         """Serialise (compressed npz); inverse of :meth:`from_bytes`."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{name: getattr(self, name) for name in self._ARRAYS})
+        np.savez_compressed(buf, **{name: getattr(self, name) for name in self._ARRAYS}, **self.pairs.arrays())
         return buf.getvalue()
 
     @classmethod
@@ -123,4 +139,5 @@ class TokenStats:
             stats = cls(v, e)
             for name in cls._ARRAYS:
                 setattr(stats, name, data[name].astype(np.float64))
+            stats.pairs = PairStats.from_arrays(data, v, e, 0)
         return stats

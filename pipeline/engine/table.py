@@ -1,53 +1,94 @@
-"""The fast-path table: eligibility predicate, per-token routes, versioning and file format.
+"""The fast-path table: eligibility predicate, per-pair and per-token routes, versioning.
 
-A :class:`RoutingTable` is built from :class:`~pipeline.engine.stats.TokenStats`. For every
-token with routing evidence it holds the token's typical route: the ``k`` experts with the
-most accumulated gate weight, those weights renormalised, and the mean confidence/entropy.
-Tokens that pass the predicate (:class:`Thresholds`) are *eligible*: the fast path serves them.
-The others' routes are still kept, because the budget governor falls back to them when the
-learned-router budget is spent; tokens never routed fall back to the traffic-wide prior.
+A :class:`RoutingTable` is built from :class:`~pipeline.engine.stats.TokenStats`. It holds, for
+every token with routing evidence, the token's typical route (the ``k`` experts with the most
+accumulated gate weight, those weights renormalised, and the mean confidence/entropy) and, for
+the (previous token, token) pairs with enough evidence (:mod:`.pairs`), the pair's typical route.
+
+**Back-off.** An event is resolved (:meth:`RoutingTable.resolve`) to the most specific entry
+there is: its pair's entry; else its token's entry; else -- a token never routed -- the
+traffic-wide prior. The entry's eligibility decides whether the fast path serves the event:
+a pair entry is eligible if its mean entropy is below ``pair_max_entropy``; a token entry by
+the token predicate (:class:`Thresholds`); the prior never. An event that is not served goes
+to the learned router; if the budget is spent it takes its entry's route anyway (budget
+fallback), and only an event resolved to the prior takes the prior (tier ``prior``).
 
 Tables are immutable values with a version number. Writers publish a new version; readers
-swap their in-memory copy when the version changes. Each decision records the version it used.
+swap their in-memory copy when the version changes. Each decision records the version it used
+and which key kind served it. The byte format is in :mod:`.table_codec`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
+from .events import KeyKind
+from .pairs import PairRoutes, PairView, pair_ids
 from .stats import TokenStats
 
-TABLE_FORMAT = "var-fastpath-table/1"
+DEFAULT_PAIR_CAP = 65536
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Fast-path eligibility: ``(frequency > min_frequency and mean entropy < max_entropy)
-    or token_id < static_below`` (the static rule only for tokens with routing evidence)."""
+    """Fast-path eligibility.
+
+    Token entries: ``(frequency > min_frequency and mean entropy < max_entropy) or token_id <
+    static_below`` (the static rule only for tokens with routing evidence). Pair entries exist
+    for pairs with ``>= pair_min_count`` learned observations, at most ``pair_cap`` of them (the
+    most traffic first; 0 turns pairs off), and are eligible if their mean entropy is below
+    ``pair_max_entropy`` (or their token is static).
+    """
 
     min_frequency: float = 50.0
     max_entropy: float = 0.5
     static_below: int = 10
+    pair_min_count: float = 3.0
+    pair_max_entropy: float = 0.5
+    pair_cap: int = DEFAULT_PAIR_CAP
 
     def __post_init__(self) -> None:
-        if self.min_frequency < 0 or self.max_entropy < 0 or self.static_below < 0:
+        if self.min_frequency < 0 or self.max_entropy < 0 or self.static_below < 0 or self.pair_max_entropy < 0:
             raise ValueError("fast-path thresholds must be >= 0")
+        if self.pair_min_count < 1 or self.pair_cap < 0:
+            raise ValueError("pair thresholds need pair_min_count >= 1 and pair_cap >= 0")
 
     def eligible(self, stats: TokenStats) -> np.ndarray:
-        """Boolean mask over the vocabulary."""
+        """Boolean mask over the vocabulary (token entries)."""
         evidence = stats.routed > 0
         by_stats = (stats.frequency > self.min_frequency) & (stats.mean_entropy() < self.max_entropy)
-        static = np.arange(stats.vocab_size) < self.static_below
-        return evidence & (by_stats | static)
+        return evidence & (by_stats | self.static(stats.vocab_size))
+
+    def static(self, vocab_size: int) -> np.ndarray:
+        return np.arange(vocab_size) < self.static_below
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (an infinite entropy bound is written as ``null``)."""
+        return {name: (None if isinstance(v := getattr(self, name), float) and math.isinf(v) else v)
+                for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Thresholds":
+        inf = {"max_entropy", "pair_max_entropy"}
+        return cls(**{k: (math.inf if v is None and k in inf else v) for k, v in data.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """How a table resolves a batch of events (rows aligned with the events)."""
+
+    kind: np.ndarray  # int8 [n], KeyKind.PAIR / TOKEN / PRIOR
+    eligible: np.ndarray  # bool [n], served by the fast path
+    pair_row: np.ndarray  # int64 [n], row in the pair entries, -1 if none
 
 
 @dataclass(slots=True)
 class RoutingTable:
-    """Per-token routes for the fast path and the budget fallback (arrays over the vocabulary)."""
+    """Per-token and per-pair routes for the fast path and the budget fallback."""
 
     version: int
     router_id: str
@@ -64,6 +105,11 @@ class RoutingTable:
     prior_experts: np.ndarray  # int64 [k]
     prior_weights: np.ndarray  # float32 [k]
     meta: dict[str, Any] = field(default_factory=dict)
+    pairs: PairRoutes | None = None
+
+    def __post_init__(self) -> None:
+        if self.pairs is None:
+            self.pairs = PairRoutes.empty(self.top_k)
 
     @property
     def vocab_size(self) -> int:
@@ -74,18 +120,53 @@ class RoutingTable:
         """Number of fast-path (eligible) tokens."""
         return int(self.eligible.sum())
 
+    @property
+    def pair_entries(self) -> PairRoutes:
+        assert self.pairs is not None
+        return self.pairs
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the table's arrays (tokens and pairs)."""
+        arrays = (self.eligible, self.known, self.experts, self.weights, self.confidence, self.entropy, self.frequency)
+        return sum(a.nbytes for a in arrays) + self.pair_entries.nbytes
+
     @classmethod
     def empty(cls, vocab_size: int, num_experts: int, top_k: int, router_id: str) -> "RoutingTable":
         """Version 0: nothing eligible, uniform prior (cold start)."""
         return build_table(TokenStats(vocab_size, num_experts), Thresholds(), top_k, router_id, 0)
 
     def with_version(self, version: int) -> "RoutingTable":
-        clone = RoutingTable(**{f: getattr(self, f) for f in self.__slots__})  # type: ignore[arg-type]
+        clone = RoutingTable(**{f: getattr(self, f) for f in self.__dataclass_fields__})
         clone.version = version
         return clone
 
+    def resolve(self, prev: np.ndarray, tokens: np.ndarray) -> Lookup:
+        """The entry of each event (pair, else token, else prior) and whether it is eligible."""
+        row = self.pair_entries.find(pair_ids(prev, tokens, self.vocab_size))
+        has_pair = row >= 0
+        known = self.known[tokens]
+        kind = np.where(has_pair, KeyKind.PAIR, np.where(known, KeyKind.TOKEN, KeyKind.PRIOR)).astype(np.int8)
+        static = known & self.thresholds.static(self.vocab_size)[tokens]
+        pair_ok = self.pair_entries.eligible[np.maximum(row, 0)] if len(self.pair_entries) else has_pair
+        eligible = np.where(has_pair, pair_ok | static, self.eligible[tokens])
+        return Lookup(kind, eligible, row)
+
+    def routes(self, lookup: Lookup, rows: np.ndarray, tokens: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(experts, weights, confidence, entropy) of the entries of events ``rows`` (``tokens``:
+        the whole batch's tokens; ``lookup``: the batch's resolution)."""
+        experts, weights, conf, ent = self.fallback_routes(tokens[rows])
+        pair_row = lookup.pair_row[rows]
+        use = pair_row >= 0
+        if use.any():
+            p, r = self.pair_entries, pair_row[use]
+            experts[use], weights[use], conf[use], ent[use] = p.experts[r], p.weights[r], p.confidence[r], p.entropy[r]
+        return experts, weights, conf, ent
+
     def fallback_routes(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(experts, weights, confidence, entropy) for the budget fallback of ``tokens``."""
+        """(experts, weights, confidence, entropy) of the token entries of ``tokens`` (the prior for
+        tokens without one)."""
         known = self.known[tokens]
         experts = np.where(known[:, None], self.experts[tokens], self.prior_experts[None, :])
         weights = np.where(known[:, None], self.weights[tokens], self.prior_weights[None, :])
@@ -93,48 +174,17 @@ class RoutingTable:
         ent = np.where(known, self.entropy[tokens], np.float32(np.log(self.num_experts)))
         return experts, weights.astype(np.float32), conf.astype(np.float32), ent.astype(np.float32)
 
-    def to_dict(self) -> dict[str, Any]:
-        rows = [
-            [t, int(self.eligible[t]), self.experts[t].tolist(), self.weights[t].tolist(),
-             float(self.confidence[t]), float(self.entropy[t]), float(self.frequency[t])]
-            for t in np.flatnonzero(self.known).tolist()
-        ]
-        return {
-            "format": TABLE_FORMAT, "version": self.version, "router_id": self.router_id,
-            "vocab_size": self.vocab_size, "num_experts": self.num_experts, "top_k": self.top_k,
-            "thresholds": asdict(self.thresholds), "meta": self.meta,
-            "prior": {"experts": self.prior_experts.tolist(), "weights": self.prior_weights.tolist()},
-            "tokens": rows,
-        }
-
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RoutingTable":
-        if data.get("format") != TABLE_FORMAT:
-            raise ValueError(f"not a fast-path table (format {data.get('format')!r}, expected {TABLE_FORMAT!r})")
-        v, k = int(data["vocab_size"]), int(data["top_k"])
-        table = cls(
-            int(data["version"]), str(data["router_id"]), k, int(data["num_experts"]),
-            Thresholds(**data["thresholds"]), np.zeros(v, bool), np.zeros(v, bool),
-            np.zeros((v, k), np.int64), np.zeros((v, k), np.float32), np.zeros(v, np.float32),
-            np.zeros(v, np.float32), np.zeros(v, np.float64),
-            np.asarray(data["prior"]["experts"], np.int64), np.asarray(data["prior"]["weights"], np.float32),
-            dict(data.get("meta", {})),
-        )
-        for token, eligible, experts, weights, conf, ent, freq in data["tokens"]:
-            table.known[token], table.eligible[token] = True, bool(eligible)
-            table.experts[token], table.weights[token] = experts, weights
-            table.confidence[token], table.entropy[token], table.frequency[token] = conf, ent, freq
-        return table
+        from .table_codec import encode_table
+        return encode_table(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "RoutingTable":
-        return cls.from_dict(orjson.loads(raw))
+        from .table_codec import decode_table
+        return decode_table(raw)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+        Path(path).write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> "RoutingTable":
@@ -179,4 +229,15 @@ def build_table(
         prior_experts=prior_experts[0],
         prior_weights=prior_weights[0],
         meta=dict(meta or {}, tokens_observed=stats.total_frequency, tokens_routed=stats.total_routed),
+        pairs=build_pairs(stats.pairs.view(), thresholds, top_k),
     )
+
+
+def build_pairs(view: PairView, thresholds: Thresholds, top_k: int) -> PairRoutes:
+    """The pair entries: candidates by evidence and cap, routes, eligibility by entropy."""
+    rows = view.candidates(thresholds.pair_min_count, thresholds.pair_cap)
+    experts, weights = _top_k_routes(view.expert_weight[rows].astype(np.float64), top_k)
+    entropy = view.mean_entropy(rows)
+    return PairRoutes(view.keys[rows], entropy < thresholds.pair_max_entropy, experts.astype(np.int16),
+                      weights, (view.confidence_sum[rows] / view.routed[rows]).astype(np.float32),
+                      entropy.astype(np.float32), view.frequency[rows].copy())

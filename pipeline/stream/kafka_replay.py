@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -268,7 +268,7 @@ def _final_table(settings: Settings, prepared: Prepared, versions: list[int]) ->
         table = loaded[0] if loaded else table
     source = prepared.table_source if table is prepared.table else f"stats worker ({len(versions)} versions used)"
     return {"version": max(versions) if versions else table.version, "size": table.size, "source": source,
-            "versions_seen": versions, "thresholds": asdict(table.thresholds)}
+            "versions_seen": versions, "thresholds": table.thresholds.to_dict()}
 
 
 def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepared, chunks: list[EventChunk],

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.engine.stats import TokenStats
-from pipeline.engine.table import TABLE_FORMAT, RoutingTable, Thresholds, build_table
+from pipeline.engine.table import RoutingTable, Thresholds, build_table
+from pipeline.engine.table_codec import TABLE_FORMAT
 
 V, E, K = 20, 4, 2
 
@@ -267,11 +268,11 @@ def test_save_load_round_trip(tmp_path):
     table = build_table(stats, Thresholds(min_frequency=5, max_entropy=1.0, static_below=3), K, "rid-1", 7,
                         {"source": "test"})
     assert table.size > 0
-    path = tmp_path / "table.json"
+    path = tmp_path / "table.bin"
     table.save(path)
     loaded = RoutingTable.load(path)
     assert_tables_equal(table, loaded)
-    assert json.loads(path.read_text())["format"] == TABLE_FORMAT
+    assert TABLE_FORMAT.encode() in path.read_bytes()[:200]
     assert_tables_equal(table, RoutingTable.from_bytes(table.to_bytes()))
     # routing through the loaded table gives the same fallbacks
     tokens = np.arange(V)
@@ -279,12 +280,13 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("fmt", [None, "var-fastpath-table/2", "something-else"])
-def test_from_dict_rejects_wrong_format(fmt):
-    data = build_table(random_stats(7), Thresholds(), K, "r", 1).to_dict()
-    if fmt is None:
-        del data["format"]
-    else:
-        data["format"] = fmt
+@pytest.mark.parametrize("fmt", [None, "var-fastpath-table/3", "something-else"])
+def test_from_bytes_rejects_wrong_format(fmt):
+    raw = build_table(random_stats(7), Thresholds(), K, "r", 1).to_bytes()
+    good = TABLE_FORMAT.encode()
+    bad = raw.replace(b'"format":"' + good + b'",', b"") if fmt is None else raw.replace(good, fmt.encode())
     with pytest.raises(ValueError, match="not a fast-path table"):
-        RoutingTable.from_dict(data)
+        RoutingTable.from_bytes(bad)
+    for junk in (b"{}", b"[1]", b"not json", raw[:40]):
+        with pytest.raises(ValueError, match="not a fast-path table"):
+            RoutingTable.from_bytes(junk)

@@ -93,7 +93,7 @@ def test_layer_budget_figures_follow_each_workers_governor_clock():
     routers = [SimpleNamespace(router_id="r-l0", spec=SimpleNamespace(window=8))]
     settings = Settings.load(env={}, cli={}).with_(budget_window=window, cache_scope="misses")
     [report] = layer_reports(outcomes, outcomes, routers, [SimpleNamespace(size=7)], ["det"], settings)
-    assert report.tiers == {"cache": 4, "fast": 28, "learned": 8, "budget_fallback": 0}
+    assert report.tiers == {"cache": 4, "fast": 28, "learned": 8, "budget_fallback": 0, "prior": 0}
     assert report.max_window_learned_fraction == 0.5  # B: 5 learned in its window 0-9
     assert report.learned_fraction_full_windows == pytest.approx(8 / 40)  # 4 full windows, 8 learned
     assert report.learned_fraction == pytest.approx(8 / 40)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 SYNTH = ["replay", "--synthetic", "--streams", "4", "--tokens-per-stream", "3000", "--json"]
 KEYS = {"tokens", "tiers", "learned_fraction", "max_window_learned_fraction", "cache_hit_rate", "agreement_top1",
         "tokens_per_s", "constraints_ok"}
-TIERS = {"cache", "fast", "learned", "budget_fallback"}
+TIERS = {"cache", "fast", "learned", "budget_fallback", "prior"}
 
 
 @pytest.fixture(autouse=True)
