@@ -4,16 +4,22 @@ longer than :func:`tokens_per_record` tokens gets several, each for consecutive 
 An outcome mirrors its input record and carries the decision of EVERY MoE layer the workers
 route (one for a synthetic router, one per layer for a model). Format version 2, single token::
 
-    {"v": 2, "stream": "doc-1", "seq": 7, "token": 42, "worker": "host-4242/3f9a1c",
+    {"v": 2, "stream": "doc-1", "seq": 7, "token": 42, "prev": 17, "worker": "host-4242/3f9a1c",
      "layers": [
        {"layer": 0, "router_id": "model-1a2b3c4d5e6f-l0", "table_version": 3, "pos": 5120,
         "experts": [3, 5], "weights": [0.81, 0.19], "confidence": 0.77, "entropy": 0.64,
-        "tier": "fast", "ctx": 1234567890123},
+        "tier": "fast", "key": "pair", "ctx": 1234567890123},
        {"layer": 1, ...}, ...]}
+
+``prev`` is the token before the (first) token in its stream (-1 at the start of a stream): the
+stats worker needs it for the (previous token, token) pair statistics. ``key`` says which table
+key served the decision (``pair``, ``token``, ``prior``, or ``exact`` for the router's own
+decisions: learned or cached). Both are optional when decoding (records of earlier workers:
+``prev`` -1, ``key`` ``exact`` for learned/cache tiers and ``token`` otherwise).
 
 ``layers`` lists the layers in order 0, 1, ... (every layer of the worker's engine, none left
 out). For a chunk, ``tokens`` replaces ``token`` and each layer's per-token fields
-(``experts``, ``weights``, ``confidence``, ``entropy``, ``tier``, ``ctx``) become lists, one
+(``experts``, ``weights``, ``confidence``, ``entropy``, ``tier``, ``key``, ``ctx``) become lists, one
 entry per token; ``seq`` and each layer's ``pos`` belong to the first token and count up by one
 per token.
 
@@ -37,7 +43,8 @@ import numpy as np
 import orjson
 
 from pipeline.engine.engine import RouteResult
-from pipeline.engine.events import TIER_LABELS, EventBatch, Tier
+from pipeline.engine.events import KEY_LABELS, TIER_LABELS, EventBatch, KeyKind, Tier
+from pipeline.engine.pairs import previous_tokens
 
 OUTCOME_VERSION = 2
 LEGACY_VERSION = 1  # one layer, its fields at the top level (decoded, never written)
@@ -47,6 +54,7 @@ LEGACY_VERSION = 1  # one layer, its fields at the top level (decoded, never wri
 MAX_OUTCOME_TOKENS = 1024
 PER_TOKEN = ("experts", "weights", "confidence", "entropy", "tier", "ctx")
 _TIER_CODE = {label: code for code, label in enumerate(TIER_LABELS)}
+_KEY_CODE = {label: code for code, label in enumerate(KEY_LABELS)}
 
 
 class OutcomeError(ValueError):
@@ -79,6 +87,7 @@ def encode_outcomes(result: Routed, message_index: np.ndarray, worker: str) -> l
     if len(ev) == 0:
         return []
     tokens = ev.tokens.tolist()
+    prevs = previous_tokens(result.layers[0].contexts).tolist()
     layers = [_LayerLists(r) for r in result.layers]
     out = []
     for a, b in _pieces(message_index, tokens_per_record(len(layers))):
@@ -88,6 +97,7 @@ def encode_outcomes(result: Routed, message_index: np.ndarray, worker: str) -> l
             record["tokens"] = tokens[a:b]
         else:
             record["token"] = tokens[a]
+        record["prev"] = prevs[a]
         record["worker"] = worker
         record["layers"] = [layer.record(a, b) for layer in layers]
         out.append((stream.encode(), orjson.dumps(record)))
@@ -103,7 +113,8 @@ class _LayerLists:
         self.position = result.position
         self.columns = {"experts": d.experts.tolist(), "weights": d.weights.tolist(),
                         "confidence": d.confidence.tolist(), "entropy": d.entropy.tolist(),
-                        "tier": [TIER_LABELS[t] for t in d.tiers.tolist()], "ctx": d.ctx_hash.tolist()}
+                        "tier": [TIER_LABELS[t] for t in d.tiers.tolist()],
+                        "key": [KEY_LABELS[k] for k in d.key_kinds().tolist()], "ctx": d.ctx_hash.tolist()}
 
     def record(self, a: int, b: int) -> dict[str, Any]:
         rec: dict[str, Any] = dict(self.common, pos=self.position + a)
@@ -126,12 +137,24 @@ class LayerOutcomes:
     positions: np.ndarray  # int64 [n], the layer's governor position
     table_versions: np.ndarray  # int64 [n]
     router_ids: list[str]
+    keys: np.ndarray | None = None  # int8 [n], KeyKind (None: derived from the tiers)
 
     _ARRAYS = ("experts", "weights", "confidence", "entropy", "tiers", "ctx", "positions", "table_versions")
 
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            exact = (self.tiers == Tier.LEARNED) | (self.tiers == Tier.CACHE)
+            self.keys = np.where(exact, KeyKind.EXACT, np.where(self.tiers == Tier.PRIOR, KeyKind.PRIOR,
+                                                                KeyKind.TOKEN)).astype(np.int8)
+
+    @property
+    def key_kinds(self) -> np.ndarray:
+        assert self.keys is not None
+        return self.keys
+
     def select(self, idx: np.ndarray) -> "LayerOutcomes":
         return LayerOutcomes(self.layer, *(getattr(self, name)[idx] for name in self._ARRAYS),
-                             [self.router_ids[i] for i in idx.tolist()])
+                             [self.router_ids[i] for i in idx.tolist()], self.key_kinds[idx])
 
     def learned(self) -> np.ndarray:
         return self.tiers == Tier.LEARNED
@@ -139,7 +162,7 @@ class LayerOutcomes:
     @classmethod
     def concat(cls, parts: Sequence["LayerOutcomes"]) -> "LayerOutcomes":
         return cls(parts[0].layer, *(np.concatenate([getattr(p, name) for p in parts]) for name in cls._ARRAYS),
-                   [r for p in parts for r in p.router_ids])
+                   [r for p in parts for r in p.router_ids], np.concatenate([p.key_kinds for p in parts]))
 
 
 @dataclass(slots=True)
@@ -151,6 +174,11 @@ class Outcomes:
     tokens: np.ndarray
     workers: list[str]
     layers: list[LayerOutcomes]
+    prevs: np.ndarray | None = None  # int64 [n], the token before each token (-1: none or unknown)
+
+    def __post_init__(self) -> None:
+        if self.prevs is None:
+            self.prevs = np.full(len(self.tokens), -1, np.int64)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -167,8 +195,9 @@ class Outcomes:
     def select(self, idx: np.ndarray) -> "Outcomes":
         """The rows ``idx`` (integer indices)."""
         rows = idx.tolist()
+        assert self.prevs is not None
         return Outcomes([self.streams[i] for i in rows], self.seqs[idx], self.tokens[idx],
-                        [self.workers[i] for i in rows], [layer.select(idx) for layer in self.layers])
+                        [self.workers[i] for i in rows], [layer.select(idx) for layer in self.layers], self.prevs[idx])
 
     @classmethod
     def concat(cls, parts: Sequence["Outcomes"]) -> "Outcomes":
@@ -181,7 +210,8 @@ class Outcomes:
             raise ValueError(f"cannot concatenate outcomes of different layers: {sorted(shapes)}")
         return cls([s for p in parts for s in p.streams], np.concatenate([p.seqs for p in parts]),
                    np.concatenate([p.tokens for p in parts]), [w for p in parts for w in p.workers],
-                   [LayerOutcomes.concat([p.layers[i] for p in parts]) for i in range(len(parts[0].layers))])
+                   [LayerOutcomes.concat([p.layers[i] for p in parts]) for i in range(len(parts[0].layers))],
+                   np.concatenate([p.prevs for p in parts if p.prevs is not None]))
 
 
 def _field(record: dict[str, Any], name: str, kinds: tuple[type, ...], where: str = "") -> Any:
@@ -200,11 +230,15 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
     if index >= 0 and number != index:
         raise OutcomeError(f"layers[{index}] is layer {number}: layers must be listed in order 0, 1, ...")
     per_token = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
+    if "key" in layer:
+        per_token["key"] = [layer["key"]] if single else layer["key"]
     for name, values in per_token.items():
         if not isinstance(values, list) or len(values) != n:
             raise OutcomeError(f"field {where + name!r} does not have one entry per token")
     try:
         tiers = np.asarray([_TIER_CODE[t] for t in per_token["tier"]], dtype=np.int8)
+        keys = (np.asarray([_KEY_CODE[k] for k in per_token["key"]], dtype=np.int8) if "key" in per_token
+                else None)
         experts, weights = np.asarray(per_token["experts"], np.int64), np.asarray(per_token["weights"], np.float32)
         columns = (np.asarray(per_token["confidence"], np.float32), np.asarray(per_token["entropy"], np.float32),
                    tiers, np.asarray(per_token["ctx"], np.uint64))
@@ -215,7 +249,7 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
     pos, version = _field(layer, "pos", (int,), where), _field(layer, "table_version", (int,), where)
     router_id = _field(layer, "router_id", (str,), where)
     return LayerOutcomes(number, experts, weights, *columns, pos + np.arange(n, dtype=np.int64),
-                         np.full(n, version, np.int64), [router_id] * n)
+                         np.full(n, version, np.int64), [router_id] * n, keys)
 
 
 def decode_outcome(raw: bytes) -> Outcomes:
@@ -244,7 +278,10 @@ def decode_outcome(raw: bytes) -> Outcomes:
         layers = [_decode_layer(layer, i, single, n) for i, layer in enumerate(listed)]
     seq = _field(record, "seq", (int,))
     stream, worker = _field(record, "stream", (str,)), _field(record, "worker", (str,))
-    return Outcomes([stream] * n, seq + np.arange(n, dtype=np.int64), token_ids, [worker] * n, layers)
+    first_prev = _field(record, "prev", (int,)) if "prev" in record else -1
+    prevs = np.concatenate(([first_prev], token_ids[:-1])) if n else np.zeros(0, np.int64)
+    return Outcomes([stream] * n, seq + np.arange(n, dtype=np.int64), token_ids, [worker] * n, layers,
+                    prevs.astype(np.int64))
 
 
 def learned_mask(outcomes: Outcomes, layer: int = 0) -> np.ndarray:

@@ -27,9 +27,10 @@ import numpy as np
 from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
 from .context import ContextResult, Rejection, StreamWindow, build_contexts
-from .events import PAD_TOKEN, DecisionBatch, EventBatch, KeyKind, Tier
+from .events import DecisionBatch, EventBatch, KeyKind, Tier
 from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
+from .pairs import previous_tokens
 from .table import Lookup, RoutingTable
 
 
@@ -181,8 +182,7 @@ class VAREngine:
 
     def resolve(self, contexts: np.ndarray, tokens: np.ndarray) -> Lookup:
         """The table entries of events whose context rows (ending with the token) are ``contexts``."""
-        prev = contexts[:, -2] if contexts.shape[1] >= 2 else np.full(len(tokens), PAD_TOKEN, np.int64)
-        return self.table.resolve(prev, tokens)
+        return self.table.resolve(previous_tokens(contexts), tokens)
 
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""

@@ -21,8 +21,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+STATS_PAIR_FACTOR = 2  # statistics keep this many times the table's pair cap (the table's candidates)
 _FLOAT = ("frequency", "routed", "entropy_sum", "confidence_sum")
 _MATRIX = ("expert_weight", "top1")
+
+
+def stats_pair_cap(table_cap: int) -> int:
+    """How many pairs statistics keep for tables of at most ``table_cap`` pairs."""
+    return STATS_PAIR_FACTOR * table_cap
+
+
+def previous_tokens(contexts: np.ndarray) -> np.ndarray:
+    """The token before each event, from context rows that end with the event's token (PAD = -1)."""
+    if contexts.shape[1] < 2:
+        return np.full(len(contexts), -1, np.int64)
+    return contexts[:, -2].astype(np.int64)
+
+
+def stream_previous(stream: np.ndarray) -> np.ndarray:
+    """The token before each token of one whole stream (PAD = -1 for the first)."""
+    return np.concatenate(([-1], stream[:-1])).astype(np.int64)
 
 
 def pair_ids(prev: np.ndarray, tokens: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -72,7 +90,7 @@ class PairStats:
         self.keys[rows] = ids
         return rows
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
         """Keep the ``cap`` pairs with the most traffic (ties: lower pair id), rows by pair id."""
         n = len(self.rows)
         if n <= self.cap + self.cap // 4:
@@ -87,14 +105,18 @@ class PairStats:
         self.rows = {key: i for i, key in enumerate(self.keys.tolist())}
 
     # --- evidence ------------------------------------------------------------------------
-    def observe_tokens(self, ids: np.ndarray) -> None:
-        """Count occurrences of the pairs ``ids`` (``-1``: no pair, skipped)."""
+    def observe_tokens(self, ids: np.ndarray, prune: bool = True) -> None:
+        """Count occurrences of the pairs ``ids`` (``-1``: no pair, skipped). ``prune=False``
+        defers the bound to the next call that prunes (so that a batch's routing evidence is
+        added before any of its pairs can be dropped)."""
         ids = ids[ids >= 0]
         if self.cap == 0 or len(ids) == 0:
             return
         uniq, counts = np.unique(ids, return_counts=True)
-        self.frequency[self._locate(uniq)] += counts
-        self._prune()
+        rows = self._locate(uniq)  # may grow the arrays: index them only after
+        self.frequency[rows] += counts
+        if prune:
+            self.prune()
 
     def observe_routing(self, ids: np.ndarray, experts: np.ndarray, weights: np.ndarray,
                         confidence: np.ndarray, entropy: np.ndarray) -> None:
@@ -110,7 +132,7 @@ class PairStats:
         k = experts.shape[1]
         np.add.at(self.expert_weight, (np.repeat(rows, k), experts.ravel()), weights.ravel())
         np.add.at(self.top1, (rows, experts[:, 0]), 1.0)
-        self._prune()
+        self.prune()
 
     def merge(self, other: "PairStats") -> None:
         if (other.vocab_size, other.num_experts) != (self.vocab_size, self.num_experts):
@@ -121,7 +143,7 @@ class PairStats:
         rows = self._locate(other.keys[:n])
         for name in _FLOAT + _MATRIX:
             getattr(self, name)[rows] += getattr(other, name)[:n]
-        self._prune()
+        self.prune()
 
     def decay(self, factor: float) -> None:
         for name in _FLOAT + _MATRIX:

@@ -45,6 +45,7 @@ import orjson
 from .adaptive import AdaptiveChoice, Prediction, choose_thresholds, predict
 from .engine import RouteResult
 from .events import TIER_LABELS, Tier
+from .pairs import previous_tokens, stats_pair_cap
 from .stats import TokenStats
 from .table import RoutingTable, Thresholds, build_table
 
@@ -117,7 +118,7 @@ class StatsRefresher:
 
     def __init__(self, vocab_size: int, num_experts: int, top_k: int, router_id: str,
                  policy: RefreshPolicy = RefreshPolicy(), clock: Clock = time.monotonic) -> None:
-        self.stats = TokenStats(vocab_size, num_experts)
+        self.stats = TokenStats(vocab_size, num_experts, stats_pair_cap(policy.thresholds.pair_cap))
         self.top_k, self.router_id, self.policy, self.clock = top_k, router_id, policy, clock
         self.offsets: dict[int, int] = {}
         self.counters = RefreshCounters()
@@ -151,21 +152,19 @@ class StatsRefresher:
         """Count ``layer``'s decisions of checked :class:`~pipeline.outcomes.Outcomes`; returns the
         rows used as evidence."""
         d = outcomes.layers[layer]
-        return self._accumulate(outcomes.tokens, d.tiers, d.experts, d.weights, d.confidence, d.entropy,
-                                d.table_versions)
+        return self._accumulate(outcomes.tokens, outcomes.prevs, d.tiers, d.experts, d.weights, d.confidence,
+                                d.entropy, d.table_versions)
 
     def observe_result(self, result: RouteResult) -> int:
         """Count an engine result directly (the in-process loop)."""
         d = result.decisions
         versions = np.full(len(d.tiers), d.table_version, np.int64)
-        return self._accumulate(result.events.tokens, d.tiers, d.experts, d.weights, d.confidence, d.entropy,
-                                versions)
+        return self._accumulate(result.events.tokens, previous_tokens(result.contexts), d.tiers, d.experts,
+                                d.weights, d.confidence, d.entropy, versions)
 
-    def _accumulate(self, tokens, tiers, experts, weights, confidence, entropy, versions) -> int:
-        self.stats.observe_tokens(tokens)
+    def _accumulate(self, tokens, prev, tiers, experts, weights, confidence, entropy, versions) -> int:
         learned = tiers == Tier.LEARNED
-        self.stats.observe_routing(tokens[learned], experts[learned], weights[learned], confidence[learned],
-                                   entropy[learned])
+        self.stats.observe(tokens, prev, learned, experts, weights, confidence, entropy)
         self._count_tiers(tiers, versions)
         n, used = len(tokens), int(learned.sum())
         self.counters.outcomes += n

@@ -42,11 +42,20 @@ class TokenStats:
 
     _ARRAYS = ("frequency", "routed", "entropy_sum", "confidence_sum", "expert_weight", "top1")
 
-    def observe_tokens(self, tokens: np.ndarray, prev: np.ndarray | None = None) -> None:
+    def observe(self, tokens: np.ndarray, prev: np.ndarray | None, learned: np.ndarray, experts: np.ndarray,
+                weights: np.ndarray, confidence: np.ndarray, entropy: np.ndarray) -> None:
+        """Count a batch: every row as traffic, the ``learned`` rows (a mask over all rows;
+        ``experts`` etc. cover all rows) as routing evidence too."""
+        self.observe_tokens(tokens, prev, prune=False)
+        self.observe_routing(tokens[learned], experts[learned], weights[learned], confidence[learned],
+                             entropy[learned], None if prev is None else prev[learned])
+        self.pairs.prune()
+
+    def observe_tokens(self, tokens: np.ndarray, prev: np.ndarray | None = None, prune: bool = True) -> None:
         """Count occurrences of ``tokens`` (all tiers), and of their pairs if ``prev`` is given."""
         self.frequency += np.bincount(tokens, minlength=self.vocab_size)[: self.vocab_size]
         if prev is not None:
-            self.pairs.observe_tokens(pair_ids(prev, tokens, self.vocab_size))
+            self.pairs.observe_tokens(pair_ids(prev, tokens, self.vocab_size), prune)
 
     def observe_routing(
         self,
