@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from pipeline.engine.budget import BudgetPolicy
+from pipeline.engine.budget import BudgetPolicy, split_budget
 from pipeline.engine.cache import CachePolicy
 from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.layered import LayeredEngine
@@ -69,27 +69,47 @@ def build_routers(settings: Settings, vocab_size: int) -> list[Router]:
     return [build_router(router_spec(settings, vocab_size), settings.device)]
 
 
-def engine_config(settings: Settings, layer: int = 0, window: int | None = None) -> EngineConfig:
+def engine_config(settings: Settings, layer: int = 0, window: int | None = None,
+                  budget: float | None = None) -> EngineConfig:
     return EngineConfig(
         window=settings.window if window is None else window,
         layer=layer,
         cache=CachePolicy(settings.cache_ttl_s, settings.cache_size, settings.cache_min_confidence),
-        budget=BudgetPolicy(settings.budget, settings.budget_window, settings.governor),
+        budget=BudgetPolicy(settings.budget if budget is None else budget, settings.budget_window, settings.governor),
         cache_scope=settings.cache_scope,
     )
 
 
 def thresholds(settings: Settings) -> Thresholds:
-    return Thresholds(settings.min_frequency, settings.max_entropy, settings.static_below)
+    return Thresholds(settings.min_frequency, settings.max_entropy, settings.static_below, settings.pair_min_count,
+                      settings.pair_max_entropy, settings.pair_cap)
 
 
 def empty_tables(routers: Sequence[Router]) -> list[RoutingTable]:
     return [RoutingTable.empty(r.spec.vocab_size, r.spec.num_experts, r.spec.top_k, r.router_id) for r in routers]
 
 
+def layer_budgets(settings: Settings, layers: int) -> list[float]:
+    """Each MoE layer's learned budget (``--budget-split``): ``even`` -- ``settings.budget`` for
+    every layer; ``error`` -- ``layers x budget`` split by each layer's fast-path error on the
+    model's training text (:func:`~pipeline.engine.adaptive.fast_path_error`), at most
+    ``budget_layer_max`` each. Deterministic per checkpoint and settings, so every worker and a
+    verifier derive the same caps."""
+    if settings.budget_split == "even" or layers == 1 or not is_model(settings):
+        return [settings.budget] * layers
+    from pipeline.engine.adaptive import fast_path_error
+    from pipeline.model.corpus_stats import training_stats
+
+    base = thresholds(settings)
+    errors = [fast_path_error(stats, base) for stats in training_stats(load_model(settings))]
+    return split_budget(settings.budget, errors, settings.budget_layer_max)
+
+
 def build_engine(settings: Settings, routers: Sequence[Router],
                  tables: Sequence[RoutingTable] | None = None) -> LayeredEngine:
-    """One :class:`VAREngine` per router (layer), each with its router's receptive field."""
+    """One :class:`VAREngine` per router (layer), each with its router's receptive field and
+    its layer's budget (:func:`layer_budgets`)."""
     tables = list(tables) if tables is not None else empty_tables(routers)
-    return LayeredEngine([VAREngine(r, t, engine_config(settings, layer, r.spec.window))
+    budgets = layer_budgets(settings, len(routers))
+    return LayeredEngine([VAREngine(r, t, engine_config(settings, layer, r.spec.window, budgets[layer]))
                           for layer, (r, t) in enumerate(zip(routers, tables))])

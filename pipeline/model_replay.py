@@ -25,11 +25,12 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.assembly import build_engine, load_model
+from pipeline.assembly import build_engine, load_model, thresholds
 from pipeline.engine.adaptive import choose_thresholds
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.events import EventChunk
 from pipeline.engine.layered import LayeredEngine, LayeredResult
+from pipeline.engine.pairs import stream_previous
 from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable, build_table
 from pipeline.model.checkpoint import Checkpoint
@@ -79,7 +80,7 @@ def layer_tables(settings: Settings, stats: Sequence[TokenStats], ids: Sequence[
     entropy: the tokens the statistics trust least get the learned calls."""
     tables = []
     for layer, layer_stats in enumerate(stats):
-        choice = choose_thresholds(layer_stats, settings.budget, settings.static_below)
+        choice = choose_thresholds(layer_stats, settings.budget, thresholds(settings))
         meta = {"source": "offline", "layer": layer, "adaptive": choice.to_meta()}
         tables.append(build_table(layer_stats, choice.thresholds, top_k, ids[layer], 1, meta))
     return tables
@@ -136,9 +137,12 @@ def route_online(engine: LayeredEngine, chunks: Sequence[EventChunk], settings: 
 
 def reference_routings(routed: Routed, tables: Sequence[RoutingTable], num_experts: int, top_k: int,
                        seed: int) -> dict[str, Routing]:
-    """VAR's routing plus the scale references: fast path for every token, random experts."""
+    """VAR's routing plus the scale references: the table for every token (its pair's entry, else
+    its token's -- no learned calls at all), random experts."""
     tokens = np.concatenate(routed.streams)
-    fast = [t.fallback_routes(tokens)[:2] for t in tables]
+    prev = np.concatenate([stream_previous(s) for s in routed.streams])
+    every = np.arange(len(tokens))
+    fast = [t.routes(t.resolve(prev, tokens), every, tokens)[:2] for t in tables]
     return {"var": list(zip(routed.experts, routed.weights)), "fast_path_everywhere": fast,
             "random": random_routing(len(tokens), num_experts, top_k, len(tables), seed)}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.engine.engine import VAREngine
-from pipeline.engine.events import TIER_LABELS, Tier
+from pipeline.engine.events import TIER_LABELS, Tier, served_by_key
 from pipeline.model.determinism import LayerDeterminism
 from pipeline.model.evaluate import LMQuality
 from pipeline.model.router import ModelRouter
@@ -31,6 +31,10 @@ class LayerReport:
     cache_hit_rate: float
     learned_us_per_token: float
     determinism: LayerDeterminism
+    budget: float  # this layer's governor cap (a share of each budget window)
+    served: dict[str, dict[str, int]]  # fast / budget_fallback decisions by key kind (pair, token)
+    pair_entries: int
+    table_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "determinism"}
@@ -49,7 +53,8 @@ def layer_report(engine: VAREngine, router: ModelRouter, determinism: LayerDeter
         max_window_learned_fraction=ledger.max_sliding / window,
         cache_hit_rate=c.cache_hits / c.cache_lookups if c.cache_lookups else 0.0,
         learned_us_per_token=1e6 * router.seconds / router.routed if router.routed else 0.0,
-        determinism=determinism)
+        determinism=determinism, budget=engine.config.budget.budget, served=served_by_key(c.tier_keys),
+        pair_entries=len(engine.table.pair_entries), table_bytes=engine.table.nbytes)
 
 
 @dataclass
@@ -81,8 +86,9 @@ class ModelReplayReport:
     def constraints(self) -> dict[str, bool]:
         eps = 1e-12
         checks = {
-            "learned_under_budget": all(l.learned_fraction_full_windows <= self.budget + eps for l in self.layers),
-            "window_cap_held": all(l.max_window_learned_fraction <= self.budget + eps for l in self.layers),
+            "learned_under_budget": all(l.learned_fraction_full_windows <= l.budget + eps for l in self.layers)
+            and sum(l.budget for l in self.layers) <= self.budget * len(self.layers) + eps,
+            "window_cap_held": all(l.max_window_learned_fraction <= l.budget + eps for l in self.layers),
             "quality_preserved": self.var.perplexity_change_pct <= self.quality_bound_pct,
         }
         if self.completeness is not None:
@@ -107,15 +113,24 @@ class ModelReplayReport:
         return data
 
 
+_COLUMNS = ("cache", "fast pair", "fast tok", "learned", "fallback", "prior")
+
+
+def _tier_shares(l: LayerReport, tokens: int) -> list[float]:
+    fast = l.served["fast"]
+    counts = [l.tiers["cache"], fast["pair"], fast["token"], l.tiers["learned"], l.tiers["budget_fallback"],
+              l.tiers["prior"]]
+    return [c / max(1, tokens) for c in counts]
+
+
 def _layer_rows(report: ModelReplayReport) -> list[str]:
-    short = {"budget_fallback": "fallback"}
-    head = (f"  {'layer':<6}{'field':>6}{'table':>7}" + "".join(f"{short.get(t, t):>10}" for t in TIER_LABELS)
-            + f"{'learned':>9}{'max/win':>9}{'µs/tok':>8}{'top-1':>7}{'top-k set':>10}{'recall':>8}")
+    head = (f"  {'layer':<6}{'field':>6}{'tokens':>7}{'pairs':>7}" + "".join(f"{c:>10}" for c in _COLUMNS)
+            + f"{'budget':>8}{'learned':>9}{'max/win':>9}{'µs/tok':>8}{'top-1':>7}{'top-k set':>10}{'recall':>8}")
     rows = [head]
     for l, agree in zip(report.layers, report.var.layers):
-        shares = "".join(f"{pct(l.tiers[t] / max(1, report.tokens)):>10}" for t in TIER_LABELS)
-        rows.append(f"  {l.layer:<6}{l.receptive_field:>6}{l.table_size:>7}{shares}"
-                    f"{pct(l.learned_fraction_full_windows):>9}{pct(l.max_window_learned_fraction):>9}"
+        shares = "".join(f"{pct(s):>10}" for s in _tier_shares(l, report.tokens))
+        rows.append(f"  {l.layer:<6}{l.receptive_field:>6}{l.table_size:>7}{l.pair_entries:>7}{shares}"
+                    f"{pct(l.budget):>8}{pct(l.learned_fraction_full_windows):>9}{pct(l.max_window_learned_fraction):>9}"
                     f"{l.learned_us_per_token:>8.0f}{pct(agree.top1):>7}{pct(agree.set_match):>10}"
                     f"{pct(agree.recall):>8}")
     return rows

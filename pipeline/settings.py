@@ -78,11 +78,23 @@ class Settings:
                                   _at_least(0))
     static_below: int = _setting(10, "VAR_STATIC_BELOW",
                                  "fast path: token ids below this are always eligible (once seen)", _at_least(0))
+    pair_min_count: float = _setting(3.0, "VAR_PAIR_MIN_COUNT", "fast path: a (previous token, token) pair gets its "
+                                     "own entry after this many learned observations (else: the token's)",
+                                     _at_least(1))
+    pair_max_entropy: float = _setting(0.5, "VAR_PAIR_MAX_ENTROPY", "fast path: a pair entry is served if its mean "
+                                       "routing entropy (nats) is below this", _at_least(0))
+    pair_cap: int = _setting(65536, "VAR_PAIR_CAP", "fast path: at most this many pair entries per layer (the most "
+                             "traffic first; statistics keep twice as many; 0: token entries only)", _at_least(0))
     table: str | None = _setting(None, "VAR_TABLE", "fast-path table file to use instead of an offline phase")
     # --- budget governor ---
     budget: float = _setting(0.15, "VAR_BUDGET", "learned-router budget: max share of decisions per window",
                              _within(0, 1))
     budget_window: int = _setting(1000, "VAR_BUDGET_WINDOW", "decisions per budget window", _at_least(1))
+    budget_split: str = _setting("even", "VAR_BUDGET_SPLIT", "a model's learned budget per layer: even (every layer "
+                                 "gets --budget) or error (layers x --budget split by each layer's measured "
+                                 "fast-path error, each layer capped at --budget-layer-max)", choices=("even", "error"))
+    budget_layer_max: float = _setting(0.3, "VAR_BUDGET_LAYER_MAX", "with --budget-split error: the hard cap of any "
+                                       "one layer's budget", _within(0, 1))
     governor: bool = _setting(True, "VAR_GOVERNOR", "enforce the budget (--no-governor: off, for comparison)")
     # --- replay ---
     batch_size: int = _setting(1024, "VAR_BATCH_SIZE", "tokens per micro-batch", _at_least(1))

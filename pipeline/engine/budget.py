@@ -3,9 +3,13 @@
 Policy: among any ``window`` consecutive decisions of one engine, at most
 ``cap = floor(budget * window)`` are learned-router calls. (A sliding window: this implies the
 same bound for every fixed block of ``window`` decisions.) The governor is consulted *before*
-the router runs, in decision order; a denied token takes the budget fallback -- its typical
-route from the fast-path table's statistics, or the traffic-wide prior for a never-routed token
--- and is counted as ``budget_fallback``.
+the router runs, in decision order; a denied token takes the budget fallback -- the route of
+its table entry (pair or token), counted as ``budget_fallback``, or the traffic-wide prior for a
+token without an entry, counted as ``prior``.
+
+A model has one governor per MoE layer. :func:`split_budget` offers one total budget split
+across the layers by their measured fast-path error instead of the same budget everywhere;
+each layer's governor then enforces its own share as a hard cap.
 
 The :class:`WindowLedger` records, independently of the governor, how many learned calls each
 block of ``window`` decisions contained and the maximum over all sliding windows, so a report
@@ -38,6 +42,31 @@ class BudgetPolicy:
     def cap(self) -> int:
         """Learned calls allowed per window of decisions."""
         return math.floor(self.budget * self.window + 1e-9)
+
+
+def split_budget(mean_budget: float, errors: list[float], layer_max: float) -> list[float]:
+    """Per-layer budgets with mean at most ``mean_budget``, proportional to ``errors`` (a layer
+    whose table errs more gets more learned calls), none above ``layer_max``: a layer that
+    would exceed it is held there and the rest is split again among the others (water-filling).
+    All-zero errors split evenly."""
+    n = len(errors)
+    if n == 0:
+        return []
+    weights = [max(e, 0.0) for e in errors]
+    budgets, free, left = [0.0] * n, set(range(n)), mean_budget * n
+    while free:
+        total = sum(weights[i] for i in free)
+        share = {i: left * (weights[i] / total if total > 0 else 1.0 / len(free)) for i in free}
+        over = {i for i, b in share.items() if b > layer_max}
+        if not over:
+            for i, b in share.items():
+                budgets[i] = b
+            break
+        for i in over:
+            budgets[i] = layer_max
+            left -= layer_max
+            free.discard(i)
+    return budgets
 
 
 class BudgetGovernor:

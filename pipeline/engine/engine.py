@@ -27,7 +27,7 @@ import numpy as np
 from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
 from .context import ContextResult, Rejection, StreamWindow, build_contexts
-from .events import DecisionBatch, EventBatch, KeyKind, Tier
+from .events import DecisionBatch, EventBatch, KeyKind, Tier, tier_key_counts
 from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
 from .pairs import previous_tokens
@@ -87,6 +87,7 @@ class EngineCounters:
 
     decisions: int = 0
     tiers: np.ndarray = field(default_factory=lambda: np.zeros(len(Tier), dtype=np.int64))
+    tier_keys: np.ndarray = field(default_factory=lambda: np.zeros((len(Tier), len(KeyKind)), dtype=np.int64))
     cache_lookups: int = 0
     cache_hits: int = 0
     router_calls: int = 0
@@ -255,6 +256,7 @@ class VAREngine:
         c = self.counters
         tiers = decisions.tiers
         c.tiers += np.bincount(tiers.astype(np.int64), minlength=len(Tier))
+        c.tier_keys += tier_key_counts(tiers, decisions.key_kinds())
         c.cache_lookups += lookups
         c.cache_hits += int((tiers == Tier.CACHE).sum())
         c.decisions += len(tiers)

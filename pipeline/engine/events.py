@@ -51,6 +51,19 @@ class KeyKind(IntEnum):
 KEY_LABELS: tuple[str, ...] = tuple(k.label for k in KeyKind)
 
 
+def tier_key_counts(tiers: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """int64 [tiers, key kinds]: how many decisions each (tier, key kind) has."""
+    flat = tiers.astype(np.int64) * len(KeyKind) + keys.astype(np.int64)
+    return np.bincount(flat, minlength=len(Tier) * len(KeyKind)).reshape(len(Tier), len(KeyKind))
+
+
+def served_by_key(counts: np.ndarray) -> dict[str, dict[str, int]]:
+    """The table-served tiers split by key kind, e.g. ``{"fast": {"pair": 9, "token": 3}, ...}``,
+    from a :func:`tier_key_counts` matrix."""
+    return {Tier(t).label: {KeyKind(k).label: int(counts[t, k]) for k in (KeyKind.PAIR, KeyKind.TOKEN)}
+            for t in (Tier.FAST, Tier.BUDGET_FALLBACK)}
+
+
 @dataclass(frozen=True, slots=True)
 class EventChunk:
     """Consecutive tokens of one stream; token ``i`` has sequence number ``first_seq + i``.

@@ -60,7 +60,7 @@ class PairStats:
         self.rows: dict[int, int] = {}
         self.keys = np.zeros(0, np.int64)
         for name in _FLOAT:
-            setattr(self, name, np.zeros(0, np.float64))
+            setattr(self, name, np.zeros(0, np.float32))
         for name in _MATRIX:
             setattr(self, name, np.zeros((0, num_experts), np.float32))
 
@@ -175,7 +175,7 @@ class PairStats:
             return stats
         stats.keys = np.asarray(data["pair_keys"], np.int64)
         for name in _FLOAT:
-            setattr(stats, name, np.asarray(data[f"pair_{name}"], np.float64))
+            setattr(stats, name, np.asarray(data[f"pair_{name}"], np.float32))
         for name in _MATRIX:
             setattr(stats, name, np.asarray(data[f"pair_{name}"], np.float32).reshape(-1, num_experts))
         stats.rows = {key: i for i, key in enumerate(stats.keys.tolist())}
@@ -213,11 +213,12 @@ class PairView:
     def agreement(self, rows: np.ndarray, num_experts: int) -> np.ndarray:
         """Estimated top-1 agreement of each row's route (the estimator of :mod:`.adaptive`)."""
         primary = np.argmax(self.expert_weight[rows], axis=1)
-        hits = self.top1[rows, primary]
+        hits = self.top1[rows, primary].astype(np.float64)
         return (hits + 1.0 / num_experts) / (self.routed[rows] + 1.0)
 
     def mean_entropy(self, rows: np.ndarray) -> np.ndarray:
-        return self.entropy_sum[rows] / self.routed[rows]
+        """float64, so that comparing with a (float) threshold is exact wherever it is done."""
+        return self.entropy_sum[rows].astype(np.float64) / self.routed[rows]
 
 
 @dataclass(slots=True)

@@ -95,7 +95,7 @@ def refresh_table(stats: TokenStats, policy: RefreshPolicy, top_k: int, router_i
     fixed = policy.thresholds
     choice = None
     if policy.adaptive_target is not None:
-        choice = choose_thresholds(stats, policy.adaptive_target, fixed.static_below, fallback=fixed)
+        choice = choose_thresholds(stats, policy.adaptive_target, fixed)
     thresholds = choice.thresholds if choice else fixed
     prediction = choice.prediction if choice else predict(stats, thresholds)
     info = dict(meta or {}, **prediction.to_meta(), **(choice.to_meta() if choice else {}))

@@ -240,4 +240,4 @@ def build_pairs(view: PairView, thresholds: Thresholds, top_k: int) -> PairRoute
     entropy = view.mean_entropy(rows)
     return PairRoutes(view.keys[rows], entropy < thresholds.pair_max_entropy, experts.astype(np.int16),
                       weights, (view.confidence_sum[rows] / view.routed[rows]).astype(np.float32),
-                      entropy.astype(np.float32), view.frequency[rows].copy())
+                      entropy.astype(np.float32), view.frequency[rows].astype(np.float64))

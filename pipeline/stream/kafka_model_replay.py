@@ -35,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.chaos.checks import layer_context_hashes
-from pipeline.engine.events import TIER_LABELS, EventBatch, Tier
+from pipeline.assembly import layer_budgets
+from pipeline.engine.events import TIER_LABELS, EventBatch, Tier, served_by_key, tier_key_counts
 from pipeline.engine.table import RoutingTable
 from pipeline.model.determinism import LayerDeterminism, token_determinism
 from pipeline.model.evaluate import compare_routings
@@ -74,6 +75,7 @@ def layer_reports(outcomes: Outcomes, everything: Outcomes, routers: Sequence[Mo
     """Per layer, what the outcomes show (module docstring, step 4): ``outcomes`` distinct,
     ``everything`` with duplicates (the governors counted those decisions too)."""
     window, n, reports = settings.budget_window, max(1, len(outcomes)), []
+    budgets = layer_budgets(settings, len(routers))
     for layer, (router, table, det) in enumerate(zip(routers, tables, determinism)):
         tiers = outcomes.layers[layer].tiers
         counts = np.bincount(tiers.astype(np.int64), minlength=len(TIER_LABELS))
@@ -86,7 +88,9 @@ def layer_reports(outcomes: Outcomes, everything: Outcomes, routers: Sequence[Mo
             learned_fraction_full_windows=full_window_share(blocks, sizes, window),
             max_window_learned_fraction=best / window,
             cache_hit_rate=int(counts[Tier.CACHE]) / lookups if lookups else 0.0,
-            learned_us_per_token=0.0, determinism=det))
+            learned_us_per_token=0.0, determinism=det, budget=budgets[layer],
+            served=served_by_key(tier_key_counts(tiers, outcomes.layers[layer].key_kinds)),
+            pair_entries=len(table.pair_entries), table_bytes=table.nbytes))
     return reports
 
 

@@ -83,12 +83,12 @@ def test_unreachable_target_takes_the_lowest_share_and_says_so():
 
 def test_no_evidence_returns_the_fallback():
     fallback = Thresholds(50, 0.5, 3)
-    choice = choose_thresholds(TokenStats(10, E), 0.1, static_below=3, fallback=fallback)
+    choice = choose_thresholds(TokenStats(10, E), 0.1, fallback)
     assert choice.thresholds == fallback and not choice.feasible and choice.candidates == 0
 
 
 def test_static_tokens_stay_eligible_and_count_as_fast(stats):
-    choice = choose_thresholds(stats, 0.3, static_below=5)
+    choice = choose_thresholds(stats, 0.3, Thresholds(static_below=5))
     assert choice.thresholds.static_below == 5
     assert choice.thresholds.eligible(stats)[:5].all()
 
