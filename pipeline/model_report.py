@@ -136,6 +136,22 @@ def _layer_rows(report: ModelReplayReport) -> list[str]:
     return rows
 
 
+def learned_over_time(report: ModelReplayReport, parts: int = 8) -> list[list[float]]:
+    """Per layer, the learned share of each of ``parts`` equal spans of the timeline."""
+    points = report.timeline
+    if not points:
+        return []
+    total = points[-1]["tokens"]
+    bounds = [round(total * i / parts) for i in range(parts + 1)]
+    out = []
+    for layer in range(len(report.layers)):
+        key = f"learned_l{layer}"
+        cumulative = [(0, 0)] + [(p["tokens"], p[key]) for p in points]
+        at = [max((c for c in cumulative if c[0] <= b), key=lambda c: c[0]) for b in bounds]
+        out.append([(b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else 0.0 for a, b in zip(at, at[1:])])
+    return out
+
+
 def render_text(report: ModelReplayReport) -> str:
     q, ck = report.quality, report.checkpoint
     lines = [f"VAR {report.mode} replay of {report.source}",
@@ -153,6 +169,12 @@ def render_text(report: ModelReplayReport) -> str:
     lines += ["", "  token-id determinism (top-1): " + "; ".join(
         f"L{l.layer} {pct(l.determinism.determined_share)} of traffic >=95%, H {l.determinism.h_expert_given_token:.2f}"
         f"/{l.determinism.h_expert:.2f} nats" for l in report.layers)]
+    if report.timeline:
+        spans = learned_over_time(report)
+        versions = sorted({p.get("table_version", 1) for p in report.timeline})
+        lines.append(f"  learned share over time ({len(spans[0])} equal spans; table sets v{versions[0]}.."
+                     f"v{versions[-1]}): " + "; ".join(f"L{l} " + " ".join(f"{100 * v:.0f}%" for v in shares)
+                                                         for l, shares in enumerate(spans)))
     if report.completeness is not None:
         c = report.completeness
         lines.append(f"  completeness {c['events_in']:,} events in, {c['outcomes_out']:,} distinct outcomes, "

@@ -27,6 +27,7 @@ from pipeline.engine.context import StreamWindow
 from pipeline.engine.engine import RouteResult, VAREngine
 from pipeline.engine.events import EventChunk, Tier, TIER_LABELS
 from pipeline.engine.offline import collect_statistics
+from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.routers import TorchRouter, build_router
 from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable, build_table
@@ -94,7 +95,7 @@ def offline_phase(source: CorpusSource, settings: Settings) -> tuple[Prepared, I
                         info.records, 0), chunks
     train_records = int(info.records * settings.train_fraction)
     train = iter_batches(itertools.islice(chunks, train_records), settings.batch_size)  # streamed, not held
-    stats = collect_statistics(router, train, settings.window)
+    stats = collect_statistics(router, train, settings.window, pair_cap=stats_pair_cap(settings.pair_cap))
     table = build_table(stats, thresholds(settings), settings.top_k, router.router_id, 1,
                         {"source": "offline", "records": train_records})
     train_tokens = int(stats.total_frequency)

@@ -52,8 +52,9 @@ from pipeline.settings import Settings
 from pipeline.stats_metrics import StatsMetrics
 from pipeline.stores.redis_store import RedisRoutingStore
 
-from .table_sets import (StatsWorkerError, build_refresher, layer_routers, publish_table_and_stats,  # noqa: F401
-                         publish_tables_and_stats, refresh_policy, routing_store)
+from .table_sets import (StatsWorkerError, build_refresher, layer_routers, model_prior,  # noqa: F401
+                         publish_table_and_stats, publish_tables_and_stats, refresh_policy, routing_store,
+                         seed_statistics)
 
 log = logging.getLogger(__name__)
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
@@ -110,6 +111,9 @@ class StatsWorker:
             except SnapshotError as exc:
                 raise StatsWorkerError(f"cannot resume from {self.keys.stats_snapshot}: {exc} "
                                        "(delete the key to start cold)") from None
+        prior = model_prior(self.settings) if raw is None else None
+        if prior is not None:  # cold start of a model's table set: the training text's statistics
+            seed_statistics(self.refresher, prior)
         topic = self.settings.topic_outcomes
         partitions = await topic_partitions(self.settings.kafka_bootstrap, topic)
         await self.consumer.start()
@@ -123,8 +127,11 @@ class StatsWorker:
         c = self.refresher.counters
         log.info("stats worker on %s (%d partitions), router %s (%d layers): %s at %s", topic, len(tps),
                  self.keys.router_id, len(self.refresher),
-                 f"resumed {c.outcomes:,} outcomes, last table v{c.last_version}" if raw else "cold start",
+                 f"resumed {c.outcomes:,} outcomes, last table v{c.last_version}" if raw else
+                 "cold start" + (" from the model's training statistics" if prior else ""),
                  self.refresher.offsets or "the beginning")
+        if prior is not None:
+            await self.refresh()  # the first table set at once, before any outcome
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then save the snapshot."""

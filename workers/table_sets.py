@@ -68,6 +68,26 @@ def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Re
                              **extra)
 
 
+def seed_statistics(refresher: LayeredRefresher, stats: list[TokenStats], version: int = 0) -> None:
+    """Start every layer's statistics from ``stats`` (copies), e.g. a model's training text."""
+    if len(stats) != len(refresher.layers):
+        raise StatsWorkerError(f"got statistics of {len(stats)} layers for {len(refresher.layers)}")
+    for layer, layer_stats in zip(refresher.layers, stats):
+        layer.stats = layer_stats.copy()
+        layer.counters.last_version = max(layer.counters.last_version, version)
+
+
+def model_prior(settings: Settings) -> list[TokenStats] | None:
+    """A model router's cold-start statistics: the exact routing of its training text (shipped
+    with the checkpoint, :mod:`pipeline.model.corpus_stats`); None for a synthetic router."""
+    if not is_model(settings):
+        return None
+    from pipeline.assembly import load_model
+    from pipeline.model.corpus_stats import training_stats
+
+    return training_stats(load_model(settings))
+
+
 async def publish_table_and_stats(settings: Settings, table: RoutingTable, stats: TokenStats | None) -> tuple[int, bool]:
     """:func:`publish_tables_and_stats` of a one-layer engine (a synthetic router)."""
     return await publish_tables_and_stats(settings, [table], None if stats is None else [stats])
@@ -92,10 +112,10 @@ async def publish_tables_and_stats(settings: Settings, tables: list[RoutingTable
         if refresher.router_ids != [t.router_id for t in tables] or len(stats) != len(tables):
             raise StatsWorkerError(f"tables of routers {[t.router_id for t in tables]} do not match the "
                                    f"settings' routers {refresher.router_ids}")
+        seed_statistics(refresher, stats, version)
         for layer, layer_stats in zip(refresher.layers, stats):
-            layer.stats = layer_stats
             c = layer.counters
-            c.outcomes, c.learned, c.last_version = int(layer_stats.total_frequency), int(layer_stats.total_routed), version
+            c.outcomes, c.learned = int(layer_stats.total_frequency), int(layer_stats.total_routed)
         seeded = await store.client.set(store.keys.stats_snapshot, refresher.snapshot(), nx=True)
         return version, bool(seeded)
     finally:

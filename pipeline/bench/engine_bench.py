@@ -29,6 +29,7 @@ from pipeline.engine.context import StreamWindow, build_contexts
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import EventBatch, Tier
 from pipeline.engine.offline import collect_statistics
+from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.routers import PRESETS, TorchRouter, build_router
 from pipeline.engine.table import RoutingTable, build_table
 from pipeline.assembly import engine_config, router_spec, thresholds
@@ -108,7 +109,7 @@ def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
     train, online = _events(s, cfg)
     router = build_router(router_spec(s, s.vocab_size or 1000), s.device)
     progress(f"{size}: offline phase")
-    stats = collect_statistics(router, train, s.window)
+    stats = collect_statistics(router, train, s.window, pair_cap=stats_pair_cap(s.pair_cap))
     table = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
     tokens = sum(len(b) for b in online)
     run_batched(router, online[:3], s.window)  # warm-up

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline.corpus.synthetic import SyntheticSpec, generate
 from pipeline.engine.events import EventChunk
 from pipeline.engine.offline import collect_statistics
+from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.records import RecordError, encode_chunk, parse_record_bytes
 from pipeline.engine.routers import PRESETS, build_router
 from pipeline.engine.table import build_table
@@ -203,7 +204,7 @@ def build_tables(base: Settings, train: list[EventChunk]) -> dict:
     for size, preset in PRESETS.items():
         s = base.with_(hidden=preset["hidden"], experts=preset["num_experts"])
         router = build_router(router_spec(s, s.vocab_size or 1000))
-        stats = collect_statistics(router, iter_batches(train, s.batch_size), s.window)
+        stats = collect_statistics(router, iter_batches(train, s.batch_size), s.window, pair_cap=stats_pair_cap(s.pair_cap))
         tables[size] = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
     return tables
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.offline import collect_statistics
+from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.layered_refresher import read_layer_snapshots
 from pipeline.engine.refresher import SnapshotError, refresh_table, version_report
 from pipeline.engine.routers import build_router
@@ -75,7 +76,8 @@ def run_build(args: argparse.Namespace) -> int:
     vocab = settings.vocab_size or resolve_vocab(settings, source.info().max_token)
     settings = settings.with_(vocab_size=vocab)
     router = build_router(router_spec(settings, vocab), settings.device)
-    stats = collect_statistics(router, iter_batches(source.chunks(vocab), settings.batch_size), settings.window)
+    stats = collect_statistics(router, iter_batches(source.chunks(vocab), settings.batch_size), settings.window,
+                               pair_cap=stats_pair_cap(settings.pair_cap))
     refresh = refresh_table(stats, refresh_policy(settings), settings.top_k, router.router_id, args.version,
                             {"source": args.corpus})
     table = refresh.table

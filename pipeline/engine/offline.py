@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Iterable, MutableMapping
 
+import numpy as np
+
 from .context import StreamWindow, build_contexts
+from .pairs import previous_tokens
 from .events import EventBatch
 from .routers import Router
 from .stats import TokenStats
@@ -21,10 +24,12 @@ def collect_statistics(
     window: int,
     stats: TokenStats | None = None,
     windows: MutableMapping[str, StreamWindow] | None = None,
+    pair_cap: int = 0,
 ) -> TokenStats:
-    """Route ``batches`` with ``router`` and accumulate statistics (events out of order are skipped)."""
+    """Route ``batches`` with ``router`` and accumulate statistics (events out of order are skipped),
+    with (previous token, token) pair statistics for at most ``pair_cap`` pairs."""
     spec = router.spec
-    stats = stats if stats is not None else TokenStats(spec.vocab_size, spec.num_experts)
+    stats = stats if stats is not None else TokenStats(spec.vocab_size, spec.num_experts, pair_cap)
     windows = windows if windows is not None else {}
     for batch in batches:
         ctx = build_contexts(batch, windows, window)
@@ -33,6 +38,6 @@ def collect_statistics(
             continue
         tokens = ctx.contexts[:, -1]
         out = router.route(ctx.contexts)
-        stats.observe_tokens(tokens)
-        stats.observe_routing(tokens, out.experts, out.weights, out.confidence, out.entropy)
+        stats.observe(tokens, previous_tokens(ctx.contexts), np.ones(len(tokens), bool), out.experts, out.weights,
+                      out.confidence, out.entropy)
     return stats

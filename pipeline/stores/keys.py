@@ -12,8 +12,10 @@ key                                    type      contents
 =====================================  ========  =================================================
 ``dc:{router}:{layer}:{key:016x}``     string    a cached learned decision (packed bytes), TTL
 ``fp:{router}:current``                string    version number of the current table set
-``fp:{router}:v{version}:l{layer}``    string    layer's fast-path table of that version (JSON), TTL
-                                                 once superseded (all layers of a version together)
+``fp:{router}:v{version}:l{layer}``    string    layer's fast-path table of that version: one binary
+                                                 blob (``var-fastpath-table/2``: token and pair
+                                                 entries), TTL once superseded (all layers of a
+                                                 version together)
 ``fp:{router}:seq``                    string    last allocated table-set version (never below current)
 ``stats:{router}:snapshot``            string    stats worker snapshot (statistics + offsets)
 ``workers:{topic}:{incarnation}``      string    a live router worker (JSON: router id, vocab), TTL

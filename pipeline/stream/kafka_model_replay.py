@@ -19,7 +19,8 @@
    windows and the most learned calls in any window (every outcome, duplicates included, per
    worker and per layer: a layer's ``pos`` is its governor's clock); cache hit rate (cache-tier
    decisions / lookups under ``cache_scope``). The outcomes do not carry the learned router's
-   timing: ``learned_us_per_token`` is reported as 0 (unknown) and the timeline is empty.
+   timing: ``learned_us_per_token`` is reported as 0 (unknown). The timeline (learned calls per
+   layer and table-set version over the outcomes in arrival order) comes from every outcome.
 5. Completeness: events in, distinct outcomes, duplicates, missing, invalid outcomes, dead letters,
    per-layer context mismatches, worker exits; the constraint ``complete`` needs all of them
    clean. With missing events the quality is measured over the events that came back.
@@ -51,7 +52,9 @@ from pipeline.sources import CorpusSource
 
 from .collector import Collected
 from .kafka_replay import (KafkaReplayOptions, align, budget_ledger, completeness_section, context_mismatches,
-                           load_published, route_through_pipeline, scoped_settings)
+                           route_through_pipeline, scoped_settings)
+from .published import load_published
+from .timeline import layers_timeline
 from .topics import ensure_topics, pipeline_topics
 
 
@@ -164,5 +167,6 @@ def run_kafka_model_replay(source: CorpusSource, settings: Settings, opts: Kafka
         budget_window=settings.budget_window, governor=settings.governor,
         layers=layer_reports(outcomes, everything, routers, tables, determinism, settings), quality=quality,
         quality_bound_pct=settings.quality_bound_pct, routing_s=(got.last_at or start) - (got.first_at or start),
-        wall_s=time.perf_counter() - wall_start, mode="kafka", completeness=completeness)
+        wall_s=time.perf_counter() - wall_start, timeline=layers_timeline(everything, settings.batch_size),
+        mode="kafka", completeness=completeness)
     return report, got

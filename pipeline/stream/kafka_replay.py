@@ -22,6 +22,7 @@ from typing import Mapping
 import numpy as np
 from redis.exceptions import RedisError
 
+from pipeline.assembly import is_model
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.budget import WindowLedger
 from pipeline.engine.context import StreamWindow, build_contexts, corpus_context_hashes
@@ -34,13 +35,13 @@ from pipeline.report import ReplayReport
 from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
 from pipeline.stores.keys import RedisKeys
-from pipeline.stores.base import StoreUnavailable
 from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import router_mismatch, running_workers
 
 from .collector import Collected, collect
 from .timeline import outcome_timeline
 from .producer import produce_chunks, rechunk
+from .published import load_published, wait_for_tables
 from .topics import ensure_topics, pipeline_topics, wait_for_group
 from .workers import WorkerPool
 
@@ -131,6 +132,8 @@ def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaR
                         opts.workers, run.app_id, wait_for_group_s)
         if opts.stats_worker:
             pool.start("stats", ("stats", "worker"))
+            if opts.cold and is_model(run):  # its first table set comes from the model's training text
+                wait_for_tables(run, pool)
         got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
         start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress, got))
         _check_workers(pool)
@@ -245,19 +248,6 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
     report.completeness["worker_exits"] = exits
     report.completeness["complete"] = report.completeness["complete"] and not exits
     return report, got
-
-
-async def load_published(settings: Settings, router_ids: list[str], version: int) -> list[RoutingTable] | None:
-    """Table-set ``version`` of these layers as the routers read it (``None`` if unreachable)."""
-    from workers.table_sets import routing_store
-
-    store = routing_store(settings, router_ids, timeout_s=5.0)
-    try:
-        return await store.load_tables(version)
-    except StoreUnavailable:  # the report then names the table(s) the replay started with
-        return None
-    finally:
-        await store.close()
 
 
 def _final_table(settings: Settings, prepared: Prepared, versions: list[int]) -> dict[str, object]:

@@ -31,3 +31,17 @@ def outcome_timeline(outcomes: Outcomes, step: int = 1024, layer: int = 0) -> li
     versions = np.maximum.accumulate(columns.table_versions)[ends]
     return [{**{label: int(row[i]) for i, label in enumerate(TIER_LABELS)}, "tokens": int(end) + 1,
              "table_version": int(version)} for row, end, version in zip(counts, ends, versions)]
+
+
+def layers_timeline(outcomes: Outcomes, step: int = 1024) -> list[dict[str, int]]:
+    """The model replay's timeline: every ``step`` outcomes (arrival order) the decisions so far
+    (``tokens``), each layer's learned calls so far (``learned_l<layer>``) and the highest
+    table-set version used so far -- the embedded model replay's format plus ``table_version``."""
+    n = len(outcomes)
+    if n == 0:
+        return []
+    ends = np.unique(np.append(np.arange(step, n, step), n)) - 1
+    learned = [np.cumsum(layer.learned())[ends] for layer in outcomes.layers]
+    versions = np.maximum.accumulate(outcomes.layers[0].table_versions)[ends]
+    return [{"tokens": int(end) + 1, "table_version": int(versions[i]),
+             **{f"learned_l{l}": int(column[i]) for l, column in enumerate(learned)}} for i, end in enumerate(ends)]

@@ -60,3 +60,29 @@ def test_model_replay_via_kafka_matches_the_embedded_replay(kafka_bootstrap, red
         assert q.variants[name].perplexity == pytest.approx(e.variants[name].perplexity, rel=1e-9)
     assert abs(report.var.perplexity_change_pct - embedded.var.perplexity_change_pct) <= VAR_CHANGE_TOLERANCE_PP, \
         (report.var, embedded.var)
+
+
+def test_cold_start_with_the_stats_worker_keeps_quality(kafka_bootstrap, redis_url, tmp_path):
+    """No table and no snapshot in Redis: the stats worker starts from the model's training
+    statistics, publishes the first table set before any event, then refreshes it from the
+    routers' outcomes (pair statistics included) while two workers route."""
+    settings = Settings.load(env={}, cli={}).with_(
+        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, partitions=4, session_timeout_s=6.0,
+        router=model_router(tmp_path), budget=BUDGET, budget_window=BUDGET_WINDOW, train_fraction=0.85,
+        refresh_every=1000, refresh_interval_s=1.0)
+    opts = KafkaReplayOptions(workers=2, message_size=16, cold=True, stats_worker=True, log_dir=tmp_path / "logs")
+    report, got = run_kafka_model_replay(TextSource(("macbeth",)), settings, opts)
+
+    c = report.completeness
+    assert c is not None and c["complete"] and (c["missing"], c["duplicates"]) == (0, 0), c
+    versions = c["table_versions_seen"]
+    assert versions[0] >= 1 and len(versions) >= 2, versions  # never routed without a table; refreshed
+    everything = Outcomes.concat(got.all_parts)
+    assert (everything.prevs >= -1).all() and (everything.prevs >= 0).mean() > 0.9
+    for layer in report.layers:
+        assert layer.pair_entries > 1000 and layer.served["fast"]["pair"] > layer.served["fast"]["token"], layer
+        assert layer.tiers["prior"] <= 0.005 * report.tokens, layer  # only tokens the training text never had
+        assert layer.max_window_learned_fraction <= BUDGET + 1e-12, layer
+    assert report.timeline and report.timeline[-1]["tokens"] == len(everything)
+    assert report.var.perplexity_change_pct <= settings.quality_bound_pct, report.var
+    assert report.constraints()["quality_preserved"]

@@ -167,3 +167,29 @@ def test_split_budget_follows_the_error_and_holds_the_caps():
     capped = split_budget(0.15, [0.0, 0.0, 0.01, 1.0], 0.25)
     assert max(capped) == 0.25 and np.mean(capped) <= 0.15 + 1e-12
     assert split_budget(0.1, [0, 0], 0.3) == [0.1, 0.1]
+
+
+def test_outcomes_carry_the_previous_token_and_the_key_kind(table):
+    from pipeline.engine.layered import LayeredEngine
+    from pipeline.engine.refresher import RefreshPolicy, StatsRefresher
+    from pipeline.outcomes import Outcomes, decode_outcome, encode_outcomes
+
+    engine = LayeredEngine([VAREngine(ConstantRouter(), table.with_version(1), EngineConfig(window=2))])
+    chunks = [EventChunk("a", 0, (3, 5, 1)), EventChunk("b", 0, (9,)), EventChunk("a", 3, (5, 7))]
+    result = engine.route_batch(EventBatch.from_chunks(chunks), {})
+    records = encode_outcomes(result, np.asarray([0, 0, 0, 1, 2, 2]), "w")
+    got = Outcomes.concat([decode_outcome(value) for _, value in records])
+    assert got.prevs.tolist() == [-1, 3, 5, -1, 1, 5]
+    d = result.layers[0].decisions
+    np.testing.assert_array_equal(got.layers[0].key_kinds, d.key_kinds())
+    assert d.key_kinds()[1] == KeyKind.PAIR  # (3, 5)
+    # the stats refresher learns the same pairs from the outcomes as from the engine's result
+    policy = RefreshPolicy(thresholds=Thresholds(pair_cap=50))
+    a, b = (StatsRefresher(V, E, K, "r", policy) for _ in range(2))
+    a.observe(got)
+    b.observe_result(result.layers[0])
+    va, vb = a.stats.pairs.view(), b.stats.pairs.view()
+    np.testing.assert_array_equal(va.keys, vb.keys)
+    np.testing.assert_array_equal(va.frequency, vb.frequency)
+    np.testing.assert_array_equal(va.expert_weight, vb.expert_weight)
+    assert set(va.keys.tolist()) == {3 * V + 5, 5 * V + 1, 1 * V + 5, 5 * V + 7}
