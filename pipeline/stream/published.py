@@ -23,7 +23,7 @@ def wait_for_tables(run: Settings, pool: WorkerPool, timeout_s: float = 180.0) -
     async def published() -> bool:
         store = routing_store(run, store_ids, timeout_s=5.0)
         try:
-            return (await store.fetch([]))[1] is not None
+            return (await store.fetch([], [0] * len(store_ids)))[1] is not None
         except StoreUnavailable:
             return False
         finally:

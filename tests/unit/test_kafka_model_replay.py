@@ -92,7 +92,8 @@ def test_layer_budget_figures_follow_each_workers_governor_clock():
                         [_layer(0, np.zeros((m, K), np.int64), np.ones((m, K), np.float32), tiers, pos)])
     routers = [SimpleNamespace(router_id="r-l0", spec=SimpleNamespace(window=8))]
     settings = Settings.load(env={}, cli={}).with_(budget_window=window, cache_scope="misses")
-    [report] = layer_reports(outcomes, outcomes, routers, [SimpleNamespace(size=7)], ["det"], settings)
+    [report] = layer_reports(outcomes, outcomes, routers, [SimpleNamespace(size=7, pair_entries=[1, 2], nbytes=99)],
+                              ["det"], settings)
     assert report.tiers == {"cache": 4, "fast": 28, "learned": 8, "budget_fallback": 0, "prior": 0}
     assert report.max_window_learned_fraction == 0.5  # B: 5 learned in its window 0-9
     assert report.learned_fraction_full_windows == pytest.approx(8 / 40)  # 4 full windows, 8 learned
