@@ -210,13 +210,16 @@ class StatsWorker:
             table, t = refresh.table, refresh.table.thresholds
             last = rows[-1] if rows else {}
             where = f" layer {layer}" if len(refreshes) > 1 else ""
-            log.info("published table v%d%s: %d fast-path tokens (frequency > %.4g, entropy < %.4g%s); predicted "
-                     "learned share %.1f%%; last observed (v%s): learned %.1f%%, not fast %.1f%%, predicted %s",
+            log.info("published table v%d%s: %d fast-path tokens (frequency > %.4g, entropy < %.4g%s), %d pair "
+                     "entries (pair entropy < %.4g); predicted learned share %.1f%%; last observed (v%s): learned "
+                     "%.1f%%, not fast %.1f%%, predicted %s",
                      version, where, table.size, t.min_frequency, t.max_entropy, ", adaptive" if refresh.choice else "",
+                     len(table.pair_entries), t.pair_max_entropy,
                      100 * refresh.prediction.learned_share, last.get("version"),
                      100 * (last.get("observed_learned_share") or 0), 100 * (last.get("observed_non_fast_share") or 0),
                      _pct(last.get("predicted_learned_share")),
-                     extra={"table_version": version, "layer": layer, "fast_tokens": table.size, "report": last})
+                     extra={"table_version": version, "layer": layer, "fast_tokens": table.size,
+                            "pair_entries": len(table.pair_entries), "report": last})
 
     async def save(self) -> None:
         """Store the snapshot, then commit the same offsets to Kafka (for lag monitoring)."""
