@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.assembly import build_engine, load_model, thresholds
+from pipeline.assembly import build_engine, layer_budgets, load_model, thresholds
 from pipeline.engine.adaptive import choose_thresholds
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.events import EventChunk
@@ -76,11 +76,12 @@ def offline_statistics(checkpoint: Checkpoint, chunks: Sequence[EventChunk]) -> 
 
 def layer_tables(settings: Settings, stats: Sequence[TokenStats], ids: Sequence[str], top_k: int) -> list[RoutingTable]:
     """One fast-path table per layer, thresholds calibrated per layer (:func:`choose_thresholds`,
-    aiming at the learned budget) so that each layer's misses fit its budget whatever the layer's
-    entropy: the tokens the statistics trust least get the learned calls."""
-    tables = []
+    aiming at the layer's learned budget, :func:`~pipeline.assembly.layer_budgets`) so that each
+    layer's misses fit its budget whatever the layer's entropy: the entries the statistics trust
+    least get the learned calls."""
+    tables, budgets = [], layer_budgets(settings, len(stats))
     for layer, layer_stats in enumerate(stats):
-        choice = choose_thresholds(layer_stats, settings.budget, thresholds(settings))
+        choice = choose_thresholds(layer_stats, budgets[layer], thresholds(settings))
         meta = {"source": "offline", "layer": layer, "adaptive": choice.to_meta()}
         tables.append(build_table(layer_stats, choice.thresholds, top_k, ids[layer], 1, meta))
     return tables

@@ -10,7 +10,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from pipeline.assembly import build_routers, is_model, model_vocab, router_spec, thresholds
+from pipeline.assembly import build_routers, is_model, layer_budgets, model_vocab, router_spec, thresholds
 from pipeline.engine.layered_refresher import LayeredRefresher
 from pipeline.engine.refresher import Clock, RefreshPolicy, StatsRefresher
 from pipeline.engine.routers import RouterSpec
@@ -25,11 +25,13 @@ class StatsWorkerError(RuntimeError):
     """The worker cannot start (e.g. a snapshot for another configuration); one-line message."""
 
 
-def refresh_policy(settings: Settings) -> RefreshPolicy:
-    """A model router's tables are calibrated per layer to the learned budget, as in the embedded
-    model replay (:func:`pipeline.model_replay.layer_tables`); a synthetic router's follow
+def refresh_policy(settings: Settings, budget: float | None = None) -> RefreshPolicy:
+    """A model router's tables are calibrated per layer to the layer's learned budget (``budget``,
+    default ``settings.budget``), as in the embedded model replay
+    (:func:`pipeline.model_replay.layer_tables`); a synthetic router's follow
     ``adaptive``/``adaptive_target`` or the fixed thresholds."""
-    target = settings.budget if is_model(settings) else (settings.adaptive_target if settings.adaptive else None)
+    model_target = settings.budget if budget is None else budget
+    target = model_target if is_model(settings) else (settings.adaptive_target if settings.adaptive else None)
     return RefreshPolicy(settings.refresh_every, settings.refresh_interval_s, settings.stats_decay,
                          thresholds(settings), target)
 
@@ -54,9 +56,10 @@ def build_refresher(settings: Settings, clock: Clock = time.monotonic) -> Layere
         layers = layer_routers(settings)
     except SettingsError as exc:
         raise StatsWorkerError(str(exc)) from None
-    policy = refresh_policy(settings)
-    return LayeredRefresher([StatsRefresher(spec.vocab_size, spec.num_experts, spec.top_k, router_id, policy, clock)
-                             for spec, router_id in layers])
+    budgets = layer_budgets(settings, len(layers))
+    return LayeredRefresher([StatsRefresher(spec.vocab_size, spec.num_experts, spec.top_k, router_id,
+                                            refresh_policy(settings, budget), clock)
+                             for (spec, router_id), budget in zip(layers, budgets)])
 
 
 def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Redis | None = None,

@@ -193,3 +193,15 @@ def test_outcomes_carry_the_previous_token_and_the_key_kind(table):
     np.testing.assert_array_equal(va.frequency, vb.frequency)
     np.testing.assert_array_equal(va.expert_weight, vb.expert_weight)
     assert set(va.keys.tolist()) == {3 * V + 5, 5 * V + 1, 1 * V + 5, 5 * V + 7}
+
+
+def test_error_split_gives_each_layer_its_share_of_the_total():
+    from pipeline.assembly import layer_budgets
+    from pipeline.settings import Settings
+
+    even = Settings.load(env={}, cli={}).with_(router="model", budget=0.15)
+    assert layer_budgets(even, 4) == [0.15] * 4
+    split = layer_budgets(even.with_(budget_split="error", budget_layer_max=0.3), 4)
+    assert np.mean(split) == pytest.approx(0.15) and max(split) <= 0.3
+    assert split == sorted(split), split  # the bundled model's deeper layers err more on the fast path
+    assert layer_budgets(Settings.load(env={}, cli={}).with_(budget_split="error"), 1) == [0.15]  # synthetic
