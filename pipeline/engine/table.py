@@ -213,6 +213,7 @@ def build_table(
     prior_experts, prior_weights = _top_k_routes(stats.expert_prior()[None, :], top_k)
     known = stats.routed > 0
     entropy = np.where(known, stats.mean_entropy(), 0.0)
+    pairs = build_pairs(stats.pairs.view(), thresholds, top_k)
     return RoutingTable(
         version=version,
         router_id=router_id,
@@ -228,8 +229,9 @@ def build_table(
         frequency=stats.frequency.copy(),
         prior_experts=prior_experts[0],
         prior_weights=prior_weights[0],
-        meta=dict(meta or {}, tokens_observed=stats.total_frequency, tokens_routed=stats.total_routed),
-        pairs=build_pairs(stats.pairs.view(), thresholds, top_k),
+        meta=dict(meta or {}, tokens_observed=stats.total_frequency, tokens_routed=stats.total_routed,
+                  keys=["pair", "token"] if len(pairs) else ["token"]),  # the key kinds this table resolves to
+        pairs=pairs,
     )
 
 
