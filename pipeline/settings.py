@@ -96,6 +96,11 @@ class Settings:
     budget_layer_max: float = _setting(0.3, "VAR_BUDGET_LAYER_MAX", "with --budget-split error: the hard cap of any "
                                        "one layer's budget", _within(0, 1))
     governor: bool = _setting(True, "VAR_GOVERNOR", "enforce the budget (--no-governor: off, for comparison)")
+    audit_rate: float = _setting(0.01, "VAR_AUDIT_RATE", "live audits: share of fast-path and fallback decisions "
+                                 "(hash-selected) also routed by the learned router; counts against the budget",
+                                 _within(0, 1))
+    audit_min_agreement: float = _setting(0.5, "VAR_AUDIT_MIN_AGREEMENT", "stats worker: drop a token's fast-path "
+                                          "entry when its audited top-k agreement falls below this", _within(0, 1))
     # --- replay ---
     batch_size: int = _setting(1024, "VAR_BATCH_SIZE", "tokens per micro-batch", _at_least(1))
     train_fraction: float = _setting(0.3, "VAR_TRAIN_FRACTION", "share of a corpus used by the offline phase",
@@ -114,6 +119,14 @@ class Settings:
     topic_tokens: str = _setting("var-tokens", "VAR_TOPIC_TOKENS", "topic of token events (key = stream id)")
     topic_outcomes: str = _setting("var-outcomes", "VAR_TOPIC_OUTCOMES", "topic of routing outcomes")
     topic_deadletter: str = _setting("var-deadletter", "VAR_TOPIC_DEADLETTER", "topic of rejected messages")
+    topic_certificates: str = _setting("var-certificates", "VAR_TOPIC_CERTIFICATES", "topic of window "
+                                       "certificates (one per budget window of decisions per worker and layer)")
+    topic_tables: str = _setting("var-tables", "VAR_TOPIC_TABLES", "archive topic of every published fast-path "
+                                 "table set (kept for verification; compacted by version)")
+    certificate_key: str | None = _setting(None, "VAR_CERTIFICATE_KEY", "secret HMAC key that makes certificates "
+                                           "tamper-evident (never logged; verify needs the same key)", flag="")
+    table_archive_ttl_s: float = _setting(7 * 86400.0, "VAR_TABLE_ARCHIVE_TTL_S", "keep superseded table sets "
+                                          "in Redis this long for verification", _at_least(1))
     partitions: int = _setting(4, "VAR_PARTITIONS", "partitions of the token topic (and of the window table)",
                                _at_least(1))
     router_mode: str = _setting("var", "VAR_ROUTER_MODE", "router worker: var, learned (always the learned "
