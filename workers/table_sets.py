@@ -68,7 +68,7 @@ def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Re
     extra = {"timeout_s": timeout_s} if timeout_s is not None else {}
     return RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table_set_id(router_ids)),
                              settings.cache_ttl_s, len(router_ids), grace_s=settings.table_grace_s, client=client,
-                             **extra)
+                             archive_ttl_s=settings.table_archive_ttl_s, **extra)
 
 
 def seed_statistics(refresher: LayeredRefresher, stats: list[TokenStats], version: int = 0) -> None:

@@ -71,6 +71,10 @@ class RedisKeys:
         """Every layer's table of ``version``, in layer order."""
         return [self.table(version, layer) for layer in range(layers)]
 
+    def archived_table(self, version: int, layer: int = 0) -> str:
+        """The archive copy of :meth:`table` (kept ``table_archive_ttl_s`` for verification)."""
+        return f"{self.prefix}fp:{self.router_id}:archive:v{version}:l{layer}"
+
     @property
     def table_sequence(self) -> str:
         return f"{self.prefix}fp:{self.router_id}:seq"

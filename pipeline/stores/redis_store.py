@@ -2,7 +2,8 @@
 
 Batching, whatever the number of layers: ``fetch`` is one MGET (table pointer + every unique
 cache key of every layer of the batch), ``write`` one EVALSHA of a small script that does
-``SET key value PX ttl`` for every key, ``load_tables`` one MGET of every layer's table.
+``SET key value PX ttl`` for every key, ``load_tables`` one MGET of every layer's table. Every published set is also archived under
+its own keys for ``archive_ttl_s`` (:mod:`pipeline.stores.archive` reads them back).
 Publishing a table set is two server-side scripts (see :meth:`RedisRoutingStore.publish_tables`);
 readers follow the pointer, so they never see a half-written set, and the pointer never moves
 backwards.
@@ -85,7 +86,8 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
 
     def __init__(self, url: str, keys: RedisKeys, ttl_s: float, layers: int = 1, timeout_s: float = 0.5,
                  grace_s: float = 300.0, max_backoff_s: float = 5.0, client: aioredis.Redis | None = None,
-                 clock: Clock = time.monotonic, min_backoff_s: float = 0.05) -> None:
+                 clock: Clock = time.monotonic, min_backoff_s: float = 0.05,
+                 archive_ttl_s: float = 7 * 86400.0) -> None:
         super().__init__(clock, max_backoff_s, min_backoff_s)
         if layers < 1:
             raise ValueError("a routing store serves at least one layer")
@@ -93,6 +95,7 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.layers = layers
         self.grace_s = grace_s
+        self.archive_ttl_ms = max(1, int(archive_ttl_s * 1000))
         self.client = client or aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
         self._set_many = self.client.register_script(_SET_MANY_PX)
@@ -168,4 +171,13 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
                                    args=[version, self.grace_ms, self.keys.table_prefix, self.layers, *blobs])
         if not int(moved):
             log.info("fast-path table set v%s published but superseded by a newer version already", version)
+        await self._archive(version, blobs)
         return version
+
+    async def _archive(self, version: int, blobs: Sequence[bytes]) -> None:
+        """Keep a copy of every layer's blob for ``archive_ttl_s`` (``var verify`` reads old
+        versions long after readers stopped using them); one pipelined round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for layer, blob in enumerate(blobs):
+                pipe.set(self.keys.archived_table(version, layer), blob, px=self.archive_ttl_ms)
+            await pipe.execute()

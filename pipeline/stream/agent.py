@@ -8,7 +8,9 @@ pipeline lossless:
    asks for seeks at gaps (done through :class:`~pipeline.stream.consumer_control.ConsumerControl`);
 3. route (:class:`~pipeline.stream.processor.RouterProcessor`; a bug dead-letters the batch);
 4. publish outcomes and dead letters and wait until the broker acknowledged all of them
-   (a failed send is retried until it succeeds: nothing after this step runs before);
+   (a failed send is retried until it succeeds: nothing after this step runs before); then
+   the window certificates the batch completed (:mod:`pipeline.stream.certify`) -- a batch
+   whose outcomes were not acknowledged is recorded in the certificate as void;
 5. write each touched stream's window once, waiting for its changelog record's acknowledgement;
 6. only then mark the batch's offsets finished -- the commit timer
    (:meth:`RouterAgent.commit`) commits that frontier after a producer flush.
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from .certify import Record, WorkerCertifier
 from .continuity import OffsetContinuity
 from .processor import BatchOutput, DeadLetter, InMessage, RouterProcessor
 from .window_state import WindowState
@@ -49,6 +53,7 @@ class Topics:
     outcomes: str
     deadletter: str
     source: str
+    certificates: str = "var-certificates"
 
 
 @dataclass
@@ -63,11 +68,16 @@ class RouterAgent:
     """Routes Faust micro-batches losslessly (see module docstring)."""
 
     def __init__(self, processor: RouterProcessor | None, continuity: OffsetContinuity, control: Control,
-                 windows: WindowState, send: Send, topics: Topics, retry_s: float = 0.5) -> None:
-        """``processor=None`` is passthrough mode: each message is forwarded unrouted."""
+                 windows: WindowState, send: Send, topics: Topics, retry_s: float = 0.5,
+                 certifier: WorkerCertifier | None = None) -> None:
+        """``processor=None`` is passthrough mode: each message is forwarded unrouted.
+        ``certifier``: seals the routed decisions into window certificates (None: none)."""
         self.processor, self.continuity, self.control = processor, continuity, control
+        self.certifier = certifier
         self.windows, self.send, self.topics, self.retry_s = windows, send, topics, retry_s
         self.counters = AgentCounters()
+        self.last_batch_at = time.monotonic()
+        self._unsent: list[Record] = []  # sealed certificates not yet sent
         self.idle = asyncio.Event()  # clear while a batch is being handled (the revoke waits for it)
         self.idle.set()
 
@@ -103,7 +113,7 @@ class RouterAgent:
         try:
             out = BatchOutput(outcomes=[(m.key, m.value) for m in admitted]) if self.processor is None \
                 else await self._route(admitted)  # type: ignore[misc]
-            await self.publish(out)
+            await self._publish_certified(out)
             await self.windows.write(out.windows)
         except BaseException as exc:
             seeks = self.continuity.rewind({m.partition for m in admitted})
@@ -115,6 +125,7 @@ class RouterAgent:
             return BatchOutput()
         self.continuity.routed(admitted)
         self.counters.batches += 1
+        self.last_batch_at = time.monotonic()
         return out
 
     async def _route(self, messages: list[InMessage]) -> BatchOutput:
@@ -126,6 +137,27 @@ class RouterAgent:
             return BatchOutput(deadletters=[DeadLetter(m.key, m.value, f"internal error: {exc!r}", m.partition,
                                                        m.offset) for m in messages])
 
+    async def _publish_certified(self, out: BatchOutput) -> None:
+        """Publish the batch, then the certificates it completed (void ones if it failed)."""
+        try:
+            await self.publish(out)
+        except BaseException:
+            if self.certifier is not None and out.result is not None:
+                self._unsent += self.certifier.void(out.result)
+            raise
+        if self.certifier is not None and out.result is not None:
+            self._unsent += self.certifier.certify(out.result)
+        await self.publish_certificates()
+
+    async def publish_certificates(self, flush: bool = False) -> int:
+        """Send the certificates sealed so far (``flush``: seal the open ranges first)."""
+        if self.certifier is not None and flush:
+            self._unsent += self.certifier.flush()
+        records, self._unsent = self._unsent, []
+        if records:
+            await self.publish(BatchOutput(certificates=records))
+        return len(records)
+
     async def publish(self, out: BatchOutput) -> None:
         """Send every outcome and dead letter; return once the broker acknowledged each one.
 
@@ -134,6 +166,7 @@ class RouterAgent:
         """
         pending: list[Outgoing] = [(self.topics.outcomes, k, v, None) for k, v in out.outcomes]
         pending += [(self.topics.deadletter, d.key, d.value, d.headers(self.topics.source)) for d in out.deadletters]
+        pending += [(self.topics.certificates, k, v, None) for k, v in out.certificates]
         while pending:
             # Enqueue in order (one stream's outcomes stay in seq order), then wait for all acks.
             futures = [await self._enqueue(msg) for msg in pending]

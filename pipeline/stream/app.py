@@ -3,6 +3,8 @@
 * ``{topic_tokens}`` -- token events, key = stream id (one stream stays on one partition).
 * ``{topic_outcomes}`` -- routing outcomes (:mod:`pipeline.outcomes`), key = stream id.
 * ``{topic_deadletter}`` -- rejected messages: original bytes, reason in headers.
+* ``{topic_certificates}`` -- window certificates (:mod:`pipeline.engine.certificates`), key =
+  ``<worker incarnation>/l<layer>``; sealed every budget window, when idle and when revoked.
 * Table ``windows`` -- stream id -> ``[last_seq, last_offset, *last W-1 tokens]``, backed by a
   changelog topic, so a worker that takes over a partition continues every window exactly.
   The table uses the key partitioner (``use_partitioner=True``) with raw keys: a window lives on
@@ -44,6 +46,7 @@ from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import REFRESH_S, register
 
 from .agent import RouterAgent, Topics
+from .certify import WorkerCertifier
 from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
 from .processor import BatchOutput, InMessage, RouterProcessor
@@ -52,6 +55,7 @@ from .window_state import WindowState
 from .workers import WorkerFailed
 
 log = logging.getLogger(__name__)
+IDLE_SEAL_S = 2.0  # seal the open certificate ranges after this long without a batch
 
 
 def worker_name(settings: Settings) -> str:
@@ -162,8 +166,8 @@ def create_app(settings: Settings) -> RouterApp:
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
     # offsets it did not deliver; the agent commits what it routed (see consumer_control).
     tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, acks=False, **raw)
-    topics = {settings.topic_outcomes: app.topic(settings.topic_outcomes, **raw),
-              settings.topic_deadletter: app.topic(settings.topic_deadletter, **raw)}
+    topics = {name: app.topic(name, **raw) for name in
+              (settings.topic_outcomes, settings.topic_deadletter, settings.topic_certificates)}
     # key_type=bytes makes Faust use the raw codec for keys (the changelog key == the message key);
     # values are JSON lists.
     table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes, use_partitioner=True)
@@ -179,10 +183,14 @@ def create_app(settings: Settings) -> RouterApp:
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes] | None) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
 
-    agent = RouterAgent(None if settings.router_mode == "passthrough" else processor,
+    routing = settings.router_mode != "passthrough"
+    key = settings.certificate_key.encode() if settings.certificate_key else None
+    agent = RouterAgent(processor if routing else None,
                         OffsetContinuity(offsets.start, offsets.end), ConsumerControl(app, settings.topic_tokens),
                         windows, send,
-                        Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens))
+                        Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens,
+                               settings.topic_certificates),
+                        certifier=WorkerCertifier(processor.worker, processor.engine.layers, key) if routing else None)
 
     @app.timer(interval=1.0)
     async def watch_for_stalls() -> None:
@@ -193,6 +201,8 @@ def create_app(settings: Settings) -> RouterApp:
     @app.timer(interval=settings.commit_interval_s)
     async def commit_routed() -> None:
         await agent.commit()
+        if agent.idle.is_set() and time.monotonic() - agent.last_batch_at > IDLE_SEAL_S:
+            await agent.publish_certificates(flush=True)  # an idle worker leaves nothing unsealed
 
     @app.timer(interval=max(1.0, min(30.0, settings.stream_idle_s / 4)))
     async def forget_idle_streams() -> None:
@@ -218,6 +228,7 @@ def create_app(settings: Settings) -> RouterApp:
         # here; then commit what the agent finished, so the next owner starts exactly there.
         # (The eager protocol revokes *every* partition; nothing is dropped from the table.)
         await agent.idle.wait()
+        await agent.publish_certificates(flush=True)
         await agent.commit(during_rebalance=True)
 
     @app.agent(tokens, name="router")

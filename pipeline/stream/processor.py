@@ -61,6 +61,7 @@ class DeadLetter:
 class BatchOutput:
     outcomes: list[tuple[bytes, bytes]] = field(default_factory=list)
     deadletters: list[DeadLetter] = field(default_factory=list)
+    certificates: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, record)
     windows: dict[str, StreamWindow] = field(default_factory=dict)
     routed: int = 0
     redelivered: int = 0

@@ -24,7 +24,7 @@ class TopicError(RuntimeError):
 def pipeline_topics(settings: Settings) -> dict[str, int]:
     """Topic name -> partitions for a router deployment."""
     return {settings.topic_tokens: settings.partitions, settings.topic_outcomes: settings.partitions,
-            settings.topic_deadletter: 1}
+            settings.topic_deadletter: 1, settings.topic_certificates: 1}
 
 
 async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
