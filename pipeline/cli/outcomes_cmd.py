@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from .common import add_settings, settings_from
+from pathlib import Path
+
+from .common import UserError, add_settings, settings_from
+from .verify_cmd import add_range
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tail.add_argument("--json", action="store_true", help="print raw JSON values")
     add_settings(tail, ("kafka_bootstrap", "topic_outcomes", "topic_deadletter"))
     tail.set_defaults(handler=run_tail)
+    export = osub.add_parser("export", help="write the outcomes, certificates and table sets of a run to a "
+                                            "directory (for `var verify DIR/outcomes.jsonl`)")
+    export.add_argument("--out", required=True, help="directory to write")
+    add_range(export)
+    add_settings(export, ("kafka_bootstrap", "redis_url", "namespace", "topic_outcomes", "topic_certificates"))
+    export.set_defaults(handler=run_export)
 
 
 def run_tail(args: argparse.Namespace) -> int:
@@ -27,4 +36,18 @@ def run_tail(args: argparse.Namespace) -> int:
     topic = settings.topic_deadletter if args.deadletter else settings.topic_outcomes
     asyncio.run(tail(settings.kafka_bootstrap, topic, args.from_beginning, args.max, args.idle_exit,
                      args.json, args.deadletter))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pipeline.verify.gather import export, parse_time
+    from pipeline.verify.sources import VerifyInputError
+
+    settings = settings_from(args)
+    try:
+        counts = export(settings, Path(args.out), parse_time(args.start_time), parse_time(args.end_time))
+    except VerifyInputError as exc:
+        raise UserError(str(exc)) from None
+    print(f"exported {counts['outcomes']:,} outcome records, {counts['certificates']:,} certificates and "
+        f"{counts['table_sets']} table set(s) to {args.out}")
     return 0

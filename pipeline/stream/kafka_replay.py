@@ -66,6 +66,7 @@ def scoped_settings(settings: Settings, run_id: str, vocab_size: int) -> Setting
     return settings.with_(
         topic_tokens=f"{settings.topic_tokens}-{run_id}", topic_outcomes=f"{settings.topic_outcomes}-{run_id}",
         topic_deadletter=f"{settings.topic_deadletter}-{run_id}", app_id=f"{settings.app_id}-{run_id}",
+        topic_certificates=f"{settings.topic_certificates}-{run_id}",
         namespace=f"{settings.namespace}-{run_id}", vocab_size=vocab_size)
 
 

@@ -63,6 +63,23 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str], wait_s
         await asyncio.sleep(0.2)
 
 
+async def partition_ids(bootstrap: str, topic: str) -> list[int]:
+    """The partition ids of ``topic``; :class:`TopicError` if Kafka is unreachable or the topic
+    does not exist. (A consumer without a subscription knows no topic metadata, so ask the admin API.)"""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    try:
+        await admin.start()
+    except KafkaConnectionError:
+        raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    try:
+        meta = (await admin.describe_topics([topic]))[0]
+    finally:
+        await admin.close()
+    if meta.get("error_code") or not meta.get("partitions"):
+        raise TopicError(f"topic {topic} does not exist")
+    return sorted(p["partition"] for p in meta["partitions"])
+
+
 async def group_members(bootstrap: str, group_id: str) -> tuple[str, int]:
     """(state, number of members) of a consumer group, e.g. ("Stable", 2)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from pipeline.engine.certificates import Certificate
 from pipeline.engine.events import EventChunk
@@ -39,11 +39,16 @@ class VerifyInputs:
     tie_tolerance: float = 1e-4
 
 
-def load_tables(archive: TableArchive, versions: Sequence[int], empty: list[RoutingTable]
-                ) -> dict[int, list[RoutingTable] | None]:
-    """Each version's table set; version 0 is the empty cold-start set (never stored)."""
+def load_tables(archive: TableArchive, versions: Sequence[int], empty: list[RoutingTable],
+                close: Callable[[], Awaitable[None]] | None = None) -> dict[int, list[RoutingTable] | None]:
+    """Each version's table set; version 0 is the empty cold-start set (never stored).
+    ``close`` (e.g. the Redis client's) is awaited in the same event loop at the end."""
     async def gather() -> dict[int, list[RoutingTable] | None]:
-        return {v: (empty if v == 0 else await archive.load(v)) for v in versions}
+        try:
+            return {v: (empty if v == 0 else await archive.load(v)) for v in versions}
+        finally:
+            if close is not None:
+                await close()
     return asyncio.run(gather())
 
 

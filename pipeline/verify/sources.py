@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline.engine.certificates import Certificate, CertificateError, decode_certificate
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
+from pipeline.stream.topics import TopicError, partition_ids
 
 T = TypeVar("T")
 KAFKA_PREFIX = "kafka:"
@@ -50,6 +51,10 @@ def file_lines(path: Path) -> Iterator[tuple[str, bytes]]:
 async def topic_records(bootstrap: str, topic: str, start_ms: int | None = None, end_ms: int | None = None,
                         progress: Callable[[int], None] | None = None) -> list[tuple[str, bytes]]:
     """(where, value) of the topic's records in the time range (all partitions, offset order)."""
+    try:
+        partitions = await partition_ids(bootstrap, topic)
+    except TopicError as exc:
+        raise VerifyInputError(str(exc)) from None
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
     try:
@@ -57,13 +62,7 @@ async def topic_records(bootstrap: str, topic: str, start_ms: int | None = None,
     except KafkaConnectionError:
         raise VerifyInputError(f"cannot reach Kafka at {bootstrap}") from None
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            raise VerifyInputError(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         first, last = await _range(consumer, tps, start_ms, end_ms)
         for tp in tps:
