@@ -74,6 +74,7 @@ async def read_outcome_topic(topic: str, make_consumer: Callable[[], Any], idle_
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
+        await consumer.stop()
         raise CaptureError(f"cannot reach Kafka ({str(exc).splitlines()[0]})") from None
     try:
         partitions = consumer.partitions_for_topic(topic)
