@@ -20,8 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("source", metavar="SOURCE", help="outcome export file (JSON Lines) or kafka:TOPIC")
     export.add_argument("--out", required=True, help="capture file to write (.npz)")
     export.add_argument("--streams", default=None, help="comma-separated stream names (default: all)")
-    export.add_argument("--idle-s", type=float, default=10.0,
-                        help="kafka:TOPIC: give up when nothing arrives for this long before the end (default 10)")
     export.add_argument("--json", action="store_true", help="print the report as JSON")
     add_progress_flag(export)
     add_settings(export, ("kafka_bootstrap",))
@@ -53,11 +51,9 @@ def run_export(args: argparse.Namespace) -> int:
     from pipeline.capture_replay import tier_shares
     from pipeline.capture_source import load_outcomes
 
-    if args.idle_s <= 0:
-        raise UserError("--idle-s must be > 0")
     streams = _stream_names(args.streams)
     try:
-        outcomes = load_outcomes(args.source, settings_from(args), args.idle_s, show_progress(args))
+        outcomes = load_outcomes(args.source, settings_from(args))
         capture = build_capture(outcomes, streams, args.source)
         save_capture(capture, args.out)
     except CaptureError as exc:

@@ -15,14 +15,14 @@ from pipeline.engine.records import RecordError
 from pipeline.replay import ReplayError
 from pipeline.settings import SettingsError
 
-from . import (bench_cmd, chaos_cmd, config_cmd, corpus_cmd, frontier_cmd, model_cmd, outcomes_cmd, produce_cmd, replay_cmd, stack_cmd,
+from . import (bench_cmd, capture_cmd, chaos_cmd, config_cmd, corpus_cmd, frontier_cmd, model_cmd, outcomes_cmd, produce_cmd, replay_cmd, stack_cmd,
                stats_cmd, verify_cmd, worker_cmd)
 from .common import UserError
 
 EXIT_USER_ERROR = 2
 _USER_ERRORS: tuple[type[BaseException], ...] = (UserError, CorpusError, RecordError, ReplayError, SettingsError)
 _MODULES = (replay_cmd, frontier_cmd, corpus_cmd, model_cmd, produce_cmd, worker_cmd, outcomes_cmd, stats_cmd, bench_cmd, chaos_cmd, stack_cmd,
-            verify_cmd, config_cmd)
+            verify_cmd, capture_cmd, config_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,7 +45,7 @@ def file_lines(path: Path) -> Iterator[tuple[str, bytes]]:
     with path.open("rb") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
-                yield f"{path}:{number}", line
+                yield f"{path} line {number}", line
 
 
 async def topic_records(bootstrap: str, topic: str, start_ms: int | None = None, end_ms: int | None = None,

@@ -15,7 +15,8 @@ import pipeline.cli.main as cli_main
 from pipeline.assembly import build_engine, build_routers, engine_config
 from pipeline.capture import Capture, CaptureError, build_capture, load_capture, save_capture, stream_spans
 from pipeline.capture_replay import check_replayable, replay_capture
-from pipeline.capture_source import read_outcome_file, read_outcome_topic
+from pipeline.capture_source import load_outcomes
+from pipeline.settings import Settings
 from pipeline.cli import capture_cmd
 from pipeline.corpus.realtext import text_chunks
 from pipeline.corpus.works import work_path
@@ -70,7 +71,7 @@ def _altered(record: bytes) -> bytes:
 
 
 def _capture(tmp_path, records: list[bytes], streams=None) -> Capture:
-    return build_capture(read_outcome_file(_write(tmp_path / "out.jsonl", records)), streams, "test")
+    return build_capture(load_outcomes(_write(tmp_path / "out.jsonl", records), Settings()), streams, "test")
 
 
 def test_export_sorts_by_stream_and_seq_and_keeps_the_first_of_duplicates(worker, tmp_path):
@@ -173,7 +174,7 @@ def _error(monkeypatch, capsys, argv: list[str]) -> str:
 
 def test_cli_errors_are_one_line(worker, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "c.npz")
-    assert "no such outcome file" in _error(monkeypatch, capsys, ["capture", "export", str(tmp_path / "no.jsonl"), "--out", out])
+    assert "no such file" in _error(monkeypatch, capsys, ["capture", "export", str(tmp_path / "no.jsonl"), "--out", out])
     bad = _write(tmp_path / "bad.jsonl", worker.records[:2] + [b"{not json"])
     assert "line 3" in _error(monkeypatch, capsys, ["capture", "export", bad, "--out", out])
     assert "no such capture file" in _error(monkeypatch, capsys, ["capture", "replay", out])
@@ -190,52 +191,3 @@ def test_cli_export_then_replay(worker, tmp_path, monkeypatch, capsys):
     assert _main(monkeypatch, ["capture", "replay", out]) == 0
     text = capsys.readouterr().out
     assert "exact" in text and "capture" in text and "top-k set" in text
-
-
-class _FakeConsumer:
-    """The aiokafka calls :func:`read_outcome_topic` makes, over in-memory partitions."""
-
-    def __init__(self, partitions: dict[int, list[bytes]], end: dict[int, int]) -> None:
-        self.data, self.end, self.pos, self.stopped = partitions, end, {}, False
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    def partitions_for_topic(self, topic: str):
-        return set(self.data) if topic == "var-outcomes" else None
-
-    def assign(self, tps) -> None:
-        self.pos = {tp: 0 for tp in tps}
-
-    async def beginning_offsets(self, tps):
-        return {tp: 0 for tp in tps}
-
-    async def end_offsets(self, tps):
-        return {tp: self.end[tp.partition] for tp in tps}
-
-    async def seek_to_beginning(self, *tps) -> None: ...
-
-    async def position(self, tp) -> int:
-        return self.pos[tp]
-
-    async def getmany(self, *tps, timeout_ms: int, max_records: int):
-        out = {}
-        for tp in tps:
-            values = self.data[tp.partition][self.pos[tp]:self.pos[tp] + 2]
-            out[tp] = [SimpleNamespace(offset=self.pos[tp] + i, value=v) for i, v in enumerate(values)]
-            self.pos[tp] += len(values)
-        return out
-
-
-def test_the_topic_is_read_to_the_end_offsets_of_the_start(worker):
-    recs = worker.records
-    fake = _FakeConsumer({0: recs[:5] + [b"produced later"], 1: recs[5:9]}, {0: 5, 1: 4})
-    got = asyncio.run(read_outcome_topic("var-outcomes", lambda: fake))
-    assert len(got) == 9 * 16 and fake.stopped
-    with pytest.raises(CaptureError, match="does not exist"):
-        asyncio.run(read_outcome_topic("other", lambda: _FakeConsumer({0: []}, {0: 0})))
-    broken = _FakeConsumer({0: recs[:2] + [b"[]"]}, {0: 3})
-    with pytest.raises(CaptureError, match="partition 0 offset 2"):
-        asyncio.run(read_outcome_topic("var-outcomes", lambda: broken))
