@@ -39,10 +39,11 @@ def _within(low: float, high: float) -> Check:
 
 
 def _setting(default: Any, env: str, help: str, check: Check | None = None,
-             choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
-    """Declare a setting: env var, help text, validation; ``flag=""`` means no CLI flag."""
+             choices: tuple[str, ...] | None = None, flag: str | None = None, secret: bool = False) -> Any:
+    """Declare a setting: env var, help text, validation; ``flag=""`` means no CLI flag;
+    ``secret``: left out of the settings' repr (and so of logs and test reports)."""
     meta = {"env": env, "help": help, "check": check, "choices": choices, "flag": flag}
-    return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class Settings:
     topic_tables: str = _setting("var-tables", "VAR_TOPIC_TABLES", "archive topic of every published fast-path "
                                  "table set (kept for verification; compacted by version)")
     certificate_key: str | None = _setting(None, "VAR_CERTIFICATE_KEY", "secret HMAC key that makes certificates "
-                                           "tamper-evident (never logged; verify needs the same key)", flag="")
+                                           "tamper-evident (never logged; verify needs the same key)", flag="",
+                                           secret=True)
     table_archive_ttl_s: float = _setting(7 * 86400.0, "VAR_TABLE_ARCHIVE_TTL_S", "keep superseded table sets "
                                           "in Redis this long for verification", _at_least(1))
     partitions: int = _setting(4, "VAR_PARTITIONS", "partitions of the token topic (and of the window table)",

@@ -9,6 +9,8 @@ from pipeline.settings import markdown_table, setting_fields
 from .common import add_settings, print_json, settings_from
 
 
+SECRETS = ("certificate_key",)
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="show the resolved settings (flags > env > defaults)")
     p.add_argument("--markdown", action="store_true", help="print the README configuration table")
@@ -22,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table())
         return 0
     values = dataclasses.asdict(settings_from(args))
+    for secret in SECRETS:
+        if values.get(secret):
+            values[secret] = "<set>"  # a secret is never printed
     if args.json:
         print_json(values)
     else:
