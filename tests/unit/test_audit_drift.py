@@ -178,3 +178,53 @@ def test_after_drift_the_closed_loop_recovers_agreement_from_fresh_evidence():
     rows = refresher.audit_ledger.rows()
     assert rows[0]["table_version"] == 1 and rows[0]["agreement"] < 0.3
     assert rows[-1]["low"] > rows[0]["high"] and rows[-1]["agreement"] > 0.6
+
+
+# --- where audits are reported -------------------------------------------------------------------
+def test_router_metrics_count_audits_and_set_the_agreement_interval():
+    from pipeline.engine.audit import wilson
+    from pipeline.engine.events import DecisionBatch
+    from pipeline.observability import RouterMetrics
+
+    def batch(layer, version, audits):
+        n = len(audits)
+        return DecisionBatch(np.zeros((n, 2), np.int64), np.zeros((n, 2), np.float32), np.zeros(n, np.float32),
+                             np.zeros(n, np.float32), np.full(n, Tier.FAST, np.int8), np.zeros(n, np.uint64),
+                             version, RID, layer, audits=np.asarray(audits, np.int8))
+
+    metrics = RouterMetrics("w1")
+    metrics.observe_audits([batch(0, 3, [1, 1, 0, -1]), batch(1, 3, [-1, -1])])
+    metrics.observe_audits([batch(0, 3, [1] * 5 + [-1])])
+    get = metrics.registry.get_sample_value
+    labels = {"worker": "w1", "layer": "0", "table_version": "3"}
+    assert get("var_audits_total", {**labels, "result": "agree"}) == 7
+    assert get("var_audits_total", {**labels, "result": "disagree"}) == 1
+    assert get("var_audits_total", {**labels, "layer": "1", "result": "agree"}) is None
+    assert get("var_audit_agreement", {**labels, "bound": "estimate"}) == pytest.approx(7 / 8)
+    assert get("var_audit_agreement", {**labels, "bound": "low"}) == pytest.approx(wilson(7, 8)[0])
+    assert get("var_audit_agreement", {**labels, "bound": "high"}) == pytest.approx(wilson(7, 8)[1])
+
+
+def test_stats_show_lists_the_audited_agreement_per_version_and_layer():
+    from pipeline.cli.stats_cmd import _snapshot_summary, render_summary, table_summary
+    from pipeline.engine.layered_refresher import LayeredRefresher
+
+    both = LayeredRefresher([refresher(), refresher()])
+    layer0 = fast(4, agreed=8, disagreed=2, version=2)
+    layer1 = outcomes([4] * 10, [Tier.FAST] * 10, [0] + [-1] * 9, version=2).layers[0]
+    layer1.layer = 1
+    layer0.layers.append(layer1)
+    assert both.check(layer0) is None
+    both.observe(layer0)
+    raw = both.snapshot()
+    r0 = both.layers[0]
+    snapshot = _snapshot_summary(raw, 0)
+    rows = {(row["layer"], row["table_version"]): row for row in snapshot["audits"]}
+    assert set(rows) == {(0, 2), (1, 2)}
+    assert (rows[(0, 2)]["audited"], rows[(0, 2)]["agreed"]) == (10, 8)
+    assert rows[(0, 2)]["low"] == pytest.approx(0.490, abs=1e-3) and rows[(0, 2)]["high"] == pytest.approx(0.943, abs=1e-3)
+    summary = table_summary(r0.build().table, 3)
+    summary["stats_snapshot"] = snapshot
+    text = render_summary(summary)
+    assert "v2 layer 0: 80.0% [49.0%, 94.3%] of 10 audited" in text
+    assert "v2 layer 1: 0.0% [0.0%, 79.3%] of 1 audited" in text
