@@ -70,6 +70,14 @@ def wilson(agree: float, n: float, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def audit_summary(audited: int, agreed: int, z: float = 1.96) -> dict[str, Any]:
+    """``{audited, agreed, agreement, low, high}``: the agreement (None without audits) and its
+    Wilson interval."""
+    low, high = wilson(agreed, audited, z)
+    return {"audited": audited, "agreed": agreed, "agreement": agreed / audited if audited else None,
+            "low": low, "high": high}
+
+
 @dataclass(slots=True)
 class AuditLedger:
     """Audited and agreeing decisions per (table version, layer), e.g. over a stream of outcomes.
@@ -108,12 +116,8 @@ class AuditLedger:
     def rows(self, z: float = 1.96) -> list[dict[str, Any]]:
         """``{table_version, layer, audited, agreed, agreement, low, high}`` per (version, layer),
         in that order; ``agreement`` is None without audits, ``low``/``high`` the Wilson interval."""
-        out = []
-        for (version, layer), (n, agreed) in sorted(self.counts.items()):
-            low, high = wilson(agreed, n, z)
-            out.append({"table_version": version, "layer": layer, "audited": n, "agreed": agreed,
-                        "agreement": agreed / n if n else None, "low": low, "high": high})
-        return out
+        return [{"table_version": version, "layer": layer, **audit_summary(n, agreed, z)}
+                for (version, layer), (n, agreed) in sorted(self.counts.items())]
 
     def to_dict(self) -> list[list[int]]:
         """JSON-safe: ``[[version, layer, audited, agreed], ...]`` (inverse of :meth:`from_dict`)."""
