@@ -313,8 +313,3 @@ def decode_outcome(raw: bytes) -> Outcomes:
     prevs = np.concatenate(([first_prev], token_ids[:-1])) if n else np.zeros(0, np.int64)
     return Outcomes([stream] * n, seq + np.arange(n, dtype=np.int64), token_ids, [worker] * n, layers,
                     prevs.astype(np.int64))
-
-
-def learned_mask(outcomes: Outcomes, layer: int = 0) -> np.ndarray:
-    """Rows whose decision at ``layer`` came from the learned router."""
-    return outcomes.layers[layer].learned()
