@@ -37,8 +37,8 @@ FAST_PATH_SETTINGS = ("min_frequency", "max_entropy", "static_below", "adaptive"
 REDIS_SETTINGS = ("redis_url", "namespace")
 WORKER_SETTINGS = ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + (
     "kafka_bootstrap", "topic_tokens", "topic_outcomes", "topic_deadletter", "partitions", "stats_group",
-    "refresh_every", "refresh_interval_s", "stats_decay", "table_grace_s", "take_max", "take_within_s",
-    "worker_name", "metrics_port", "log_level", "log_format")
+    "refresh_every", "refresh_interval_s", "stats_decay", "audit_min_agreement", "table_grace_s", "take_max",
+    "take_within_s", "worker_name", "metrics_port", "log_level", "log_format")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
