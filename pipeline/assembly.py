@@ -77,6 +77,7 @@ def engine_config(settings: Settings, layer: int = 0, window: int | None = None,
         cache=CachePolicy(settings.cache_ttl_s, settings.cache_size, settings.cache_min_confidence),
         budget=BudgetPolicy(settings.budget if budget is None else budget, settings.budget_window, settings.governor),
         cache_scope=settings.cache_scope,
+        audit_rate=settings.audit_rate,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.engine.audit import audit_summary
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import TIER_LABELS, Tier, served_by_key
 from pipeline.model.determinism import LayerDeterminism
@@ -35,6 +36,7 @@ class LayerReport:
     served: dict[str, dict[str, int]]  # fast / budget_fallback decisions by key kind (pair, token)
     pair_entries: int
     table_bytes: int
+    audits: dict[str, Any] = field(default_factory=lambda: audit_summary(0, 0))  # live audits (engine.audit)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "determinism"}
@@ -54,7 +56,8 @@ def layer_report(engine: VAREngine, router: ModelRouter, determinism: LayerDeter
         cache_hit_rate=c.cache_hits / c.cache_lookups if c.cache_lookups else 0.0,
         learned_us_per_token=1e6 * router.seconds / router.routed if router.routed else 0.0,
         determinism=determinism, budget=engine.config.budget.budget, served=served_by_key(c.tier_keys),
-        pair_entries=len(engine.table.pair_entries), table_bytes=engine.table.nbytes)
+        pair_entries=len(engine.table.pair_entries), table_bytes=engine.table.nbytes,
+        audits=audit_summary(c.audits, c.audit_agreed))
 
 
 @dataclass
@@ -169,6 +172,10 @@ def render_text(report: ModelReplayReport) -> str:
     lines += ["", "  token-id determinism (top-1): " + "; ".join(
         f"L{l.layer} {pct(l.determinism.determined_share)} of traffic >=95%, H {l.determinism.h_expert_given_token:.2f}"
         f"/{l.determinism.h_expert:.2f} nats" for l in report.layers)]
+    if any(l.audits["audited"] for l in report.layers):
+        lines.append("  live audits (fast path vs learned router, top-k set, 95% Wilson): " + "; ".join(
+            f"L{l.layer} {pct(l.audits['agreement'] or 0)} [{pct(l.audits['low'])}, {pct(l.audits['high'])}] of "
+            f"{l.audits['audited']:,}" for l in report.layers))
     if report.timeline:
         spans = learned_over_time(report)
         versions = sorted({p.get("table_version", 1) for p in report.timeline})

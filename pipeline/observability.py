@@ -11,9 +11,12 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from pipeline.engine.audit import AuditLedger
+from pipeline.engine.events import DecisionBatch
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
@@ -53,11 +56,39 @@ class RouterMetrics:
                                   ["worker", "partition"], registry=r)
         self.streams = Gauge("var_stream_windows", "Stream context windows held by this worker", ["worker"],
                              registry=r).labels(**labels)
+        audit_labels = ["worker", "layer", "table_version"]
+        self.audits = Counter("var_audits", "Live audits of fast-path decisions (result: agree, disagree)",
+                              audit_labels + ["result"], registry=r)
+        self.audit_agreement = Gauge("var_audit_agreement", "Audited top-k agreement of the fast path so far, "
+                                     "with its 95% Wilson interval (bound: estimate, low, high)",
+                                     audit_labels + ["bound"], registry=r)
+        self.audit_ledger = AuditLedger()
         self._worker = worker
         self._seen = (0, 0, 0)
 
     def tier(self, tier: str) -> Counter:
         return self.decisions.labels(worker=self._worker, tier=tier)
+
+    def observe_audits(self, decisions: Iterable[DecisionBatch]) -> None:
+        """Count a batch's audit results (one :class:`DecisionBatch` per layer) and update the
+        agreement gauges of the (layer, table version) pairs it audited."""
+        touched = set()
+        for d in decisions:
+            audits = d.audit_results()
+            audited = int((audits >= 0).sum())
+            if not audited:
+                continue
+            agreed = int((audits == 1).sum())
+            labels = {"worker": self._worker, "layer": str(d.layer), "table_version": str(d.table_version)}
+            self.audits.labels(**labels, result="agree").inc(agreed)
+            self.audits.labels(**labels, result="disagree").inc(audited - agreed)
+            self.audit_ledger.observe(d.layer, d.table_version, audits)
+            touched.add((d.table_version, d.layer))
+        for row in self.audit_ledger.rows():
+            if (row["table_version"], row["layer"]) in touched:
+                labels = {"worker": self._worker, "layer": str(row["layer"]), "table_version": str(row["table_version"])}
+                for bound, value in (("estimate", row["agreement"]), ("low", row["low"]), ("high", row["high"])):
+                    self.audit_agreement.labels(**labels, bound=bound).set(value)
 
     def observe_totals(self, round_trips: int, degraded: int, offset_gaps: int) -> None:
         """Advance the counters kept elsewhere as running totals (Redis store, offset guard)."""

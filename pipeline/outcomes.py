@@ -17,9 +17,16 @@ key served the decision (``pair``, ``token``, ``prior``, or ``exact`` for the ro
 decisions: learned or cached). Both are optional when decoding (records of earlier workers:
 ``prev`` -1, ``key`` ``exact`` for learned/cache tiers and ``token`` otherwise).
 
+``audit`` (optional) is the live-audit result of the layer's decision (:mod:`pipeline.engine.audit`):
+-1 not audited, 0 the learned router's top-k expert set differed from the route served, 1 it
+agreed. A layer object carries it only if at least one of its record's decisions was audited
+(absent: every decision -1). An audited decision keeps its tier (``fast``) and route, but it
+consumed a learned-router call at its ``pos``: a budget check counts, per worker and layer, the
+decisions with ``tier == "learned"`` or ``audit >= 0`` (:func:`pipeline.engine.audit.router_calls`).
+
 ``layers`` lists the layers in order 0, 1, ... (every layer of the worker's engine, none left
 out). For a chunk, ``tokens`` replaces ``token`` and each layer's per-token fields
-(``experts``, ``weights``, ``confidence``, ``entropy``, ``tier``, ``key``, ``ctx``) become lists, one
+(``experts``, ``weights``, ``confidence``, ``entropy``, ``tier``, ``key``, ``ctx``, ``audit``) become lists, one
 entry per token; ``seq`` and each layer's ``pos`` belong to the first token and count up by one
 per token.
 
@@ -42,6 +49,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import orjson
 
+from pipeline.engine.audit import router_calls
 from pipeline.engine.engine import RouteResult
 from pipeline.engine.events import KEY_LABELS, TIER_LABELS, EventBatch, KeyKind, Tier
 from pipeline.engine.pairs import previous_tokens
@@ -55,6 +63,7 @@ MAX_OUTCOME_TOKENS = 1024
 PER_TOKEN = ("experts", "weights", "confidence", "entropy", "tier", "ctx")
 _TIER_CODE = {label: code for code, label in enumerate(TIER_LABELS)}
 _KEY_CODE = {label: code for code, label in enumerate(KEY_LABELS)}
+_AUDIT_VALUES = (-1, 0, 1)
 
 
 class OutcomeError(ValueError):
@@ -115,11 +124,16 @@ class _LayerLists:
                         "confidence": d.confidence.tolist(), "entropy": d.entropy.tolist(),
                         "tier": [TIER_LABELS[t] for t in d.tiers.tolist()],
                         "key": [KEY_LABELS[k] for k in d.key_kinds().tolist()], "ctx": d.ctx_hash.tolist()}
+        self.audits = d.audit_results()
+        if (self.audits >= 0).any():
+            self.columns["audit"] = self.audits.tolist()
 
     def record(self, a: int, b: int) -> dict[str, Any]:
         rec: dict[str, Any] = dict(self.common, pos=self.position + a)
+        audited = "audit" in self.columns and bool((self.audits[a:b] >= 0).any())
         for name, values in self.columns.items():
-            rec[name] = values[a:b] if b - a > 1 else values[a]
+            if name != "audit" or audited:
+                rec[name] = values[a:b] if b - a > 1 else values[a]
         return rec
 
 
@@ -138,10 +152,13 @@ class LayerOutcomes:
     table_versions: np.ndarray  # int64 [n]
     router_ids: list[str]
     keys: np.ndarray | None = None  # int8 [n], KeyKind (None: derived from the tiers)
+    audits: np.ndarray | None = None  # int8 [n], audit results -1 / 0 / 1 (None: none audited)
 
     _ARRAYS = ("experts", "weights", "confidence", "entropy", "tiers", "ctx", "positions", "table_versions")
 
     def __post_init__(self) -> None:
+        if self.audits is None:
+            self.audits = np.full(len(self.tiers), -1, np.int8)
         if self.keys is None:
             exact = (self.tiers == Tier.LEARNED) | (self.tiers == Tier.CACHE)
             self.keys = np.where(exact, KeyKind.EXACT, np.where(self.tiers == Tier.PRIOR, KeyKind.PRIOR,
@@ -152,17 +169,27 @@ class LayerOutcomes:
         assert self.keys is not None
         return self.keys
 
+    @property
+    def audit_results(self) -> np.ndarray:
+        assert self.audits is not None
+        return self.audits
+
     def select(self, idx: np.ndarray) -> "LayerOutcomes":
         return LayerOutcomes(self.layer, *(getattr(self, name)[idx] for name in self._ARRAYS),
-                             [self.router_ids[i] for i in idx.tolist()], self.key_kinds[idx])
+                             [self.router_ids[i] for i in idx.tolist()], self.key_kinds[idx], self.audit_results[idx])
 
     def learned(self) -> np.ndarray:
         return self.tiers == Tier.LEARNED
 
+    def router_calls(self) -> np.ndarray:
+        """Rows that consumed a learned-router call at their position: learned decisions and audits."""
+        return router_calls(self.tiers, self.audit_results)
+
     @classmethod
     def concat(cls, parts: Sequence["LayerOutcomes"]) -> "LayerOutcomes":
         return cls(parts[0].layer, *(np.concatenate([getattr(p, name) for p in parts]) for name in cls._ARRAYS),
-                   [r for p in parts for r in p.router_ids], np.concatenate([p.key_kinds for p in parts]))
+                   [r for p in parts for r in p.router_ids], np.concatenate([p.key_kinds for p in parts]),
+                   np.concatenate([p.audit_results for p in parts]))
 
 
 @dataclass(slots=True)
@@ -230,8 +257,9 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
     if index >= 0 and number != index:
         raise OutcomeError(f"layers[{index}] is layer {number}: layers must be listed in order 0, 1, ...")
     per_token = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
-    if "key" in layer:
-        per_token["key"] = [layer["key"]] if single else layer["key"]
+    for name in ("key", "audit"):
+        if name in layer:
+            per_token[name] = [layer[name]] if single else layer[name]
     for name, values in per_token.items():
         if not isinstance(values, list) or len(values) != n:
             raise OutcomeError(f"field {where + name!r} does not have one entry per token")
@@ -239,6 +267,7 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
         tiers = np.asarray([_TIER_CODE[t] for t in per_token["tier"]], dtype=np.int8)
         keys = (np.asarray([_KEY_CODE[k] for k in per_token["key"]], dtype=np.int8) if "key" in per_token
                 else None)
+        audits = np.asarray(per_token["audit"], np.int8) if "audit" in per_token else None
         experts, weights = np.asarray(per_token["experts"], np.int64), np.asarray(per_token["weights"], np.float32)
         columns = (np.asarray(per_token["confidence"], np.float32), np.asarray(per_token["entropy"], np.float32),
                    tiers, np.asarray(per_token["ctx"], np.uint64))
@@ -246,10 +275,12 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
         raise OutcomeError(f"bad per-token values in {where or 'the outcome'} ({type(exc).__name__}: {exc})") from None
     if experts.ndim != 2 or experts.shape != weights.shape:
         raise OutcomeError(f"{where}experts/weights must be [tokens, k]")
+    if audits is not None and any(type(a) is not int or a not in _AUDIT_VALUES for a in per_token["audit"]):
+        raise OutcomeError(f"field {where}'audit' must hold -1, 0 or 1 per token")
     pos, version = _field(layer, "pos", (int,), where), _field(layer, "table_version", (int,), where)
     router_id = _field(layer, "router_id", (str,), where)
     return LayerOutcomes(number, experts, weights, *columns, pos + np.arange(n, dtype=np.int64),
-                         np.full(n, version, np.int64), [router_id] * n, keys)
+                         np.full(n, version, np.int64), [router_id] * n, keys, audits)
 
 
 def decode_outcome(raw: bytes) -> Outcomes:
@@ -282,8 +313,3 @@ def decode_outcome(raw: bytes) -> Outcomes:
     prevs = np.concatenate(([first_prev], token_ids[:-1])) if n else np.zeros(0, np.int64)
     return Outcomes([stream] * n, seq + np.arange(n, dtype=np.int64), token_ids, [worker] * n, layers,
                     prevs.astype(np.int64))
-
-
-def learned_mask(outcomes: Outcomes, layer: int = 0) -> np.ndarray:
-    """Rows whose decision at ``layer`` came from the learned router."""
-    return outcomes.layers[layer].learned()

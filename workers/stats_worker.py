@@ -13,7 +13,8 @@ Why a plain aiokafka consumer rather than a Faust agent:
   joining a group, so there is no rebalance, and a restarted worker starts reading at once
   instead of waiting for the dead one's session to expire. Run one per deployment.
 * Counting each outcome exactly once across restarts needs the read position stored *with* the
-  statistics. The snapshot in Redis (``RedisKeys.stats_snapshot``) holds the statistics and the
+  statistics (and with the live-audit counts: per token, and per table version and layer, which
+  ``var stats show`` reads from the snapshot). The snapshot in Redis (``RedisKeys.stats_snapshot``) holds the statistics and the
   next offset of every outcome partition they include; on start the worker restores it and seeks
   to those offsets. Faust commits offsets on its own schedule, which cannot be tied to a Redis
   value. The consumer group ``stats_group`` is used only to commit the same offsets to Kafka, so
@@ -211,10 +212,10 @@ class StatsWorker:
             last = rows[-1] if rows else {}
             where = f" layer {layer}" if len(refreshes) > 1 else ""
             log.info("published table v%d%s: %d fast-path tokens (frequency > %.4g, entropy < %.4g%s), %d pair "
-                     "entries (pair entropy < %.4g); predicted learned share %.1f%%; last observed (v%s): learned "
-                     "%.1f%%, not fast %.1f%%, predicted %s",
+                     "entries (pair entropy < %.4g), %d tokens dropped for their audits; predicted learned share "
+                     "%.1f%%; last observed (v%s): learned %.1f%%, not fast %.1f%%, predicted %s",
                      version, where, table.size, t.min_frequency, t.max_entropy, ", adaptive" if refresh.choice else "",
-                     len(table.pair_entries), t.pair_max_entropy,
+                     len(table.pair_entries), t.pair_max_entropy, table.meta.get("audit_banned", 0),
                      100 * refresh.prediction.learned_share, last.get("version"),
                      100 * (last.get("observed_learned_share") or 0), 100 * (last.get("observed_non_fast_share") or 0),
                      _pct(last.get("predicted_learned_share")),

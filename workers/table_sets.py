@@ -33,7 +33,7 @@ def refresh_policy(settings: Settings, budget: float | None = None) -> RefreshPo
     model_target = settings.budget if budget is None else budget
     target = model_target if is_model(settings) else (settings.adaptive_target if settings.adaptive else None)
     return RefreshPolicy(settings.refresh_every, settings.refresh_interval_s, settings.stats_decay,
-                         thresholds(settings), target)
+                         thresholds(settings), target, settings.audit_min_agreement)
 
 
 def layer_routers(settings: Settings) -> list[tuple[RouterSpec, str]]:

@@ -8,7 +8,8 @@
 * ``var stats worker`` -- the stats refresher (``workers/stats_worker.py``).
 * ``var stats show [--file FILE] [--layer L]`` -- version, size, thresholds and top tokens of a table
   file, or of layer ``L``'s table in the table set currently published in Redis (plus the stats
-  worker's snapshot of that layer there).
+  worker's snapshot of that layer there, and the live audits of every layer it counted: per table
+  version and layer, the fast path's audited agreement with its Wilson interval).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncio
 from typing import Any
 
 from pipeline.corpus.jsonl import iter_batches
+from pipeline.engine.audit import AuditLedger
 from pipeline.engine.offline import collect_statistics
 from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.layered_refresher import read_layer_snapshots
@@ -35,8 +37,8 @@ FAST_PATH_SETTINGS = ("min_frequency", "max_entropy", "static_below", "adaptive"
 REDIS_SETTINGS = ("redis_url", "namespace")
 WORKER_SETTINGS = ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + (
     "kafka_bootstrap", "topic_tokens", "topic_outcomes", "topic_deadletter", "partitions", "stats_group",
-    "refresh_every", "refresh_interval_s", "stats_decay", "table_grace_s", "take_max", "take_within_s",
-    "worker_name", "metrics_port", "log_level", "log_format")
+    "refresh_every", "refresh_interval_s", "stats_decay", "audit_min_agreement", "table_grace_s", "take_max",
+    "take_within_s", "worker_name", "metrics_port", "log_level", "log_format")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -205,7 +207,18 @@ def _snapshot_summary(raw: bytes | None, layer: int = 0) -> dict[str, Any] | Non
     rows = version_report({int(v): c for v, c in header["observed"].items()},
                           {int(v): p for v, p in header["predicted"].items()})
     return {"counters": header["counters"], "offsets": header["offsets"], "bytes": len(raw),
-            "versions": rows[-SHOW_VERSIONS:]}
+            "versions": rows[-SHOW_VERSIONS:], "audits": audit_rows([h for h, _ in layers])}
+
+
+def audit_rows(headers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live audits of every layer's snapshot header: per table version (the last
+    ``SHOW_VERSIONS``) and layer, audited and agreeing decisions with the Wilson interval."""
+    ledger = AuditLedger()
+    for layer, header in enumerate(headers):  # each layer's refresher counts its own layer
+        ledger.counts.update({key: counts for key, counts in AuditLedger.from_dict(header.get("audit_ledger", []))
+                              .counts.items() if key[1] == layer})
+    versions = sorted({v for v, _ in ledger.counts})[-SHOW_VERSIONS:]
+    return [row for row in ledger.rows() if row["table_version"] in versions]
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -247,6 +260,12 @@ def render_summary(summary: dict[str, Any]) -> str:
                          f"{'-' if predicted is None else f'{100 * predicted:.1f}%'}, observed "
                          f"{100 * row['observed_learned_share']:.1f}% (not fast {100 * row['observed_non_fast_share']:.1f}%)"
                          f" over {row['outcomes']:,} outcomes")
+        audits = summary["stats_snapshot"].get("audits") or []
+        if audits:
+            lines.append("live audits (fast-path top-k agreement with the learned router, 95% Wilson interval):")
+        for row in audits:
+            lines.append(f"  v{row['table_version']} layer {row['layer']}: {100 * row['agreement']:.1f}% "
+                         f"[{100 * row['low']:.1f}%, {100 * row['high']:.1f}%] of {row['audited']:,} audited")
     lines.append(f"{'token':>7}{'frequency':>12}  fast  experts        entropy")
     for row in summary["top_tokens"]:
         lines.append(f"{row['token']:>7}{row['frequency']:>12,.0f}  {'yes ' if row['fast'] else 'no  '}  "

@@ -11,9 +11,13 @@ A model has one governor per MoE layer. :func:`split_budget` offers one total bu
 across the layers by their measured fast-path error instead of the same budget everywhere;
 each layer's governor then enforces its own share as a hard cap.
 
-The :class:`WindowLedger` records, independently of the governor, how many learned calls each
-block of ``window`` decisions contained and the maximum over all sliding windows, so a report
-can show that the cap held.
+Live audits (:mod:`.audit`) are learned-router calls too: the engine asks the governor for each
+audit at the audited decision's position, interleaved with the learned misses, so the cap bounds
+learned decisions + audits together.
+
+The :class:`WindowLedger` records, independently of the governor, how many router calls
+(learned decisions and audits) each block of ``window`` decisions contained and the maximum over
+all sliding windows, so a report can show that the cap held.
 """
 from __future__ import annotations
 

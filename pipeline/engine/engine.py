@@ -12,6 +12,10 @@ in-memory dict here, Redis in the pipeline -- is called once per batch, between 
    else the budget fallback (the same entry's route; the traffic-wide prior only for a token
    without any entry, tier ``prior``). All admitted misses are routed in ONE batched router call; the same key
    met twice in a batch is routed once and the repeat reuses it (counted as a cache hit).
+   The live audits (:mod:`.audit`: a hash-selected ``audit_rate`` sample of the fast-path
+   decisions) join that same router call, admitted by the same governor in decision order, so
+   learned calls + audits never exceed the cap in any budget window; an audit keeps the fast
+   path's route and records only whether the router agreed (``DecisionBatch.audits``).
    It returns the decisions and the confident learned decisions to write back (one batched
    call again).
 
@@ -24,6 +28,7 @@ from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
+from .audit import AGREED, DISAGREED, NOT_AUDITED, audit_selected, router_calls, same_expert_sets
 from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
 from .context import ContextResult, Rejection, StreamWindow, build_contexts
@@ -36,7 +41,8 @@ from .table import Lookup, RoutingTable
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Engine policy: context window, MoE layer, cache policy and learned-router budget."""
+    """Engine policy: context window, MoE layer, cache policy, learned-router budget and the share
+    of fast-path decisions audited by the learned router (counted against the budget)."""
 
     window: int = 4
     layer: int = 0
@@ -45,10 +51,13 @@ class EngineConfig:
     cache_scope: str = "all"  # "all": every token looks the cache up first; "misses": only tokens the
     #                           fast path does not serve (their cache entries can only date from an
     #                           older table) -- far fewer lookups against a shared store
+    audit_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cache_scope not in ("all", "misses"):
             raise ValueError(f"cache scope must be 'all' or 'misses', got {self.cache_scope!r}")
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ValueError("audit rate must be within [0, 1]")
 
 
 @dataclass(slots=True)
@@ -90,8 +99,10 @@ class EngineCounters:
     tier_keys: np.ndarray = field(default_factory=lambda: np.zeros((len(Tier), len(KeyKind)), dtype=np.int64))
     cache_lookups: int = 0
     cache_hits: int = 0
-    router_calls: int = 0
+    router_calls: int = 0  # batched router calls (not rows)
     rejected: int = 0
+    audits: int = 0  # fast-path decisions audited (each one learned-router call at its position)
+    audit_agreed: int = 0  # of which the router's top-k set agreed
 
 
 class VAREngine:
@@ -160,10 +171,12 @@ class VAREngine:
         lookup = self.resolve(plan.contexts, tokens)
         fast = np.flatnonzero(~hit & lookup.eligible)
         out.fill(fast, *self.table.routes(lookup, fast, tokens), Tier.FAST, lookup.kind[fast])
-        write_keys, write_values = self._route_misses(plan, np.flatnonzero(~hit & ~lookup.eligible), out, lookup)
+        audit = fast[audit_selected(plan.keys[fast], position + fast, self.config.audit_rate)]
+        misses = np.flatnonzero(~hit & ~lookup.eligible)
+        write_keys, write_values = self._route_misses(plan, misses, audit, out, lookup)
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
-                                  out.keys)
+                                  out.keys, out.audits)
         self._count(decisions, len(plan.rejections), int((plan.inverse >= 0).sum()))
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, write_keys, write_values)
@@ -208,20 +221,24 @@ class VAREngine:
         out.fill(hit, hits.experts[take], hits.weights[take], hits.confidence[take], hits.entropy[take], Tier.CACHE)
         return hit
 
-    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, out: "_DecisionArrays", lookup: Lookup
-                      ) -> tuple[list[int], list[bytes]]:
-        """Governor in decision order, one batched router call, in-batch repeats and fallbacks.
+    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, audit: np.ndarray, out: "_DecisionArrays",
+                      lookup: Lookup) -> tuple[list[int], list[bytes]]:
+        """Governor in decision order, one batched router call, in-batch repeats, fallbacks, audits.
 
         Each distinct key among the misses is decided once, at its first occurrence: admitted
         keys are routed (tier learned) and their repeats reuse the result (tier cache); denied
-        keys and their repeats take the budget fallback.
+        keys and their repeats take the budget fallback. The fast-path rows ``audit`` ask the
+        governor at their own positions, interleaved with those first occurrences; the admitted
+        ones are routed in the same call and scored (``out.audits``), their route unchanged.
         """
-        if len(misses) == 0:
-            return [], []
         uniq, first, inverse = np.unique(plan.keys[misses], return_index=True, return_inverse=True)
         by_arrival = np.argsort(first)
         first_rows = misses[first[by_arrival]]
-        admitted = self.governor.admit(self.counters.decisions + first_rows)
+        asked = np.concatenate((first_rows, audit))
+        order = np.argsort(asked, kind="stable")  # fast and missed rows are disjoint: positions increase
+        granted = np.zeros(len(asked), dtype=bool)
+        granted[order] = self.governor.admit(self.counters.decisions + asked[order])
+        admitted, audit_rows = granted[:len(first_rows)], audit[granted[len(first_rows):]]
         learned_rows = first_rows[admitted]
         slot = np.full(len(uniq), -1, dtype=np.int64)
         slot[by_arrival[admitted]] = np.arange(len(learned_rows))
@@ -233,10 +250,14 @@ class VAREngine:
             kinds = lookup.kind[fallback]
             tiers = np.where(kinds == KeyKind.PRIOR, Tier.PRIOR, Tier.BUDGET_FALLBACK)
             out.fill(fallback, *self.table.routes(lookup, fallback, plan.events.tokens), tiers, kinds)
-        if len(learned_rows) == 0:
+        if len(learned_rows) + len(audit_rows) == 0:
             return [], []
-        res = self.router.route(plan.contexts[learned_rows])
+        both = self.router.route(plan.contexts[np.concatenate((learned_rows, audit_rows))])
         self.counters.router_calls += 1
+        m = len(learned_rows)
+        agree = same_expert_sets(out.experts[audit_rows], both.experts[m:])
+        out.audits[audit_rows] = np.where(agree, AGREED, DISAGREED)
+        res = RouterOutput(both.experts[:m], both.weights[:m], both.confidence[:m], both.entropy[:m])
         out.fill(learned_rows, res.experts, res.weights, res.confidence, res.entropy, Tier.LEARNED)
         repeat = ~is_first & (miss_slot >= 0)
         if repeat.any():
@@ -261,7 +282,10 @@ class VAREngine:
         c.cache_hits += int((tiers == Tier.CACHE).sum())
         c.decisions += len(tiers)
         c.rejected += rejected
-        self.ledger.record(tiers == Tier.LEARNED)
+        audits = decisions.audit_results()
+        c.audits += int((audits >= 0).sum())
+        c.audit_agreed += int((audits == AGREED).sum())
+        self.ledger.record(router_calls(tiers, audits))
 
 
 @dataclass(slots=True)
@@ -272,11 +296,13 @@ class _DecisionArrays:
     entropy: np.ndarray
     tiers: np.ndarray
     keys: np.ndarray
+    audits: np.ndarray
 
     @classmethod
     def allocate(cls, n: int, k: int) -> "_DecisionArrays":
         return cls(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.float32),
-                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8), np.zeros(n, np.int8))
+                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8), np.zeros(n, np.int8),
+                   np.full(n, NOT_AUDITED, np.int8))
 
     def fill(self, rows: np.ndarray, experts, weights, confidence, entropy, tier, key=KeyKind.EXACT) -> None:
         """Rows ``rows`` get these values; ``tier``/``key``: one value or one per row."""

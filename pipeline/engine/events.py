@@ -146,7 +146,10 @@ class DecisionBatch:
 
     Every decision records its provenance -- tier, fast-path table version, router id, MoE
     layer and context hash -- so it can be checked afterwards against the router and table it
-    claims to come from.
+    claims to come from. ``audits`` holds each decision's live-audit result (:mod:`.audit`):
+    -1 not audited, 0 the table's top-k set differed from the learned router's, 1 it agreed. An
+    audited decision (``audits >= 0``) keeps its tier and route but consumed a learned-router
+    call at its position, like a ``learned`` one.
     """
 
     experts: np.ndarray  # int64 [n, k]
@@ -159,9 +162,14 @@ class DecisionBatch:
     router_id: str
     layer: int = 0
     keys: np.ndarray | None = None  # int8 [n], values of KeyKind (None: all exact)
+    audits: np.ndarray | None = None  # int8 [n], -1 / 0 / 1 (None: nothing audited)
 
     def __len__(self) -> int:
         return len(self.tiers)
+
+    def audit_results(self) -> np.ndarray:
+        """int8 [n]: the audit result of every decision (-1 where not audited)."""
+        return self.audits if self.audits is not None else np.full(len(self.tiers), -1, np.int8)
 
     def key_kinds(self) -> np.ndarray:
         return self.keys if self.keys is not None else np.zeros(len(self.tiers), np.int8)

@@ -2,7 +2,9 @@
 
 Each layer has its own learned router (the gate of that layer), receptive field (context
 window), decision cache keys (the layer is part of the key), fast-path table, budget governor
-and counters -- the budget bounds learned calls *per layer* and per budget window. The layers
+and counters -- the budget bounds learned calls *per layer* and per budget window; each layer
+audits its own fast path (``EngineConfig.audit_rate``, :mod:`.audit`) under its own governor,
+inside its one router call per batch. The layers
 share the stream windows: contexts are built once, for the widest layer, and each layer reads
 the last ``window`` columns of them.
 

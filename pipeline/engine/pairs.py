@@ -145,6 +145,14 @@ class PairStats:
             getattr(self, name)[rows] += getattr(other, name)[:n]
         self.prune()
 
+    def forget_routing(self, tokens: np.ndarray) -> None:
+        """Clear the routing evidence (not the frequency) of the pairs of the tokens in the mask
+        ``tokens`` (bool [V])."""
+        n = len(self)
+        rows = np.flatnonzero(tokens[self.keys[:n] % self.vocab_size])
+        for name in _FLOAT[1:] + _MATRIX:
+            getattr(self, name)[rows] = 0.0
+
     def decay(self, factor: float) -> None:
         for name in _FLOAT + _MATRIX:
             getattr(self, name).__imul__(factor)

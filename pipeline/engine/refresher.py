@@ -14,6 +14,10 @@ entropy downwards; they are left out too. The learned sample is therefore biased
 way (confident repeated contexts are served by the cache), which only makes the predicate more
 cautious. A token on the fast path stops receiving new evidence; its entry keeps the evidence
 gathered before (with decay, that evidence fades, see :mod:`pipeline.engine.adaptive`).
+**Audits** are the exception, and the fresh evidence for fast-path tokens: a token whose
+audited agreement falls below ``audit_min_agreement`` is dropped from the next table, and its
+disproved evidence is cleared once that table is out (:mod:`.audit_evidence` has the rule). The
+refresher also keeps the audit results per table version (:class:`~.audit.AuditLedger`).
 Outcomes of another router (``router_id``) or out of range for this vocabulary are rejected by
 :meth:`StatsRefresher.check`. A refresher learns ONE layer's table (``check``/``observe`` read
 that layer of each outcome); :mod:`.layered_refresher` runs one per MoE layer.
@@ -33,48 +37,46 @@ nothing twice and nothing not at all.
 from __future__ import annotations
 
 import math
-import struct
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import orjson
 
 from .adaptive import AdaptiveChoice, Prediction, choose_thresholds, predict
+from .audit import AuditLedger
+from .audit_evidence import TokenAudits, ban_tokens
 from .engine import RouteResult
 from .events import TIER_LABELS, Tier
 from .pairs import previous_tokens, stats_pair_cap
+from .snapshot import SnapshotError, encode_snapshot, read_snapshot, version_report
 from .stats import TokenStats
 from .table import RoutingTable, Thresholds, build_table
 
 if TYPE_CHECKING:  # the message format lives outside the core; only its columns are used here
     from pipeline.outcomes import Outcomes
 
-SNAPSHOT_FORMAT = "var-stats-snapshot/1"
 KEEP_VERSIONS = 64
-_MAGIC = b"VARSTATS"
 Clock = Callable[[], float]
-
-
-class SnapshotError(ValueError):
-    """A stats snapshot that cannot be restored here; ``str(err)`` is the reason."""
 
 
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
-    """When to refresh, how fast to forget, which predicate (fixed, or adaptive to a target)."""
+    """When to refresh, how fast to forget, which predicate (fixed, or adaptive to a target), and
+    the audited agreement below which a token leaves the table."""
 
     every: int = 20000
     interval_s: float = 10.0
     decay: float = 1.0
     thresholds: Thresholds = field(default_factory=Thresholds)
     adaptive_target: float | None = None  # None: the fixed thresholds
+    audit_min_agreement: float = 0.5
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.interval_s <= 0 or not 0.0 < self.decay <= 1.0:
             raise ValueError("refresh policy needs every >= 1, interval_s > 0 and decay in (0, 1]")
+        if not 0.0 <= self.audit_min_agreement <= 1.0:
+            raise ValueError("audit min agreement must be within [0, 1]")
         if self.adaptive_target is not None and not 0.0 <= self.adaptive_target <= 1.0:
             raise ValueError("adaptive target must be within [0, 1]")
 
@@ -86,6 +88,7 @@ class Refresh:
     table: RoutingTable
     prediction: Prediction
     choice: AdaptiveChoice | None
+    banned: np.ndarray | None = None  # bool [V]: tokens dropped for their audits (None: none)
 
 
 def refresh_table(stats: TokenStats, policy: RefreshPolicy, top_k: int, router_id: str, version: int,
@@ -124,6 +127,8 @@ class StatsRefresher:
         self.counters = RefreshCounters()
         self.observed: dict[int, np.ndarray] = {}  # table version -> outcomes per tier under it
         self.predicted: dict[int, float] = {}  # table version -> predicted learned share
+        self.audits = TokenAudits(vocab_size)
+        self.audit_ledger = AuditLedger()
         self._last_refresh = clock()
         self._not_before = -math.inf
 
@@ -152,6 +157,7 @@ class StatsRefresher:
         """Count ``layer``'s decisions of checked :class:`~pipeline.outcomes.Outcomes`; returns the
         rows used as evidence."""
         d = outcomes.layers[layer]
+        self._audited(layer, outcomes.tokens, d.audit_results, d.table_versions)
         return self._accumulate(outcomes.tokens, outcomes.prevs, d.tiers, d.experts, d.weights, d.confidence,
                                 d.entropy, d.table_versions)
 
@@ -159,6 +165,7 @@ class StatsRefresher:
         """Count an engine result directly (the in-process loop)."""
         d = result.decisions
         versions = np.full(len(d.tiers), d.table_version, np.int64)
+        self._audited(d.layer, result.events.tokens, d.audit_results(), versions)
         return self._accumulate(result.events.tokens, previous_tokens(result.contexts), d.tiers, d.experts,
                                 d.weights, d.confidence, d.entropy, versions)
 
@@ -171,6 +178,10 @@ class StatsRefresher:
         self.counters.learned += used
         self.counters.since_refresh += n
         return used
+
+    def _audited(self, layer: int, tokens: np.ndarray, audits: np.ndarray, versions: np.ndarray) -> None:
+        self.audits.observe(tokens, audits, versions)
+        self.audit_ledger.observe(layer, versions, audits)
 
     def _count_tiers(self, tiers: np.ndarray, versions: np.ndarray) -> None:
         for version in np.unique(versions).tolist():
@@ -194,11 +205,16 @@ class StatsRefresher:
     def build(self) -> Refresh:
         """The next table from the current statistics (pure; nothing changes until published)."""
         c = self.counters
-        return refresh_table(self.stats, self.policy, self.top_k, self.router_id, c.last_version + 1,
-                             {"source": "stats refresher", "outcomes": c.outcomes, "learned_outcomes": c.learned})
+        refresh = refresh_table(self.stats, self.policy, self.top_k, self.router_id, c.last_version + 1,
+                                {"source": "stats refresher", "outcomes": c.outcomes, "learned_outcomes": c.learned})
+        banned = self.audits.banned(self.policy.audit_min_agreement)
+        if banned.any():
+            refresh.table, refresh.banned = ban_tokens(refresh.table, banned), banned
+        return refresh
 
     def published(self, refresh: Refresh, version: int) -> None:
-        """The table went out as ``version``: remember the prediction, decay, restart the timer."""
+        """The table went out as ``version``: remember the prediction, clear the evidence of the tokens
+        it dropped for their audits, decay, restart the timer."""
         c = self.counters
         c.refreshes += 1
         c.last_version = max(c.last_version, version)
@@ -206,8 +222,12 @@ class StatsRefresher:
         self.predicted[version] = refresh.prediction.learned_share
         for old in sorted(self.predicted)[:-KEEP_VERSIONS]:
             del self.predicted[old]
+        if refresh.banned is not None:
+            self.stats.forget_routing(refresh.banned)
+            self.audits.reset(refresh.banned, version)
         if self.policy.decay < 1.0:
             self.stats.decay(self.policy.decay)
+            self.audits.decay(self.policy.decay)
         self._last_refresh = self.clock()
 
     def postpone(self) -> None:
@@ -221,13 +241,13 @@ class StatsRefresher:
     # --- persistence ---------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Statistics + offsets + counters as bytes (inverse of :meth:`restore`)."""
-        header = orjson.dumps({
-            "format": SNAPSHOT_FORMAT, "router_id": self.router_id, "vocab_size": self.stats.vocab_size,
+        return encode_snapshot({
+            "router_id": self.router_id, "vocab_size": self.stats.vocab_size,
             "num_experts": self.stats.num_experts, "offsets": {str(p): o for p, o in self.offsets.items()},
             "counters": asdict(self.counters), "observed": {str(v): c.tolist() for v, c in self.observed.items()},
             "predicted": {str(v): s for v, s in self.predicted.items()},
-        })
-        return _MAGIC + struct.pack(">I", len(header)) + header + self.stats.to_bytes()
+            "audits": self.audits.to_dict(), "audit_ledger": self.audit_ledger.to_dict(),
+        }, self.stats)
 
     def restore(self, raw: bytes) -> None:
         """Continue from a snapshot of the same router and shape; raises :class:`SnapshotError`."""
@@ -242,37 +262,10 @@ class StatsRefresher:
         self.counters = RefreshCounters(**header["counters"])
         self.observed = {int(v): np.asarray(c, np.int64) for v, c in header["observed"].items()}
         self.predicted = {int(v): float(s) for v, s in header["predicted"].items()}
-
-
-def version_report(observed: Mapping[int, np.ndarray], predicted: Mapping[int, float]) -> list[dict[str, Any]]:
-    """Rows ``{version, outcomes, predicted_learned_share, observed_learned_share,
-    observed_non_fast_share, tiers}`` in version order (``observed``: tier counts per version)."""
-    rows = []
-    for version, counts in sorted(observed.items()):
-        counts = np.asarray(counts)
-        total = int(counts.sum())
-        rows.append({"version": version, "outcomes": total, "predicted_learned_share": predicted.get(version),
-                     "observed_learned_share": float(counts[Tier.LEARNED] / total) if total else None,
-                     "observed_non_fast_share": float(1 - counts[Tier.FAST] / total) if total else None,
-                     "tiers": {label: int(counts[i]) for i, label in enumerate(TIER_LABELS)}})
-    return rows
-
-
-def read_snapshot(raw: bytes) -> tuple[dict[str, Any], TokenStats]:
-    """(header, statistics) of a snapshot; raises :class:`SnapshotError` if it is not one."""
-    if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 4:
-        raise SnapshotError("not a stats snapshot")
-    start = len(_MAGIC) + 4
-    (size,) = struct.unpack(">I", raw[len(_MAGIC):start])
-    try:
-        header = orjson.loads(raw[start:start + size])
-        if header.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotError(f"snapshot format {header.get('format')!r}, expected {SNAPSHOT_FORMAT!r}")
-        return header, TokenStats.from_bytes(raw[start + size:])
-    except SnapshotError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise SnapshotError(f"corrupt stats snapshot ({type(exc).__name__}: {exc})") from None
+        self.audits = TokenAudits(stats.vocab_size)
+        if "audits" in header:  # snapshots before live audits have none
+            self.audits.restore(header["audits"])
+        self.audit_ledger = AuditLedger.from_dict(header.get("audit_ledger", []))
 
 
 def embedded_hook(refresher: StatsRefresher) -> Callable[[RouteResult], RoutingTable | None]:

@@ -88,6 +88,13 @@ class TokenStats:
             getattr(self, name).__iadd__(getattr(other, name))
         self.pairs.merge(other.pairs)
 
+    def forget_routing(self, tokens: np.ndarray) -> None:
+        """Clear the routing evidence (not the frequency) of the tokens of the mask ``tokens`` and of
+        their pairs, e.g. evidence that live audits disproved."""
+        for name in self._ARRAYS[1:]:
+            getattr(self, name)[tokens] = 0.0
+        self.pairs.forget_routing(tokens)
+
     def decay(self, factor: float) -> None:
         """Multiply all evidence by ``factor`` in (0, 1]."""
         if not 0.0 < factor <= 1.0:

@@ -252,7 +252,8 @@ def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchO
     """Update the worker's metrics after a routed batch (counters follow the engines' totals).
 
     Tier counts add up every layer's decisions; the learned share, cache hit rate and window
-    maximum are those of the layer with the highest (what the budget must hold for each)."""
+    maximum (learned calls + audits) are those of the layer with the highest (what the budget must
+    hold for each); audits are counted per layer and table version."""
     layers, store = processor.engine.layers, processor.store
     metrics.batch_size.observe(messages)
     metrics.latency.observe(seconds)
@@ -260,6 +261,7 @@ def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchO
         for layer in out.result.layers:
             for tier, count in layer.decisions.tier_counts().items():
                 metrics.tier(tier).inc(count)
+        metrics.observe_audits(layer.decisions for layer in out.result.layers)
     shares = [e.counters.tiers[Tier.LEARNED] / e.counters.decisions for e in layers if e.counters.decisions]
     if shares:
         metrics.learned_share.set(max(shares))

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from pipeline.chaos.checks import layer_context_hashes
 from pipeline.assembly import layer_budgets
+from pipeline.engine.audit import AGREED, audit_summary
 from pipeline.engine.events import TIER_LABELS, EventBatch, Tier, served_by_key, tier_key_counts
 from pipeline.engine.table import RoutingTable
 from pipeline.model.determinism import LayerDeterminism, token_determinism
@@ -80,7 +81,7 @@ def layer_reports(outcomes: Outcomes, everything: Outcomes, routers: Sequence[Mo
     window, n, reports = settings.budget_window, max(1, len(outcomes)), []
     budgets = layer_budgets(settings, len(routers))
     for layer, (router, table, det) in enumerate(zip(routers, tables, determinism)):
-        tiers = outcomes.layers[layer].tiers
+        tiers, audits = outcomes.layers[layer].tiers, outcomes.layers[layer].audit_results
         counts = np.bincount(tiers.astype(np.int64), minlength=len(TIER_LABELS))
         best, blocks, sizes = budget_ledger(everything, window, layer)
         lookups = len(outcomes) if settings.cache_scope == "all" else int((tiers != Tier.FAST).sum())
@@ -93,7 +94,8 @@ def layer_reports(outcomes: Outcomes, everything: Outcomes, routers: Sequence[Mo
             cache_hit_rate=int(counts[Tier.CACHE]) / lookups if lookups else 0.0,
             learned_us_per_token=0.0, determinism=det, budget=budgets[layer],
             served=served_by_key(tier_key_counts(tiers, outcomes.layers[layer].key_kinds)),
-            pair_entries=len(table.pair_entries), table_bytes=table.nbytes))
+            pair_entries=len(table.pair_entries), table_bytes=table.nbytes,
+            audits=audit_summary(int((audits >= 0).sum()), int((audits == AGREED).sum()))))
     return reports
 
 

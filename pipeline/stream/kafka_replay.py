@@ -28,7 +28,7 @@ from pipeline.engine.budget import WindowLedger
 from pipeline.engine.context import StreamWindow, build_contexts, corpus_context_hashes
 from pipeline.engine.events import EventChunk, TIER_LABELS, Tier
 from pipeline.engine.table import RoutingTable
-from pipeline.outcomes import Outcomes, learned_mask
+from pipeline.outcomes import Outcomes
 from pipeline.quality import QualityAccumulator
 from pipeline.replay import Prepared, ReplayError, offline_phase
 from pipeline.report import ReplayReport
@@ -193,15 +193,16 @@ def align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarra
 
 
 def budget_ledger(all_outcomes: Outcomes, window: int, layer: int = 0) -> tuple[int, list[int], list[int]]:
-    """Per worker, ``layer``'s learned calls in its decision order (from its ``pos``): max sliding
-    window, blocks, sizes (every layer has its own governor, so each is checked on its own)."""
+    """Per worker, ``layer``'s learned-router calls (learned decisions and audits) in its decision
+    order (from its ``pos``): max sliding window, blocks, sizes (every layer has its own governor,
+    so each is checked on its own)."""
     best, blocks, sizes = 0, [], []
     if not len(all_outcomes):
         return best, blocks, sizes
     workers = np.asarray(all_outcomes.workers, dtype=object)
     for name in sorted(set(all_outcomes.workers)):
         mine = workers == name
-        pos, learned = all_outcomes.layers[layer].positions[mine], learned_mask(all_outcomes, layer)[mine]
+        pos, learned = all_outcomes.layers[layer].positions[mine], all_outcomes.layers[layer].router_calls()[mine]
         flags = np.zeros(int(pos.max()) + 1 if len(pos) else 0, dtype=bool)
         flags[pos] = learned
         ledger = WindowLedger(window)
