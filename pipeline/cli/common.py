@@ -14,7 +14,7 @@ from pipeline.sources import CorpusSource, FileSource, SyntheticSource
 ROUTING_SETTINGS = ("router", "vocab_size", "hidden", "experts", "top_k", "window", "seed", "device")
 ENGINE_SETTINGS = ("cache_ttl_s", "cache_size", "cache_min_confidence", "cache_scope", "min_frequency", "max_entropy",
                    "static_below", "pair_min_count", "pair_max_entropy", "pair_cap", "table", "budget",
-                   "budget_window", "budget_split", "budget_layer_max", "governor", "batch_size")
+                   "budget_window", "budget_split", "budget_layer_max", "governor", "audit_rate", "batch_size")
 DEFAULT_SYNTHETIC_VOCAB = 1000
 
 

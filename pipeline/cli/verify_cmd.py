@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_range(p)
     add_progress_flag(p)
-    add_settings(p, ROUTING_SETTINGS + tuple(n for n in ENGINE_SETTINGS if n.startswith("budget")) + SERVICE_SETTINGS)
+    add_settings(p, ROUTING_SETTINGS + tuple(n for n in ENGINE_SETTINGS if n.startswith("budget")) + SERVICE_SETTINGS
+                 + ("audit_min_agreement",))
     p.set_defaults(handler=run_verify)
 
 

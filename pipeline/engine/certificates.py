@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import orjson
 
+from .audit import router_calls
 from .events import KEY_LABELS, TIER_LABELS, DecisionBatch, KeyKind, Tier
 from .table import RoutingTable
 from .table_codec import encode_table
@@ -270,8 +271,6 @@ def table_set_digest(tables: Sequence[RoutingTable]) -> str:
     return h.hexdigest()
 
 
-def router_calls(decisions: DecisionBatch) -> np.ndarray:
+def decision_calls(decisions: DecisionBatch) -> np.ndarray:
     """bool [n]: which decisions consumed a learned-router call (learned, or audited)."""
-    calls = decisions.tiers == Tier.LEARNED
-    audits = getattr(decisions, "audits", None)
-    return calls | (audits >= 0) if audits is not None else calls
+    return router_calls(decisions.tiers, decisions.audit_results())

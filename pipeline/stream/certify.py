@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.engine.certificates import (Certificate, CertificateSealer, DecisionColumns, router_calls,
+from pipeline.engine.certificates import (Certificate, CertificateSealer, DecisionColumns, decision_calls,
                                           stream_hashes, table_set_digest)
 from pipeline.engine.engine import RouteResult, VAREngine
 from pipeline.engine.layered import LayeredResult
@@ -27,7 +27,7 @@ def result_columns(result: RouteResult, streams: np.ndarray) -> DecisionColumns:
     d, ev = result.decisions, result.events
     n = len(ev)
     return DecisionColumns(result.position + np.arange(n, dtype=np.int64), streams, ev.seqs, ev.tokens,
-                           np.full(n, d.table_version, np.int64), d.tiers, d.key_kinds(), router_calls(d),
+                           np.full(n, d.table_version, np.int64), d.tiers, d.key_kinds(), decision_calls(d),
                            d.experts, d.weights)
 
 

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from pipeline.engine.certificates import Certificate, DecisionColumns, chain_breaks, stream_hashes, window_digest
-from pipeline.engine.events import Tier
+from pipeline.engine.audit import AuditLedger
 from pipeline.outcomes import LayerOutcomes, Outcomes
 
 from .report import Check
@@ -30,9 +30,31 @@ Chain = tuple[str, int]  # (worker incarnation, layer)
 
 def layer_calls(layer: LayerOutcomes) -> np.ndarray:
     """bool [n]: decisions that consumed a learned-router call (learned, or audited)."""
-    calls = layer.tiers == Tier.LEARNED
-    audits = getattr(layer, "audits", None)
-    return calls | (audits >= 0) if audits is not None else calls
+    return layer.router_calls()
+
+
+def check_audits(outcomes: Outcomes, min_agreement: float) -> Check:
+    """Live audits per table version and layer: the fast path's agreement with the router and
+    its Wilson interval. An interval entirely below ``min_agreement`` is drift (the router no
+    longer routes like the table says): a warning -- the table is what was published, but the
+    stats worker should already be dropping those tokens."""
+    check = Check("audits")
+    ledger = AuditLedger(keep=1 << 30)
+    for li, layer in enumerate(outcomes.layers):
+        ledger.observe(li, layer.table_versions, layer.audit_results)
+    for row in ledger.rows():
+        check.add("audited", row["audited"])
+        check.add("agreed", row["agreed"])
+        label = (f"table v{row['table_version']} layer {row['layer']}: fast path agrees with the router on "
+                 f"{100 * row['agreement']:.1f}% of {row['audited']:,} audits "
+                 f"[{100 * row['low']:.1f}, {100 * row['high']:.1f}]")
+        if row["high"] < min_agreement:
+            check.warn("DRIFT " + label)
+        else:
+            check.notes.append(label)
+    if not ledger.counts:
+        return check.skip("no audited decisions (VAR_AUDIT_RATE 0?)")
+    return check
 
 
 def worker_rows(outcomes: Outcomes) -> dict[str, np.ndarray]:

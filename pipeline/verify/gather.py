@@ -90,7 +90,8 @@ def gather(settings: Settings, source: str, certificates: str | None, tables_dir
     window = settings.budget_window
     caps = [(int(b * window + 1e-9), window) for b in budgets]
     key = settings.certificate_key.encode() if settings.certificate_key else None
-    return VerifyInputs(outcomes, certs, routers, tables, caps, None, key)
+    return VerifyInputs(outcomes, certs, routers, tables, caps, None, key,
+                        audit_min_agreement=settings.audit_min_agreement)
 
 
 def export(settings: Settings, out_dir: Path, start_ms: int | None, end_ms: int | None,

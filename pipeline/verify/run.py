@@ -19,7 +19,7 @@ from pipeline.engine.table import RoutingTable
 from pipeline.outcomes import Outcomes
 from pipeline.stores.archive import TableArchive
 
-from .checks import check_budget, check_certificates, check_completeness, group_certificates, worker_rows
+from .checks import check_audits, check_budget, check_certificates, check_completeness, group_certificates, worker_rows
 from .exactness import check_exactness, check_tables
 from .report import VerifyReport
 from .streams import StreamIndex
@@ -37,6 +37,7 @@ class VerifyInputs:
     corpus: list[EventChunk] | None = None
     key: bytes | None = None
     tie_tolerance: float = 1e-4
+    audit_min_agreement: float = 0.5
 
 
 def load_tables(archive: TableArchive, versions: Sequence[int], empty: list[RoutingTable],
@@ -72,7 +73,8 @@ def verify(inputs: VerifyInputs, progress: Progress | None = None) -> VerifyRepo
               check_budget(out, by_worker, certs, inputs.caps),
               check_exactness(out, index, inputs.routers, inputs.tie_tolerance, progress),
               check_tables(out, index, inputs.tables.get, certs),
-              check_certificates(out, by_worker, certs, inputs.key)]
+              check_certificates(out, by_worker, certs, inputs.key),
+              check_audits(out, inputs.audit_min_agreement)]
     if inputs.key is None:
-        checks[-1].notes.append("no certificate key given: HMACs not checked (set VAR_CERTIFICATE_KEY)")
+        checks[4].notes.append("no certificate key given: HMACs not checked (set VAR_CERTIFICATE_KEY)")
     return VerifyReport(len(out), len(by_worker), out.num_layers, checks, time.perf_counter() - started)

@@ -63,8 +63,9 @@ def test_a_clean_two_worker_run_verifies_from_the_topic(clean_run):
     rc, out = var(h, "verify", f"kafka:{h.settings.topic_outcomes}", "--corpus", str(corpus), "--json")
     assert rc == 0, out
     statuses = report(out)
-    assert set(statuses) == {"completeness", "budget", "exactness", "tables", "certificates"}
+    assert set(statuses) == {"completeness", "budget", "exactness", "tables", "certificates", "audits"}
     assert all(s in ("pass", "warn") for s in statuses.values()), out
+    assert statuses["audits"] == "pass", out  # audits on by default (1%), the table agrees with its router
 
 
 def _rewrite(path: Path, change) -> None:

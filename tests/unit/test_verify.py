@@ -29,14 +29,16 @@ SPEC = RouterSpec(vocab_size=200, hidden=16, num_experts=4, top_k=2, window=3)
 KEY = b"test-secret"
 
 
-def routed_run(governor: bool = True, budget: float = 0.2, key: bytes | None = KEY):
-    """(outcome lines, certificate lines, tables by version, router, corpus) of one worker."""
+def routed_run(governor: bool = True, budget: float = 0.2, key: bytes | None = KEY, audit_rate: float = 0.0,
+               serving=None):
+    """(outcome lines, certificate lines, tables by version, router, corpus) of one worker;
+    ``serving``: the router the worker runs (default: the one the table was built from)."""
     router = build_router(SPEC)
     chunks = corpus(1500)
     stats = collect_statistics(router, iter_batches(chunks[:600], 256), 3)
     table = build_table(stats, Thresholds(min_frequency=3, max_entropy=0.9), 2, router.router_id, 1)
-    config = EngineConfig(window=3, budget=BudgetPolicy(budget, 100, governor))
-    engine = VAREngine(router, RoutingTable.empty(200, 4, 2, router.router_id), config)
+    config = EngineConfig(window=3, budget=BudgetPolicy(budget, 100, governor), audit_rate=audit_rate)
+    engine = VAREngine(serving or router, RoutingTable.empty(200, 4, 2, router.router_id), config)
     store = MemoryRoutingStore()
     version = asyncio.run(store.publish_tables([table]))
     processor = RouterProcessor(engine, store, "w-test/abc123")
@@ -72,7 +74,7 @@ def status(report) -> dict[str, str]:
 def test_a_clean_run_passes_every_check(clean):
     report = run_verify(*clean)
     assert status(report) == {"completeness": "pass", "budget": "pass", "exactness": "pass", "tables": "pass",
-                              "certificates": "pass"}, report.render()
+                              "certificates": "pass", "audits": "skip"}, report.render()
     checks = {c.name: c for c in report.checks}
     assert checks["exactness"].counts["rerouted"] > 100
     assert checks["tables"].counts["checked"] > 100
@@ -184,3 +186,16 @@ def test_the_sealer_cuts_at_window_boundaries_and_records_void_ranges():
     assert sealed[1].prev == sealed[0].digest
     with pytest.raises(ValueError):
         sealer.add(cols(30, 31), {})
+
+
+def test_verify_reports_drift_from_the_live_audits():
+    from .test_audit_drift import SwappedCheckpoint
+
+    clean_audited = run_verify(*routed_run(audit_rate=0.3))
+    audits = next(c for c in clean_audited.checks if c.name == "audits")
+    assert audits.status == "pass" and audits.counts["audited"] > 50, clean_audited.render()
+    swapped = SwappedCheckpoint(build_router(SPEC), build_router(SPEC.with_(seed=9)))
+    drifted = run_verify(*routed_run(audit_rate=0.3, serving=swapped))
+    checks = {c.name: c for c in drifted.checks}
+    assert checks["audits"].status == "warn" and any("DRIFT" in n for n in checks["audits"].notes), drifted.render()
+    assert checks["exactness"].status == "fail"  # the verifier's own router is not the one that served
