@@ -41,7 +41,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
@@ -52,6 +51,7 @@ from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
 from pipeline.settings import Settings
 from pipeline.stats_metrics import StatsMetrics
 from pipeline.stores.redis_store import RedisRoutingStore
+from pipeline.stream.topics import TopicError, partition_ids
 
 from .table_sets import (StatsWorkerError, build_refresher, layer_routers, model_prior,  # noqa: F401
                          publish_table_and_stats, publish_tables_and_stats, refresh_policy, routing_store,
@@ -244,15 +244,10 @@ class StatsWorker:
 
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """Partition ids of ``topic`` (raises :class:`StatsWorkerError` if it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    await admin.start()
     try:
-        meta = (await admin.describe_topics([topic]))[0]
-    finally:
-        await admin.close()
-    if meta.get("error_code") or not meta.get("partitions"):
-        raise StatsWorkerError(f"topic {topic} does not exist")
-    return sorted(p["partition"] for p in meta["partitions"])
+        return await partition_ids(bootstrap, topic)
+    except TopicError as exc:
+        raise StatsWorkerError(str(exc)) from None
 
 
 def _pct(share: float | None) -> str:

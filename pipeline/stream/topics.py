@@ -27,14 +27,20 @@ def pipeline_topics(settings: Settings) -> dict[str, int]:
             settings.topic_deadletter: 1, settings.topic_certificates: 1}
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
-    """Create missing topics (``replication`` copies); fail if an existing one has a different
-    partition count."""
+async def started_admin(bootstrap: str) -> AIOKafkaAdminClient:
+    """A started admin client (the caller closes it); :class:`TopicError` if Kafka is unreachable."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     try:
         await admin.start()
     except KafkaConnectionError:
         raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    return admin
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
+    """Create missing topics (``replication`` copies); fail if an existing one has a different
+    partition count."""
+    admin = await started_admin(bootstrap)
     try:
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, count, replication) for name, count in topics.items() if name not in existing]
@@ -66,11 +72,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str], wait_s
 async def partition_ids(bootstrap: str, topic: str) -> list[int]:
     """The partition ids of ``topic``; :class:`TopicError` if Kafka is unreachable or the topic
     does not exist. (A consumer without a subscription knows no topic metadata, so ask the admin API.)"""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    try:
-        await admin.start()
-    except KafkaConnectionError:
-        raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    admin = await started_admin(bootstrap)
     try:
         meta = (await admin.describe_topics([topic]))[0]
     finally:
