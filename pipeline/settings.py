@@ -122,8 +122,6 @@ class Settings:
     topic_deadletter: str = _setting("var-deadletter", "VAR_TOPIC_DEADLETTER", "topic of rejected messages")
     topic_certificates: str = _setting("var-certificates", "VAR_TOPIC_CERTIFICATES", "topic of window "
                                        "certificates (one per budget window of decisions per worker and layer)")
-    topic_tables: str = _setting("var-tables", "VAR_TOPIC_TABLES", "archive topic of every published fast-path "
-                                 "table set (kept for verification; compacted by version)")
     certificate_key: str | None = _setting(None, "VAR_CERTIFICATE_KEY", "secret HMAC key that makes certificates "
                                            "tamper-evident (never logged; verify needs the same key)", flag="",
                                            secret=True)
