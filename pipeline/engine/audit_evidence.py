@@ -9,9 +9,12 @@ decisions (:mod:`.audit`) are the fresh evidence for those tokens. The rule:
    token's or one of its pairs') served it; a token's pair entries are judged with their token.
    Audits of decisions made under a table older than the token's last reset are ignored
    (outcomes still in flight when it was reset).
-2. **Ban.** Building the next table, a token with ``audited >= MIN_AUDITS`` and
-   ``agreed / audited < audit_min_agreement`` is banned: its token entry and every pair entry of
-   it are made ineligible, so the token goes back to the learned router.
+2. **Ban.** Building the next table, a token with ``audited >= MIN_AUDITS`` whose agreement is
+   *confidently* below ``audit_min_agreement`` -- the upper end of its 95% Wilson interval is
+   below it -- is banned: its token entry and every pair entry of it are made ineligible, so the
+   token goes back to the learned router. (A point estimate over a handful of audits bans
+   healthy tokens by chance -- 2 of 5 happens often at a true 60% -- and each false ban costs
+   learned calls until fresh evidence rebuilds the entry; drift shows as intervals far below.)
 3. **Reset.** When that table is published (as version ``v``), the banned tokens' routing
    evidence (token and pairs; not their frequency, a fact about the traffic) is cleared -- it is
    what the audits disproved -- and their audit counts restart at zero from version ``v``. Their
@@ -30,6 +33,15 @@ from .pairs import PairRoutes
 from .table import RoutingTable
 
 MIN_AUDITS = 5  # audits a token needs before its audited agreement can ban it
+
+
+def wilson_high(agreed: np.ndarray, audited: np.ndarray, z: float = 1.96) -> np.ndarray:
+    """float64 [V]: the upper end of each token's Wilson interval (1 where nothing was audited)."""
+    n = np.maximum(audited.astype(np.float64), 1e-12)
+    p = agreed / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.where(audited > 0, (centre + spread) / (1 + z * z / n), 1.0)
 
 
 class TokenAudits:
@@ -52,8 +64,8 @@ class TokenAudits:
         return int(use.sum())
 
     def banned(self, min_agreement: float, min_audits: float = MIN_AUDITS) -> np.ndarray:
-        """bool [V]: tokens whose audited agreement is below ``min_agreement`` over enough audits."""
-        return (self.audited >= min_audits) & (self.agreed < min_agreement * self.audited)
+        """bool [V]: tokens with enough audits whose Wilson upper bound is below ``min_agreement``."""
+        return (self.audited >= min_audits) & (wilson_high(self.agreed, self.audited) < min_agreement)
 
     def reset(self, tokens: np.ndarray, version: int) -> None:
         """Restart the counts of the tokens in the mask ``tokens``, from table ``version`` on."""

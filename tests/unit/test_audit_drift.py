@@ -50,12 +50,14 @@ def test_refresher_drops_a_token_whose_audits_disagree_with_its_pair_entries():
     r = refresher()
     before = r.build().table
     assert before.eligible[[3, 4, 5]].all() and 7 * V + 3 in before.pair_entries.keys.tolist()
-    r.observe(fast(3, agreed=1, disagreed=MIN_AUDITS))  # below 0.5 over enough audits: dropped
+    r.observe(fast(3, agreed=1, disagreed=3 * MIN_AUDITS))  # confidently below 0.5 (Wilson high 0.28): dropped
     r.observe(fast(4, agreed=MIN_AUDITS, disagreed=1))  # agrees: kept
     r.observe(fast(5, agreed=0, disagreed=MIN_AUDITS - 1))  # too few audits to judge: kept
+    r.observe(fast(6, agreed=2, disagreed=3))  # 40% of 5 is chance at a true 60% (Wilson high 0.77): kept
     refresh = r.build()
     table = refresh.table
     assert not table.eligible[3] and table.eligible[[4, 5]].all()
+    assert not before.eligible[6] or table.eligible[6]
     assert 7 * V + 3 not in table.pair_entries.keys.tolist() and len(table.pair_entries) == len(before.pair_entries) - 1
     assert table.meta["audit_banned"] == 1 and refresh.banned.tolist() == [t == 3 for t in range(V)]
     assert table.known[3]  # its route stays, for the budget fallback
