@@ -11,6 +11,7 @@ from __future__ import annotations
 from pipeline.capture import CaptureError
 from pipeline.outcomes import Outcomes
 from pipeline.settings import Settings
+from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.verify.sources import VerifyInputError, outcomes_of, read_records
 
 
@@ -18,6 +19,6 @@ def load_outcomes(source: str, settings: Settings) -> Outcomes:
     """The outcomes of ``source`` (a file path or ``kafka:TOPIC``); :class:`CaptureError` (one
     line) for anything unreadable."""
     try:
-        return outcomes_of(read_records(source, settings.kafka_bootstrap))
+        return outcomes_of(read_records(source, KafkaAccess.from_settings(settings)))
     except (VerifyInputError, ValueError) as exc:
         raise CaptureError(str(exc)) from None

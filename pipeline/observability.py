@@ -99,10 +99,10 @@ class RouterMetrics:
         self._seen = (round_trips, degraded, offset_gaps)
 
 
-def serve_metrics(port: int, registry: CollectorRegistry) -> None:
-    """Expose ``registry`` on 0.0.0.0:``port`` at /metrics (no-op for port 0)."""
+def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:
+    """Expose ``registry`` on ``host``:``port`` at /metrics (no-op for port 0)."""
     if port:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 Check = Callable[[Any], "str | None"]
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 
 class SettingsError(ValueError):
@@ -34,6 +38,10 @@ def _router_choice(value: str) -> str | None:
     return "must be model, model:PATH, context or seed"
 
 
+def _readable_file(value: str) -> str | None:
+    return None if os.access(value, os.R_OK) and Path(value).is_file() else "no such readable file"
+
+
 def _within(low: float, high: float) -> Check:
     return lambda v: None if low <= v <= high else f"must be within [{low:g}, {high:g}]"
 
@@ -41,8 +49,10 @@ def _within(low: float, high: float) -> Check:
 def _setting(default: Any, env: str, help: str, check: Check | None = None,
              choices: tuple[str, ...] | None = None, flag: str | None = None, secret: bool = False) -> Any:
     """Declare a setting: env var, help text, validation; ``flag=""`` means no CLI flag;
-    ``secret``: left out of the settings' repr (and so of logs and test reports)."""
-    meta = {"env": env, "help": help, "check": check, "choices": choices, "flag": flag}
+    ``secret``: left out of the settings' repr (and so of logs and test reports), masked by
+    ``var config``, never a flag, and also read from the file named by ``<ENV>_FILE``."""
+    meta = {"env": env, "help": help, "check": check, "choices": choices, "flag": "" if secret else flag,
+            "secret": secret}
     return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
@@ -116,6 +126,35 @@ class Settings:
     namespace: str = _setting("default", "VAR_NAMESPACE", "Redis key namespace (isolates deployments and replays)")
     redis_timeout_s: float = _setting(0.5, "VAR_REDIS_TIMEOUT_S", "Redis socket timeout; slower calls count as an outage",
                                       _at_least(0.01))
+    # --- security (README "Security"; every client of Kafka and Redis applies these) ---
+    kafka_security_protocol: str = _setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "Kafka security protocol",
+                                            choices=KAFKA_PROTOCOLS, flag="")
+    kafka_sasl_mechanism: str = _setting("SCRAM-SHA-512", "KAFKA_SASL_MECHANISM", "Kafka SASL mechanism "
+                                         "(with SASL_PLAINTEXT or SASL_SSL)", choices=SASL_MECHANISMS, flag="")
+    kafka_username: str | None = _setting(None, "KAFKA_USERNAME", "Kafka SASL user", flag="")
+    kafka_password: str | None = _setting(None, "KAFKA_PASSWORD", "Kafka SASL password (or KAFKA_PASSWORD_FILE; "
+                                          "never logged)", flag="", secret=True)
+    kafka_ca_file: str | None = _setting(None, "KAFKA_CA_FILE", "CA certificate (PEM) that signed the brokers' "
+                                         "certificates (SSL, SASL_SSL; default: the system's)",
+                                         _readable_file, flag="")
+    kafka_cert_file: str | None = _setting(None, "KAFKA_CERT_FILE", "client certificate (PEM) for brokers that "
+                                           "ask for one", _readable_file, flag="")
+    kafka_key_file: str | None = _setting(None, "KAFKA_KEY_FILE", "private key (PEM) of KAFKA_CERT_FILE",
+                                          _readable_file, flag="")
+    redis_username: str | None = _setting(None, "REDIS_USERNAME", "Redis ACL user (or the user in REDIS_URL)",
+                                          flag="")
+    redis_password: str | None = _setting(None, "REDIS_PASSWORD", "Redis password (or REDIS_PASSWORD_FILE, or in "
+                                          "REDIS_URL; never logged)", flag="", secret=True)
+    redis_ca_file: str | None = _setting(None, "REDIS_CA_FILE", "CA certificate (PEM) of the Redis server's "
+                                         "certificate (with a rediss:// URL; default: the system's)",
+                                         _readable_file, flag="")
+    redis_cert_file: str | None = _setting(None, "REDIS_CERT_FILE", "client certificate (PEM) for a Redis server "
+                                           "that asks for one", _readable_file, flag="")
+    redis_key_file: str | None = _setting(None, "REDIS_KEY_FILE", "private key (PEM) of REDIS_CERT_FILE",
+                                          _readable_file, flag="")
+    role_env_dir: str | None = _setting(None, "VAR_ROLE_ENV_DIR", "directory with router.env and stats.env: the "
+                                        "credentials of the workers that replay, chaos and stack start locally "
+                                        "(`var stack up --secure` writes one)", flag="")
     # --- streaming pipeline ---
     topic_tokens: str = _setting("var-tokens", "VAR_TOPIC_TOKENS", "topic of token events (key = stream id)")
     topic_outcomes: str = _setting("var-outcomes", "VAR_TOPIC_OUTCOMES", "topic of routing outcomes")
@@ -145,6 +184,8 @@ class Settings:
     worker_name: str | None = _setting(None, "VAR_WORKER_NAME", "worker name in outcomes and logs (default host-pid)")
     metrics_port: int = _setting(0, "VAR_METRICS_PORT", "Prometheus metrics HTTP port of a worker (0 = off)",
                                  _at_least(0))
+    metrics_host: str = _setting("127.0.0.1", "VAR_METRICS_HOST", "address the metrics endpoint binds to "
+                                 "(0.0.0.0 in containers, so Prometheus can reach it)")
     log_format: str = _setting("text", "VAR_LOG_FORMAT", "worker log format", choices=("text", "json"))
     # --- stats refresher (workers/) ---
     stats_group: str = _setting("var-stats", "VAR_STATS_GROUP", "consumer group of the stats refresher worker")
@@ -165,6 +206,12 @@ class Settings:
                                         "Kafka consumer session timeout (how fast a dead worker is noticed)",
                                         _at_least(1))
 
+    def __repr__(self) -> str:
+        """Like the dataclass repr, without secrets: secret fields left out, URL passwords masked."""
+        shown = (f"{f.name}={redact_url(repr(getattr(self, f.name)))}" for f in dataclasses.fields(self)
+                 if not f.metadata["secret"])
+        return f"Settings({', '.join(shown)})"
+
     def with_(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
@@ -178,15 +225,56 @@ class Settings:
             source, raw = "default", f.default
             if env.get(f.metadata["env"]) not in (None, ""):
                 source, raw = f.metadata["env"], env[f.metadata["env"]]
+            if f.metadata["secret"] and env.get(f.metadata["env"] + "_FILE") not in (None, ""):
+                source, raw = _secret_from_file(f, env, source)
             if cli.get(f.name) is not None:
                 source, raw = cli_flag(f) or f.name, cli[f.name]
             values[f.name] = _validated(f, source, raw)
         if values["top_k"] > values["experts"]:
             raise SettingsError(f"invalid top_k={values['top_k']}: cannot exceed experts={values['experts']}")
+        _check_security(values)
         return cls(**values)
 
 
 _TYPES = typing.get_type_hints(Settings)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***@", text)
+
+
+def _secret_from_file(f: dataclasses.Field, env: Mapping[str, str], source: str) -> tuple[str, str]:
+    """(source, value) of a secret read from the file ``<ENV>_FILE`` names (trailing newline
+    stripped), as the official container images do; setting both ``<ENV>`` and ``<ENV>_FILE``
+    is an error. The message names the file, never its content."""
+    name = f.metadata["env"] + "_FILE"
+    if source != "default":
+        raise SettingsError(f"invalid {name}: set {f.metadata['env']} or {name}, not both")
+    try:
+        value = Path(env[name]).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"invalid {name}={env[name]!r}: cannot read it ({exc.strerror})") from None
+    if not value:
+        raise SettingsError(f"invalid {name}={env[name]!r}: the file is empty")
+    return name, value
+
+
+def _check_security(values: Mapping[str, Any]) -> None:
+    """Cross-field rules of the security settings (one-line SettingsError)."""
+    if values["kafka_security_protocol"].startswith("SASL_") and not (values["kafka_username"] and
+                                                                         values["kafka_password"]):
+        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={values['kafka_security_protocol']} needs KAFKA_USERNAME "
+                            "and KAFKA_PASSWORD (or KAFKA_PASSWORD_FILE)")
+    for service in ("kafka", "redis"):
+        if bool(values[f"{service}_cert_file"]) != bool(values[f"{service}_key_file"]):
+            raise SettingsError(f"{service.upper()}_CERT_FILE and {service.upper()}_KEY_FILE go together")
+
+
+def secret_fields() -> tuple[str, ...]:
+    """Names of the secret settings (never printed)."""
+    return tuple(f.name for f in dataclasses.fields(Settings) if f.metadata["secret"])
 
 
 def _base_type(name: str) -> type:
@@ -210,10 +298,11 @@ def _parse(name: str, raw: Any) -> Any:
 
 
 def _validated(f: dataclasses.Field, source: str, raw: Any) -> Any:
+    shown = "<secret>" if f.metadata["secret"] else redact_url(repr(raw))
     try:
         value = _parse(f.name, raw)
     except (TypeError, ValueError):
-        raise SettingsError(f"invalid {source}={raw!r}: expected {_base_type(f.name).__name__}") from None
+        raise SettingsError(f"invalid {source}={shown}: expected {_base_type(f.name).__name__}") from None
     choices, check = f.metadata["choices"], f.metadata["check"]
     problem = None
     if choices and value not in choices:
@@ -221,7 +310,7 @@ def _validated(f: dataclasses.Field, source: str, raw: Any) -> Any:
     elif check is not None and value is not None:
         problem = check(value)
     if problem:
-        raise SettingsError(f"invalid {source}={raw!r}: {problem}")
+        raise SettingsError(f"invalid {source}={shown}: {problem}")
     return value
 
 

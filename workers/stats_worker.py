@@ -51,6 +51,8 @@ from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
 from pipeline.settings import Settings
 from pipeline.stats_metrics import StatsMetrics
 from pipeline.stores.redis_store import RedisRoutingStore
+from pipeline.stores.redis_access import RedisAccess
+from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.topics import TopicError, partition_ids
 
 from .table_sets import (StatsWorkerError, build_refresher, layer_routers, model_prior,  # noqa: F401
@@ -105,7 +107,7 @@ class StatsWorker:
         try:
             raw = await self.redis.get(self.keys.stats_snapshot)
         except _REDIS_ERRORS as exc:
-            raise StatsWorkerError(f"cannot read the stats snapshot from {self.settings.redis_url}: {exc}") from None
+            raise StatsWorkerError(f"cannot read the stats snapshot from {RedisAccess.from_settings(self.settings).display}: {exc}") from None
         if raw is not None:
             try:
                 self.refresher.restore(raw)
@@ -116,7 +118,7 @@ class StatsWorker:
         if prior is not None:  # cold start of a model's table set: the training text's statistics
             seed_statistics(self.refresher, prior)
         topic = self.settings.topic_outcomes
-        partitions = await topic_partitions(self.settings.kafka_bootstrap, topic)
+        partitions = await topic_partitions(KafkaAccess.from_settings(self.settings), topic)
         await self.consumer.start()
         tps = [TopicPartition(topic, p) for p in partitions]
         self.consumer.assign(tps)
@@ -255,11 +257,10 @@ def _pct(share: float | None) -> str:
 
 
 def create_worker(settings: Settings, name: str, clock: Clock = time.monotonic) -> StatsWorker:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.stats_group,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_bytes=16 * 1024 * 1024)
-    timeout = max(5.0, settings.redis_timeout_s)
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    consumer = KafkaAccess.from_settings(settings).consumer(group_id=settings.stats_group, enable_auto_commit=False,
+                                                            auto_offset_reset="earliest",
+                                                            fetch_max_bytes=16 * 1024 * 1024)
+    client = RedisAccess.from_settings(settings).client(max(5.0, settings.redis_timeout_s))
     return StatsWorker(settings, build_refresher(settings, clock), consumer, client, StatsMetrics(name))
 
 
@@ -271,7 +272,7 @@ async def serve(settings: Settings, name: str, stop: asyncio.Event | None = None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    serve_metrics(settings.metrics_port, worker.metrics.registry)
+    serve_metrics(settings.metrics_port, worker.metrics.registry, settings.metrics_host)
     try:
         await worker.start()
         await worker.run(stop)

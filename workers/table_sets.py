@@ -18,6 +18,7 @@ from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable
 from pipeline.settings import Settings, SettingsError
 from pipeline.stores.keys import RedisKeys, table_set_id
+from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.redis_store import RedisRoutingStore
 
 
@@ -66,7 +67,7 @@ def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Re
                   timeout_s: float | None = None) -> RedisRoutingStore:
     """The Redis store of these layers' table set (the router workers' keys)."""
     extra = {"timeout_s": timeout_s} if timeout_s is not None else {}
-    return RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table_set_id(router_ids)),
+    return RedisRoutingStore(RedisAccess.from_settings(settings), RedisKeys(settings.namespace, table_set_id(router_ids)),
                              settings.cache_ttl_s, len(router_ids), grace_s=settings.table_grace_s, client=client,
                              archive_ttl_s=settings.table_archive_ttl_s, **extra)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from pipeline.corpus.synthetic import SyntheticSpec, generate
 from pipeline.engine.events import EventChunk
@@ -42,6 +42,7 @@ from pipeline.stack.ports import free_port
 from pipeline.stream.kafka_replay import publish_initial_table, scoped_settings
 from pipeline.stream.producer import rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
+from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.workers import WorkerPool
 
 
@@ -82,9 +83,9 @@ def _split(chunks: list[EventChunk], first: int, then: int) -> tuple[list[EventC
     return chunks[:first], chunks[first:first + then]
 
 
-async def _send(bootstrap: str, topic: str, chunks: list[EventChunk], rate: float | None) -> dict[tuple[str, int], float]:
+async def _send(bootstrap: KafkaAccess, topic: str, chunks: list[EventChunk], rate: float | None) -> dict[tuple[str, int], float]:
     """Produce chunks (optionally at ``rate`` tokens/s); returns send time (ms) per (stream, first seq)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, max_batch_size=512 * 1024)
+    producer = bootstrap.producer(linger_ms=2, max_batch_size=512 * 1024)
     await producer.start()
     sent, futures, tokens, start = {}, [], 0, time.perf_counter()
     try:
@@ -144,17 +145,17 @@ def _scrape(port: int) -> dict[str, float]:
 
 async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_chunks: list[EventChunk],
                    rate: float) -> dict[str, float]:
-    consumer = AIOKafkaConsumer(run.topic_outcomes, bootstrap_servers=run.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_bytes=32 * 1024 * 1024)
+    consumer = KafkaAccess.from_settings(run).consumer(run.topic_outcomes, group_id=None, auto_offset_reset="earliest",
+                                                       fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     try:
         n1 = sum(len(c) for c in throughput_chunks)
         first = time.perf_counter()
-        sender = asyncio.create_task(_send(run.kafka_bootstrap, run.topic_tokens, throughput_chunks, None))
+        sender = asyncio.create_task(_send(KafkaAccess.from_settings(run), run.topic_tokens, throughput_chunks, None))
         _, _, last = await _drain(consumer, n1)
         await sender
         n2 = sum(len(c) for c in latency_chunks)
-        sender = asyncio.create_task(_send(run.kafka_bootstrap, run.topic_tokens, latency_chunks, rate))
+        sender = asyncio.create_task(_send(KafkaAccess.from_settings(run), run.topic_tokens, latency_chunks, rate))
         got, _, _ = await _drain(consumer, n2)
         sent = await sender
     finally:
@@ -175,14 +176,14 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     run = scoped_settings(base.with_(hidden=preset["hidden"], experts=preset["num_experts"], router_mode=mode,
                                      cache_scope=scope, metrics_port=port), uuid.uuid4().hex[:8],
                           base.vocab_size or 1000)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     if mode == "var":
         asyncio.run(publish_initial_table(run, tables[case.size]))
     first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)
     pool = WorkerPool(run, cfg.log_dir / run.app_id)
     try:
         [worker] = pool.start_routers(1)
-        if not asyncio.run(wait_for_group(run.kafka_bootstrap, run.app_id, 1, 120)):
+        if not asyncio.run(wait_for_group(KafkaAccess.from_settings(run), run.app_id, 1, 120)):
             raise worker.failure(f"the bench worker of case {case.shape} {case.size} {case.mode} did not start")
         result = asyncio.run(_measure(run, first, then, rate))
         if not worker.alive():

@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
 
 from pipeline.corpus.realtext import record_text
 from pipeline.engine.events import EventChunk
@@ -26,6 +25,7 @@ from pipeline.replay import Prepared, offline_phase
 from pipeline.settings import Settings
 from pipeline.sources import FileSource
 from pipeline.stream.collector import Collected, collect
+from pipeline.stream.kafka_access import KafkaAccess, kafka_access
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_messages, rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
@@ -153,11 +153,11 @@ async def _run_steps(steps: tuple[Step, ...], got: Collected, expected: int, fle
 DeadLetters = list[tuple["bytes | None", bytes, "dict[str, bytes]"]]
 
 
-async def read_all(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> DeadLetters:
+async def read_all(bootstrap: KafkaAccess | str, topic: str, at_least: int, timeout_s: float) -> DeadLetters:
     """Every record of ``topic`` from the beginning: until ``at_least`` arrived and the topic is
     quiet for a second, or ``timeout_s``."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = kafka_access(bootstrap).consumer(topic, group_id=None, auto_offset_reset="earliest",
+                                                enable_auto_commit=False)
     await consumer.start()
     out: DeadLetters = []
     deadline, quiet_since = time.monotonic() + timeout_s, time.monotonic()
@@ -193,12 +193,12 @@ class _Returned:
 async def _drive(scenario: Scenario, run: Settings, services: ChaosServices, fleet: _Fleet,
                  items: list, expected: int, poison: int, opts: ChaosOptions, out: _Returned) -> None:
     """Wait for the group, produce, collect, fire the faults; then read the dead letters."""
-    await wait_for_group(run.kafka_bootstrap, run.app_id, scenario.routers, 120.0)
+    await wait_for_group(KafkaAccess.from_settings(run), run.app_id, scenario.routers, 120.0)
     got, done = out.got, asyncio.Event()
-    collector = asyncio.create_task(collect(run.kafka_bootstrap, run.topic_outcomes, expected, None,
+    collector = asyncio.create_task(collect(KafkaAccess.from_settings(run), run.topic_outcomes, expected, None,
                                             opts.idle_timeout_s, opts.progress, done, got))
     faults = asyncio.create_task(_run_steps(scenario.steps, got, expected, fleet, services, done))
-    producer = asyncio.create_task(produce_messages(items, run.kafka_bootstrap, run.topic_tokens,
+    producer = asyncio.create_task(produce_messages(items, KafkaAccess.from_settings(run), run.topic_tokens,
                                                     run.topic_deadletter))
     try:
         await asyncio.wait_for(asyncio.shield(collector), opts.timeout_s)
@@ -210,7 +210,7 @@ async def _drive(scenario: Scenario, run: Settings, services: ChaosServices, fle
     await faults
     await producer
     out.complete = got.distinct >= expected
-    out.deadletters = await read_all(run.kafka_bootstrap, run.topic_deadletter, poison, 60.0)
+    out.deadletters = await read_all(KafkaAccess.from_settings(run), run.topic_deadletter, poison, 60.0)
 
 
 def run_scenario(scenario: Scenario, base: Settings, services: ChaosServices, corpus: ChaosCorpus,
@@ -221,7 +221,7 @@ def run_scenario(scenario: Scenario, base: Settings, services: ChaosServices, co
     run = scoped_settings(base.with_(kafka_bootstrap=services.bootstrap, redis_url=services.redis_url,
                                      partitions=opts.partitions, replication_factor=services.replication_factor),
                           run_id, corpus.prepared.vocab_size)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     from workers.stats_worker import publish_table_and_stats
 
     asyncio.run(publish_table_and_stats(run, corpus.prepared.table, corpus.prepared.stats))

@@ -19,7 +19,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from pipeline.corpus.synthetic import SyntheticSpec, chain_model, chunked, interleave, stream_blocks, stream_id
 from pipeline.engine.events import EventChunk
@@ -28,6 +27,7 @@ from pipeline.replay import offline_phase
 from pipeline.settings import Settings
 from pipeline.sources import SyntheticSource
 from pipeline.stack.ports import free_ports
+from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_messages
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
@@ -98,9 +98,8 @@ def _windows(port: int) -> float:
 
 async def _count(run: Settings, opts: SoakOptions, result: SoakResult, done: asyncio.Event) -> None:
     seen = np.zeros(result.tokens, dtype=bool)
-    consumer = AIOKafkaConsumer(run.topic_outcomes, bootstrap_servers=run.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                fetch_max_bytes=32 * 1024 * 1024)
+    consumer = KafkaAccess.from_settings(run).consumer(run.topic_outcomes, group_id=None, auto_offset_reset="earliest",
+                                                       enable_auto_commit=False, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     quiet_since = time.monotonic()
     try:
@@ -136,12 +135,12 @@ async def _sample(pool: WorkerPool, ports: list[int], result: SoakResult, every:
 
 
 async def _drive(run: Settings, opts: SoakOptions, pool: WorkerPool, ports: list[int], result: SoakResult) -> None:
-    await wait_for_group(run.kafka_bootstrap, run.app_id, opts.workers, 120.0)
+    await wait_for_group(KafkaAccess.from_settings(run), run.app_id, opts.workers, 120.0)
     done, start = asyncio.Event(), time.monotonic()
     counter = asyncio.create_task(_count(run, opts, result, done))
     sampler = asyncio.create_task(_sample(pool, ports, result, opts.sample_s, done, start))
     items = (((c.stream.encode(), encode_chunk(c)), len(c)) for c in soak_chunks(opts, run.seed))
-    await produce_messages(items, run.kafka_bootstrap, run.topic_tokens, run.topic_deadletter)
+    await produce_messages(items, KafkaAccess.from_settings(run), run.topic_tokens, run.topic_deadletter)
     await counter
     await sampler
     result.seconds = time.monotonic() - start
@@ -155,7 +154,7 @@ def run_soak(base: Settings, opts: SoakOptions, services: ChaosServices) -> Soak
                           stream_idle_s=opts.stream_idle_s, train_fraction=0.95)
     prepared, _ = offline_phase(train, settings)
     run = scoped_settings(settings, uuid.uuid4().hex[:8], opts.vocab_size)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     from workers.stats_worker import publish_table_and_stats
 
     asyncio.run(publish_table_and_stats(run, prepared.table, prepared.stats))

@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pipeline.settings import markdown_table, setting_fields
+from pipeline.settings import markdown_table, redact_url, secret_fields, setting_fields
 
 from .common import add_settings, print_json, settings_from
 
-
-SECRETS = ("certificate_key",)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="show the resolved settings (flags > env > defaults)")
@@ -24,9 +22,10 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table())
         return 0
     values = dataclasses.asdict(settings_from(args))
-    for secret in SECRETS:
+    for secret in secret_fields():
         if values.get(secret):
             values[secret] = "<set>"  # a secret is never printed
+    values = {k: redact_url(v) if isinstance(v, str) else v for k, v in values.items()}
     if args.json:
         print_json(values)
     else:

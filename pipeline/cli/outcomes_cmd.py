@@ -5,6 +5,7 @@ import argparse
 import asyncio
 
 from pathlib import Path
+from pipeline.stream.kafka_access import KafkaAccess
 
 from .common import UserError, add_settings, settings_from
 from .verify_cmd import add_range
@@ -34,7 +35,7 @@ def run_tail(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     topic = settings.topic_deadletter if args.deadletter else settings.topic_outcomes
-    asyncio.run(tail(settings.kafka_bootstrap, topic, args.from_beginning, args.max, args.idle_exit,
+    asyncio.run(tail(KafkaAccess.from_settings(settings), topic, args.from_beginning, args.max, args.idle_exit,
                      args.json, args.deadletter))
     return 0
 

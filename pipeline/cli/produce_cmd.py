@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from pipeline.stream.kafka_access import KafkaAccess
+
 from .common import UserError, add_progress_flag, add_settings, add_synthetic_arguments, corpus_source, \
     settings_from, show_progress
 
@@ -30,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     source = corpus_source(args, settings)
     info = source.info()
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(settings), pipeline_topics(settings), settings.replication_factor))
     stats = asyncio.run(produce_chunks(rechunk(source.chunks(settings.vocab_size), args.message_size),
-                                       settings.kafka_bootstrap, settings.topic_tokens, args.rate,
+                                       KafkaAccess.from_settings(settings), settings.topic_tokens, args.rate,
                                        show_progress(args), info.tokens, settings.topic_deadletter))
     print(f"produced {stats.tokens:,} tokens in {stats.messages:,} messages to {settings.topic_tokens} "
           f"in {stats.seconds:.1f} s ({stats.tokens / max(stats.seconds, 1e-9):,.0f} tokens/s)")

@@ -11,9 +11,10 @@ import argparse
 import asyncio
 import sys
 
-from pipeline.settings import Settings, settings_env
+from pipeline.settings import Settings
 from pipeline.stack import cli as stack_cli
 from pipeline.stack.local_stack import LocalStack
+from pipeline.stream.workers import worker_env
 
 from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_settings, settings_from
 
@@ -26,7 +27,7 @@ DEFAULT_VOCAB = 1000
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="local stack: real Kafka (Maven jars) + Redis, and worker processes",
                        description=__doc__)
-    stack_cli.add_arguments(p)
+    stack_cli.add_arguments(p, namespace_flag=False)
     group = p.add_argument_group("workers (up)")
     group.add_argument("--workers", type=int, default=0, help="router worker processes to start (default 0)")
     group.add_argument("--stats-worker", action="store_true", help="also start the stats refresher worker")
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.metrics_port_base < 0:
         raise UserError("--workers and --metrics-port-base must be >= 0")
+    args.namespace = settings_from(args).namespace  # the Redis namespace of a secured stack's ACL users
     code = stack_cli.run(args)
     if args.action == "up" and (args.workers or args.stats_worker):
         stack = LocalStack(args.state_dir)
@@ -75,8 +77,7 @@ def _start_workers(stack: LocalStack, settings: Settings, args: argparse.Namespa
     for index, name in enumerate(names):
         if name in running:
             continue
-        env = settings_env(settings)
-        env["VAR_WORKER_NAME"] = name
+        env = worker_env(settings, name, "router" if name.startswith("router") else "stats")
         if args.metrics_port_base:
             env["VAR_METRICS_PORT"] = str(args.metrics_port_base + index)
         command = ["worker"] if name.startswith("router") else ["stats", "worker"]

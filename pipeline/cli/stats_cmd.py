@@ -27,8 +27,9 @@ from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
 from pipeline.assembly import router_spec
 from pipeline.replay import read_table_file, resolve_vocab
-from pipeline.settings import Settings
+from pipeline.settings import Settings, redact_url
 from pipeline.sources import FileSource
+from pipeline.stream.kafka_access import KafkaAccess
 
 from .common import ROUTING_SETTINGS, UserError, add_settings, print_json, settings_from
 
@@ -91,7 +92,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"wrote table v{table.version} to {args.out}: {summary}")
     if args.publish:
         version, seeded = _run_redis(publish_table_and_stats(settings, table, stats if args.seed_stats else None))
-        print(f"published table v{version} to {settings.redis_url} (namespace {settings.namespace}): {summary}")
+        print(f"published table v{version} to {redact_url(settings.redis_url)} (namespace {settings.namespace}): {summary}")
         if args.seed_stats:
             print("seeded the stats worker's statistics" if seeded else
                   "kept the stats worker's existing statistics (not seeded)")
@@ -118,7 +119,7 @@ def run_worker(args: argparse.Namespace) -> int:
         build_refresher(settings)  # fails early without a vocabulary size
     except StatsWorkerError as exc:
         raise UserError(str(exc)) from None
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(settings), pipeline_topics(settings), settings.replication_factor))
     try:
         run_stats_worker(settings, worker_name(settings))
     except StatsWorkerError as exc:
@@ -164,13 +165,14 @@ async def _layers(client: Any, keys: Any, version: int) -> int:
 
 
 async def _load_current(settings: Settings, layer: int = 0) -> tuple[RoutingTable, dict[str, Any] | None]:
-    import redis.asyncio as aioredis
-
     from pipeline.stores.base import StoreUnavailable
     from pipeline.stores.keys import RedisKeys
     from pipeline.stores.redis_store import RedisRoutingStore
 
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    from pipeline.stores.redis_access import RedisAccess
+
+    access = RedisAccess.from_settings(settings)
+    client = access.client(5.0)
     try:
         ids = await _router_ids(settings, client)
         if len(ids) != 1:
@@ -182,11 +184,11 @@ async def _load_current(settings: Settings, layer: int = 0) -> tuple[RoutingTabl
         layers = await _layers(client, keys, int(version)) if version is not None else 0
         if layers and not 0 <= layer < layers:
             raise UserError(f"--layer {layer}: the table set of {ids[0]} has layers 0-{layers - 1}")
-        store = RedisRoutingStore(settings.redis_url, keys, 1.0, max(1, layers), client=client)
+        store = RedisRoutingStore(access, keys, 1.0, max(1, layers), client=client)
         try:
             tables = await store.load_tables(int(version)) if layers else None
         except StoreUnavailable as exc:
-            raise UserError(f"cannot read the table from {settings.redis_url}: {exc}") from None
+            raise UserError(f"cannot read the table from {access.display}: {exc}") from None
         if tables is None:
             raise UserError(f"no table published for router {ids[0]} in namespace {settings.namespace}")
         return tables[layer], _snapshot_summary(await client.get(keys.stats_snapshot), layer)

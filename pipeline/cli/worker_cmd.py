@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pipeline.stream.kafka_access import KafkaAccess
 
 from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, add_settings, settings_from
 
@@ -24,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_vocab(settings)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(settings), pipeline_topics(settings), settings.replication_factor))
     run_worker(settings)
     return 0

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from .errors import StackError
 from .local_stack import SERVICES, LocalStack
+from .secure import generate
 
 PROG = "var stack"
 EXIT_USAGE = 2
@@ -29,9 +30,17 @@ def _port(text: str) -> int:
     return port
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``up|down|status`` action and its options to ``parser``."""
-    parser.add_argument("action", choices=("up", "down", "status"))
+def add_arguments(parser: argparse.ArgumentParser, namespace_flag: bool = True) -> None:
+    """Add the ``up|down|status|secrets`` action and its options to ``parser`` (``namespace_flag``:
+    also ``--namespace``; ``var stack`` has the setting's flag instead)."""
+    parser.add_argument("action", choices=("up", "down", "status", "secrets"))
+    parser.add_argument("--secure", action="store_true",
+                        help="up: Kafka SASL_SSL (SCRAM-SHA-512) and Redis TLS + ACL users (admin, router, stats); "
+                             "credentials and <role>.env files in <state dir>/secrets")
+    if namespace_flag:
+        parser.add_argument("--namespace", default="default", help="up --secure / secrets: the Redis namespace "
+                            "the ACL users may use (and its run-scoped NAMESPACE-<run> sub-namespaces)")
+    parser.add_argument("--out", help="secrets: the directory to write (e.g. deploy/secrets for docker compose)")
     parser.add_argument("--kafka-port", type=_port, help="broker port (default 9092; 0 = free port)")
     parser.add_argument("--controller-port", type=_port, help="KRaft controller port (default kafka port + 1)")
     parser.add_argument("--redis-port", type=_port, help="redis port (default 6379; 0 = free port)")
@@ -45,12 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute parsed arguments; returns the exit code.  Raises StackError on failure."""
     stack = LocalStack(args.state_dir)
+    if args.action == "secrets":
+        out = generate(args.out or stack.secrets_dir, args.namespace)
+        print(f"secrets in {out.root} (CA, server certificate, Kafka SCRAM and Redis ACL users admin, router, "
+              f"stats for namespace {args.namespace}); files are private (0600): never commit them")
+        return 0
     if args.action == "up":
         free = 0 if args.free_ports else None
         stack.up(
             _given_or(args.kafka_port, free), args.controller_port, _given_or(args.redis_port, free),
-            num_partitions=args.partitions, services=args.only or SERVICES,
+            num_partitions=args.partitions, services=args.only or SERVICES, secure=args.secure,
+            namespace=args.namespace,
         )
+        if args.secure and not args.json:
+            print(f"secured stack: load the operator's settings with `set -a; . {stack.secrets_dir}/admin.env; "
+                  "set +a` (workers started by var get router.env / stats.env)")
     elif args.action == "down":
         stopped = stack.down(args.only)
         if not args.json:

@@ -25,6 +25,7 @@ from . import process
 from .errors import StackError, require_tool
 from .ports import LOCALHOST, is_port_free, is_port_open
 from .process import ProcessInfo
+from .secure import StackSecrets, scram_format_args, secure_broker_config
 from .service import Service
 
 KAFKA_VERSION = "3.9.2"
@@ -114,7 +115,7 @@ class KafkaBroker(Service):
         lib_dir: Path | str | None = None,
         startup_timeout: float = 90.0,
         node_id: int = 1, quorum_voters: str | None = None, cluster_id: str | None = None,
-        replication_factor: int = 1, min_insync_replicas: int = 1,
+        replication_factor: int = 1, min_insync_replicas: int = 1, secrets: StackSecrets | None = None,
     ) -> None:
         if port == controller_port:
             raise StackError(f"kafka port and controller port must differ (both {port})")
@@ -128,6 +129,7 @@ class KafkaBroker(Service):
         self.lib_dir = Path(lib_dir).resolve() if lib_dir else default_lib_dir()
         self.node_id, self.quorum_voters, self.cluster_id = node_id, quorum_voters, cluster_id
         self.replication_factor, self.min_insync_replicas = replication_factor, min_insync_replicas
+        self.secrets = secrets  # None: PLAINTEXT; else SASL_SSL with the stack's users (secure.py)
         self._log_offset = 0
 
     @property
@@ -168,11 +170,12 @@ class KafkaBroker(Service):
 
     def render(self) -> str:
         """This broker's server.properties text (what a fresh start writes)."""
-        return render_config(
+        text = render_config(
             self.port, self.controller_port, self.data_dir, self.num_partitions, node_id=self.node_id,
             quorum_voters=self.quorum_voters, replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
         )
+        return text if self.secrets is None else secure_broker_config(text, self.secrets, self.port)
 
     def start(self, fresh: bool = True) -> ProcessInfo:
         """Launch the broker and return once it serves clients (``launch`` + ``wait_started``).
@@ -266,6 +269,7 @@ class KafkaBroker(Service):
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True)
         self.config_path.write_text(self.render())
+        self.config_path.chmod(0o600)  # a secured broker's holds its inter-broker password
 
     def _check_formatted(self) -> None:
         if self.formatted_cluster_id() is None:
@@ -279,6 +283,7 @@ class KafkaBroker(Service):
             f"-Dlog4j.configuration={(RESOURCES / 'tools-log4j.properties').as_uri()}",
             "-cp", str(self.lib_dir / "*"), "kafka.tools.StorageTool",
             "format", "-t", self.cluster_id or new_cluster_id(), "-c", str(self.config_path),
+            *(scram_format_args(self.secrets) if self.secrets else ()),
         ]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:

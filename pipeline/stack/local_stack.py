@@ -19,6 +19,7 @@ from .kafka_broker import KafkaBroker
 from .ports import free_port
 from .process import ProcessInfo
 from .redis_server import RedisServer
+from .secure import StackSecrets, generate, write_env_files
 
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
@@ -61,23 +62,35 @@ class LocalStack:
         *,
         num_partitions: int = 1,
         services: Sequence[str] = SERVICES,
+        secure: bool = False,
+        namespace: str = "default",
     ) -> dict[str, Record]:
         """Start the named services that are not already running; return ``status()``.
 
         Ports: None means the default (9092, kafka_port + 1, 6379); 0 means a free port.
         Services already running are left as they are.  Raises StackError on failure.
+        ``secure``: Kafka SASL_SSL (SCRAM) and Redis TLS + ACL for ``namespace``, with the
+        credentials of :attr:`secrets_dir` (made on first use), and ``<role>.env`` files there.
         """
+        secrets = generate(self.secrets_dir, namespace) if secure else None
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise StackError(f"unknown service(s): {', '.join(sorted(unknown))} (known: kafka, redis)")
         with self._locked() as state:
             if "kafka" in services and not _alive(state.get("kafka")):
-                state["kafka"] = self._start_kafka(kafka_port, controller_port, num_partitions)
+                state["kafka"] = self._start_kafka(kafka_port, controller_port, num_partitions, secrets)
                 self._save(state)
             if "redis" in services and not _alive(state.get("redis")):
-                state["redis"] = self._start_redis(redis_port)
+                state["redis"] = self._start_redis(redis_port, secrets)
                 self._save(state)
+            if secrets is not None and _alive(state.get("kafka")) and _alive(state.get("redis")):
+                write_env_files(secrets, state["kafka"]["address"], state["redis"]["address"], namespace)
         return self.status()
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where a secured stack keeps its CA, certificates, passwords and ``<role>.env`` files."""
+        return self.state_dir / "secrets"
 
     def down(self, names: Sequence[str] | None = None) -> list[str]:
         """Stop the named services (default: all, worker processes first); return those that ran."""
@@ -140,19 +153,23 @@ class LocalStack:
         return stopped
 
     # -- internals -----------------------------------------------------------------------
-    def _start_kafka(self, port: int | None, controller_port: int | None, partitions: int) -> Record:
+    def _start_kafka(self, port: int | None, controller_port: int | None, partitions: int,
+                     secrets: StackSecrets | None) -> Record:
         kafka_port = pick_port(port, DEFAULT_KAFKA_PORT)
         default_ctrl = free_port() if port == 0 else kafka_port + 1
         broker = KafkaBroker(
-            self.state_dir / "kafka", kafka_port, pick_port(controller_port, default_ctrl), partitions
+            self.state_dir / "kafka", kafka_port, pick_port(controller_port, default_ctrl), partitions,
+            secrets=secrets,
         )
         proc = broker.start()
-        return _record("kafka", proc, broker.bootstrap, broker.log_path, home=str(broker.home))
+        return _record("kafka", proc, broker.bootstrap, broker.log_path, home=str(broker.home),
+                       secure=secrets is not None)
 
-    def _start_redis(self, port: int | None) -> Record:
-        server = RedisServer(self.state_dir / "redis", pick_port(port, DEFAULT_REDIS_PORT))
+    def _start_redis(self, port: int | None, secrets: StackSecrets | None) -> Record:
+        server = RedisServer(self.state_dir / "redis", pick_port(port, DEFAULT_REDIS_PORT), secrets=secrets)
         proc = server.start()
-        return _record("redis", proc, server.url, server.log_path, home=str(server.home))
+        return _record("redis", proc, server.url, server.log_path, home=str(server.home),
+                       secure=secrets is not None)
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Record]]:

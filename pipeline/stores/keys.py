@@ -114,3 +114,36 @@ def worker_key(namespace: str, topic: str, incarnation: str) -> str:
 def worker_pattern(namespace: str, topic: str) -> str:
     """SCAN pattern matching every :func:`worker_key` of ``topic``."""
     return f"var:{namespace}:workers:{topic}:*"
+
+
+# --- least privilege (Redis ACL): which keys each role may touch, from the schema above ------
+# A namespace's rules also cover its run-scoped sub-namespaces ``{namespace}-{run id}``, which
+# ``var replay --via kafka`` (and chaos, bench) create for every run.
+ROLE_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    # the router workers: read/write the decision cache and their registration, read the tables
+    "router": (("RW", "dc:*"), ("R", "fp:*"), ("RW", "workers:*")),
+    # the stats worker (and whoever publishes a table): the tables, their archive and the snapshot
+    "stats": (("RW", "fp:*"), ("RW", "stats:*"), ("R", "workers:*")),
+    # operators (replay, verify, stats show, capture): every key of the namespace
+    "admin": (("RW", "*"),),
+}
+ROLE_COMMANDS: dict[str, str] = {
+    "router": "+get +mget +set +evalsha +eval +script|load +ping",
+    "stats": "+get +mget +set +incr +pexpire +evalsha +eval +script|load +exists +ping",
+    "admin": "+@all -@dangerous",
+}
+
+
+def acl_key_selectors(namespace: str, role: str) -> list[str]:
+    """The ACL key selectors (``%RW~var:ns:dc:*`` ...) of ``role`` in ``namespace``."""
+    selectors = []
+    for scope in (f"var:{namespace}:", f"var:{namespace}-*:"):
+        for access, pattern in ROLE_KEYS[role]:
+            selectors.append(f"%{access}~{scope}{pattern}")
+    return selectors
+
+
+def acl_user_rule(namespace: str, role: str, username: str, password_sha256: str) -> str:
+    """One ``user ...`` line of a Redis ACL file (the password as its SHA-256, never in clear)."""
+    return " ".join(["user", username, "on", f"#{password_sha256}", "resetkeys", "resetchannels",
+                     *acl_key_selectors(namespace, role), "-@all", ROLE_COMMANDS[role]])

@@ -30,6 +30,7 @@ from pipeline.engine.table import RoutingTable
 
 from .base import DegradedMode, LayersMixin, StoreUnavailable, layer_slices, parse_tables
 from .keys import RedisKeys
+from .redis_access import RedisAccess, redis_access
 
 __all__ = ["RedisRoutingStore", "StoreUnavailable"]
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
     outage_errors = (RedisError, OSError, TimeoutError)
     store_name = "redis"
 
-    def __init__(self, url: str, keys: RedisKeys, ttl_s: float, layers: int = 1, timeout_s: float = 0.5,
+    def __init__(self, url: RedisAccess | str, keys: RedisKeys, ttl_s: float, layers: int = 1, timeout_s: float = 0.5,
                  grace_s: float = 300.0, max_backoff_s: float = 5.0, client: aioredis.Redis | None = None,
                  clock: Clock = time.monotonic, min_backoff_s: float = 0.05,
                  archive_ttl_s: float = 7 * 86400.0) -> None:
@@ -96,8 +97,7 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
         self.layers = layers
         self.grace_s = grace_s
         self.archive_ttl_ms = max(1, int(archive_ttl_s * 1000))
-        self.client = client or aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0)
+        self.client = client or redis_access(url).client(timeout_s, health_check_interval=0)
         self._set_many = self.client.register_script(_SET_MANY_PX)
         self._allocate = self.client.register_script(_ALLOCATE_VERSION)
         self._commit = self.client.register_script(_COMMIT_VERSION)

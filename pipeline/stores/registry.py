@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .keys import worker_key, worker_pattern
+from .redis_access import RedisAccess, redis_access
 
 REFRESH_S = 5.0
 
@@ -25,9 +26,9 @@ async def register(client: aioredis.Redis, namespace: str, topic: str, incarnati
     await client.set(worker_key(namespace, topic, incarnation), orjson.dumps(info), px=int(3 * REFRESH_S * 1000))
 
 
-async def running_workers(url: str, namespace: str, topic: str) -> list[dict[str, Any]]:
+async def running_workers(url: RedisAccess | str, namespace: str, topic: str) -> list[dict[str, Any]]:
     """The registrations of every live router worker of ``topic`` (empty if none)."""
-    client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    client = redis_access(url).client(5.0)
     try:
         keys = [k async for k in client.scan_iter(match=worker_pattern(namespace, topic), count=1000)]
         values = await client.mget(keys) if keys else []

@@ -42,6 +42,7 @@ from pipeline.assembly import build_engine, build_routers, engine_config, is_mod
 from pipeline.observability import RouterMetrics, configure_logging, serve_metrics
 from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys, table_set_id
+from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import REFRESH_S, register
 
@@ -49,6 +50,7 @@ from .agent import RouterAgent, Topics
 from .certify import WorkerCertifier
 from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
+from .kafka_access import KafkaAccess
 from .processor import BatchOutput, InMessage, RouterProcessor
 from .producer import MAX_REQUEST_BYTES
 from .window_state import WindowState
@@ -85,6 +87,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     """Faust app settings for a router worker (one broker or many; memory store)."""
     return {
         "broker": broker_url(settings.kafka_bootstrap),
+        **KafkaAccess.from_settings(settings).faust_options(),
         "store": "memory://",
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
@@ -149,7 +152,7 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
     routers = build_routers(settings, require_vocab(settings))
     engine = build_engine(settings, routers)
     keys = RedisKeys(settings.namespace, table_set_id([r.router_id for r in routers]))
-    store = RedisRoutingStore(settings.redis_url, keys, engine_config(settings).cache.ttl_s, len(routers),
+    store = RedisRoutingStore(RedisAccess.from_settings(settings), keys, engine_config(settings).cache.ttl_s, len(routers),
                               settings.redis_timeout_s)
     # Outcomes name the worker *process* (name/incarnation): a restarted worker starts its governor
     # positions at 0 again, and the budget check must not mix the two runs.
@@ -172,7 +175,7 @@ def create_app(settings: Settings) -> RouterApp:
     # values are JSON lists.
     table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes, use_partitioner=True)
     metrics = RouterMetrics(name)
-    offsets = KafkaOffsets(settings.kafka_bootstrap, settings.app_id, settings.topic_tokens)
+    offsets = KafkaOffsets(KafkaAccess.from_settings(settings), settings.app_id, settings.topic_tokens)
 
     async def changelog(key: bytes, value: Any) -> Any:
         return await table.changelog_topic.send(key=key, value=value, key_serializer=table.key_serializer,
@@ -308,7 +311,7 @@ def run_worker(settings: Settings) -> None:
 
     router_app = create_app(settings)
     configure_logging(settings.log_level, settings.log_format, worker_name(settings))
-    serve_metrics(settings.metrics_port, router_app.metrics.registry)
+    serve_metrics(settings.metrics_port, router_app.metrics.registry, settings.metrics_host)
     log.info("router worker %s: topics %s -> %s, redis namespace %s, metrics port %s", router_app.processor.worker,
              settings.topic_tokens, settings.topic_outcomes, settings.namespace, settings.metrics_port or "off")
     worker = Worker(router_app.app, loglevel=settings.log_level, quiet=True, override_logging=False,

@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
 
+from .kafka_access import KafkaAccess, kafka_access
+
 log = logging.getLogger(__name__)
 
 
@@ -74,14 +76,14 @@ class Collected:
         self.last_at = now
 
 
-async def collect(bootstrap: str, outcome_topic: str, expected: int, deadletter_topic: str | None = None,
+async def collect(bootstrap: KafkaAccess | str, outcome_topic: str, expected: int, deadletter_topic: str | None = None,
                   idle_timeout_s: float = 60.0, progress: bool = False, stop: asyncio.Event | None = None,
                   got: Collected | None = None) -> Collected:
     """Read both topics from the beginning until ``expected`` distinct outcomes arrived, or until
     nothing new arrived for ``idle_timeout_s``, or ``stop`` is set. Pass ``got`` to watch progress."""
     topics = [outcome_topic] + ([deadletter_topic] if deadletter_topic else [])
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024)
+    consumer = kafka_access(bootstrap).consumer(*topics, group_id=None, auto_offset_reset="earliest",
+                                                enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024)
     await consumer.start()
     got = got if got is not None else Collected()
     last_progress = time.monotonic()

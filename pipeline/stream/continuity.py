@@ -25,6 +25,7 @@ from typing import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from .kafka_access import KafkaAccess, kafka_access
 from .processor import InMessage
 
 log = logging.getLogger(__name__)
@@ -157,16 +158,16 @@ class KafkaOffsets:
     """Offsets from the cluster: where routing must start (the group's committed offset, else the
     log start) and where each partition's log ends."""
 
-    def __init__(self, bootstrap: str, group_id: str, topic: str) -> None:
-        self.bootstrap, self.group_id, self.topic = bootstrap, group_id, topic
+    def __init__(self, bootstrap: KafkaAccess | str, group_id: str, topic: str) -> None:
+        self.kafka, self.group_id, self.topic = kafka_access(bootstrap), group_id, topic
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            self._admin = self.kafka.admin()
             await self._admin.start()
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+            self._consumer = self.kafka.consumer(group_id=None)
             await self._consumer.start()
         return self._admin, self._consumer
 

@@ -52,6 +52,7 @@ from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
 
 from .collector import Collected
+from .kafka_access import KafkaAccess
 from .kafka_replay import (KafkaReplayOptions, align, budget_ledger, completeness_section, context_mismatches,
                            route_through_pipeline, scoped_settings)
 from .published import load_published
@@ -144,7 +145,7 @@ def run_kafka_model_replay(source: CorpusSource, settings: Settings, opts: Kafka
     cfg = prepared.checkpoint.config
     routers = model_routers(prepared.checkpoint, settings.device)
     run = scoped_settings(settings, opts.run_id, cfg.vocab_size)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     start_tables = _starting_tables(run, prepared, opts.cold)
     # every worker in the group before the first event: each then routes its share of partitions
     got, start, exits = route_through_pipeline(prepared.online, run, opts, progress, opts.idle_timeout_s)

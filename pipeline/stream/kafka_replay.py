@@ -32,14 +32,16 @@ from pipeline.outcomes import Outcomes
 from pipeline.quality import QualityAccumulator
 from pipeline.replay import Prepared, ReplayError, offline_phase
 from pipeline.report import ReplayReport
-from pipeline.settings import Settings
+from pipeline.settings import Settings, redact_url
 from pipeline.sources import CorpusSource
 from pipeline.stores.keys import RedisKeys
+from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import router_mismatch, running_workers
 
 from .collector import Collected, collect
 from .timeline import outcome_timeline
+from .kafka_access import KafkaAccess
 from .producer import produce_chunks, rechunk
 from .published import load_published, wait_for_tables
 from .topics import ensure_topics, pipeline_topics, wait_for_group
@@ -71,7 +73,7 @@ def scoped_settings(settings: Settings, run_id: str, vocab_size: int) -> Setting
 
 
 async def publish_initial_table(settings: Settings, table: RoutingTable) -> int:
-    store = RedisRoutingStore(settings.redis_url, RedisKeys(settings.namespace, table.router_id), settings.cache_ttl_s)
+    store = RedisRoutingStore(RedisAccess.from_settings(settings), RedisKeys(settings.namespace, table.router_id), settings.cache_ttl_s)
     try:
         return await store.publish_table(table)
     finally:
@@ -99,9 +101,9 @@ async def _produce_and_collect(chunks: list[EventChunk], settings: Settings, opt
     start = time.perf_counter()
     # Attached replays share topics with earlier runs: their streams carry the run id, and only
     # those outcomes count.
-    collector = asyncio.create_task(collect(settings.kafka_bootstrap, settings.topic_outcomes, expected,
+    collector = asyncio.create_task(collect(KafkaAccess.from_settings(settings), settings.topic_outcomes, expected,
                                             settings.topic_deadletter, opts.idle_timeout_s, progress, stop, got))
-    await produce_chunks(rechunk(chunks, opts.message_size), settings.kafka_bootstrap, settings.topic_tokens,
+    await produce_chunks(rechunk(chunks, opts.message_size), KafkaAccess.from_settings(settings), settings.topic_tokens,
                          opts.rate, progress=False, total=expected, deadletter_topic=settings.topic_deadletter)
     got = await collector
     stop.set()
@@ -128,7 +130,7 @@ def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaR
     try:
         pool.start_routers(opts.workers)
         if wait_for_group_s > 0 and opts.workers and not asyncio.run(
-                wait_for_group(run.kafka_bootstrap, run.app_id, opts.workers, wait_for_group_s)):
+                wait_for_group(KafkaAccess.from_settings(run), run.app_id, opts.workers, wait_for_group_s)):
             log.warning("not all %d router workers joined group %s within %.0f s; producing anyway",
                         opts.workers, run.app_id, wait_for_group_s)
         if opts.stats_worker:
@@ -231,12 +233,12 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
         chunks = [EventChunk(f"{opts.run_id}/{c.stream}", c.first_seq, c.tokens, c.offset) for c in chunks]
     run = settings.with_(vocab_size=prepared.vocab_size) if opts.attach else \
         scoped_settings(settings, opts.run_id, prepared.vocab_size)
-    asyncio.run(ensure_topics(run.kafka_bootstrap, pipeline_topics(run), run.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     if opts.attach:  # say up front when the running workers route with another router
         try:
-            workers = asyncio.run(running_workers(run.redis_url, run.namespace, run.topic_tokens))
+            workers = asyncio.run(running_workers(RedisAccess.from_settings(run), run.namespace, run.topic_tokens))
         except (RedisError, OSError) as exc:
-            raise ReplayError(f"cannot reach Redis at {run.redis_url} to find the running workers ({exc})") from None
+            raise ReplayError(f"cannot reach Redis at {redact_url(run.redis_url)} to find the running workers ({exc})") from None
         problem = router_mismatch(workers, prepared.router.router_id)
         if problem:
             raise ReplayError(problem)

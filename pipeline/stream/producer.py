@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from tqdm import tqdm
 
 from pipeline.engine.events import EventChunk
 from pipeline.engine.records import encode_chunk
 
-from .topics import TopicError
+from .kafka_access import KafkaAccess, kafka_access
+from .topics import TopicError, refusal
 
 MAX_REQUEST_BYTES = 1024 * 1024  # aiokafka's and the broker's default maximum message size
 
@@ -62,15 +63,16 @@ def oversized_deadletter(key: bytes | None, value: bytes, limit: int) -> tuple[b
     return value[:64 * 1024], {"var-reason": reason.encode(), "var-truncated-from": str(len(value)).encode()}
 
 
-async def start_producer(bootstrap: str) -> AIOKafkaProducer:
+async def start_producer(kafka: KafkaAccess | str) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer (no loss or duplicates across broker failover)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024,
-                                acks="all", enable_idempotence=True, max_request_size=MAX_REQUEST_BYTES,
-                                request_timeout_ms=120_000)
+    access = kafka_access(kafka)
+    producer = access.producer(linger_ms=5, max_batch_size=512 * 1024, acks="all", enable_idempotence=True,
+                               max_request_size=MAX_REQUEST_BYTES, request_timeout_ms=120_000)
     try:
         await producer.start()
-    except KafkaConnectionError:
-        raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    except KafkaError as exc:
+        await producer.stop()
+        raise TopicError(refusal(access, exc)) from None
     return producer
 
 
@@ -89,7 +91,7 @@ async def send_message(producer: AIOKafkaProducer, topic: str, key: bytes | None
         return await producer.send(deadletter_topic, body, key=key, headers=list(headers.items()))
 
 
-async def produce_messages(messages: Iterable[tuple[Message, int]], bootstrap: str, topic: str,
+async def produce_messages(messages: Iterable[tuple[Message, int]], bootstrap: KafkaAccess | str, topic: str,
                            deadletter_topic: str | None = None, rate: float | None = None,
                            progress: bool = False, total: int | None = None) -> ProduceStats:
     """Send ``((key, value), tokens)`` items in order; ``rate`` caps tokens per second."""
@@ -119,7 +121,7 @@ async def produce_messages(messages: Iterable[tuple[Message, int]], bootstrap: s
     return stats
 
 
-async def produce_chunks(chunks: Iterable[EventChunk], bootstrap: str, topic: str, rate: float | None = None,
+async def produce_chunks(chunks: Iterable[EventChunk], bootstrap: KafkaAccess | str, topic: str, rate: float | None = None,
                          progress: bool = False, total: int | None = None,
                          deadletter_topic: str | None = None) -> ProduceStats:
     """Send every chunk as one message (key = stream id); ``rate`` caps tokens per second."""
@@ -127,9 +129,9 @@ async def produce_chunks(chunks: Iterable[EventChunk], bootstrap: str, topic: st
     return await produce_messages(items, bootstrap, topic, deadletter_topic, rate, progress, total)
 
 
-async def produce_raw(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+async def produce_raw(bootstrap: KafkaAccess | str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
     """Send raw (key, value) messages -- e.g. malformed ones, to exercise the dead-letter path."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = kafka_access(bootstrap).producer()
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in messages]

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaError
 
 from pipeline.engine.events import TIER_LABELS
 from pipeline.outcomes import LayerOutcomes, OutcomeError, decode_outcome
 
-from .topics import TopicError
+from .kafka_access import KafkaAccess, kafka_access
+from .topics import TopicError, refusal
 
 
 def _experts(layer: LayerOutcomes, i: int) -> str:
@@ -44,14 +44,15 @@ def render_deadletter(value: bytes, headers: dict[str, bytes]) -> list[str]:
     return [f"{where:<10} {reason}  <- {value[:120]!r}"]
 
 
-async def tail(bootstrap: str, topic: str, from_beginning: bool, limit: int | None, idle_exit: float | None,
+async def tail(bootstrap: KafkaAccess | str, topic: str, from_beginning: bool, limit: int | None, idle_exit: float | None,
                as_json: bool, deadletter: bool) -> int:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest" if from_beginning else "latest")
+    access = kafka_access(bootstrap)
+    consumer = access.consumer(topic, group_id=None, auto_offset_reset="earliest" if from_beginning else "latest")
     try:
         await consumer.start()
-    except KafkaConnectionError:
-        raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    except KafkaError as exc:
+        await consumer.stop()
+        raise TopicError(refusal(access, exc)) from None
     seen, last = 0, time.monotonic()
     try:
         while limit is None or seen < limit:

@@ -14,6 +14,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline.settings import Settings
 
+from .kafka_access import KafkaAccess, kafka_access
+
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -27,17 +29,27 @@ def pipeline_topics(settings: Settings) -> dict[str, int]:
             settings.topic_deadletter: 1, settings.topic_certificates: 1}
 
 
-async def started_admin(bootstrap: str) -> AIOKafkaAdminClient:
-    """A started admin client (the caller closes it); :class:`TopicError` if Kafka is unreachable."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def started_admin(kafka: KafkaAccess | str) -> AIOKafkaAdminClient:
+    """A started admin client (the caller closes it); :class:`TopicError` if Kafka is unreachable
+    or refuses the credentials."""
+    access = kafka_access(kafka)
+    admin = access.admin(request_timeout_ms=15000)
     try:
         await admin.start()
-    except KafkaConnectionError:
-        raise TopicError(f"cannot reach Kafka at {bootstrap}") from None
+    except KafkaError as exc:
+        await admin.close()
+        raise TopicError(refusal(access, exc)) from None
     return admin
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
+def refusal(access: KafkaAccess, exc: BaseException) -> str:
+    """One line for a client that could not connect or log in (never the password)."""
+    if isinstance(exc, KafkaConnectionError):
+        return f"cannot reach Kafka at {access.bootstrap} ({access.protocol})"
+    return f"Kafka at {access.bootstrap} refused the connection ({access.protocol}): {type(exc).__name__}"
+
+
+async def ensure_topics(bootstrap: KafkaAccess | str, topics: dict[str, int], replication: int = 1) -> None:
     """Create missing topics (``replication`` copies); fail if an existing one has a different
     partition count."""
     admin = await started_admin(bootstrap)
@@ -69,7 +81,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str], wait_s
         await asyncio.sleep(0.2)
 
 
-async def partition_ids(bootstrap: str, topic: str) -> list[int]:
+async def partition_ids(bootstrap: KafkaAccess | str, topic: str) -> list[int]:
     """The partition ids of ``topic``; :class:`TopicError` if Kafka is unreachable or the topic
     does not exist. (A consumer without a subscription knows no topic metadata, so ask the admin API.)"""
     admin = await started_admin(bootstrap)
@@ -82,9 +94,9 @@ async def partition_ids(bootstrap: str, topic: str) -> list[int]:
     return sorted(p["partition"] for p in meta["partitions"])
 
 
-async def group_members(bootstrap: str, group_id: str) -> tuple[str, int]:
+async def group_members(bootstrap: KafkaAccess | str, group_id: str) -> tuple[str, int]:
     """(state, number of members) of a consumer group, e.g. ("Stable", 2)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = kafka_access(bootstrap).admin(request_timeout_ms=15000)
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group_id])
@@ -94,7 +106,7 @@ async def group_members(bootstrap: str, group_id: str) -> tuple[str, int]:
     return str(group.get("state", "")), len(group.get("members", []))
 
 
-async def wait_for_group(bootstrap: str, group_id: str, members: int, timeout_s: float = 60.0) -> bool:
+async def wait_for_group(bootstrap: KafkaAccess | str, group_id: str, members: int, timeout_s: float = 60.0) -> bool:
     """Wait until the group is Stable with at least ``members`` members (workers are assigned)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -44,9 +44,49 @@ class WorkerProcess:
             return ""
 
 
-def worker_env(settings: Settings, name: str) -> dict[str, str]:
+ROLES = ("router", "stats")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments and blank lines skipped; no quoting, no expansion)."""
+    env = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise WorkerFailed(f"{path} line {number}: expected KEY=VALUE")
+        env[key.strip()] = value.strip()
+    return env
+
+
+def with_role(env: dict[str, str], settings: Settings, role: str) -> dict[str, str]:
+    """``env`` with the credentials of ``role`` (router or stats) from ``settings.role_env_dir``
+    (``<role>.env``), when one is set: a worker started locally then logs in as its own, least-
+    privileged user instead of the caller's. A ``X_FILE`` there replaces the caller's ``X``."""
+    if not settings.role_env_dir:
+        return env
+    path = Path(settings.role_env_dir) / f"{role}.env"
+    try:
+        extra = read_env_file(path)
+    except OSError as exc:
+        raise WorkerFailed(f"cannot read the {role} credentials {path} ({exc.strerror})") from None
+    for key in extra:
+        if key.endswith("_FILE"):
+            env.pop(key[:-len("_FILE")], None)
+    return {**env, **extra}
+
+
+def worker_env(settings: Settings, name: str, role: str = "router") -> dict[str, str]:
+    """The whole environment of a local worker: ours, the settings (a secret given as a value
+    replaces an inherited ``X_FILE``), then the role's credentials (:func:`with_role`)."""
     env = dict(os.environ)
-    env.update(settings_env(settings))
+    values = settings_env(settings)
+    for key in values:
+        env.pop(key + "_FILE", None)
+    env.update(values)
+    env = with_role(env, settings, role)
     env["VAR_WORKER_NAME"] = name
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -68,7 +108,7 @@ class WorkerPool:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         handle = open(log_path, "ab")
-        env = worker_env(settings or self.settings, name)
+        env = worker_env(settings or self.settings, name, "stats" if command[0] == "stats" else "router")
         process = subprocess.Popen([sys.executable, "-m", "pipeline", *command], env=env,
                                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)

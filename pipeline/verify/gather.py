@@ -20,7 +20,9 @@ from pipeline.engine.routers import Router
 from pipeline.outcomes import Outcomes
 from pipeline.settings import Settings
 from pipeline.stores.archive import DirectoryTableArchive, RedisTableArchive, TableArchive
+from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.keys import RedisKeys, table_set_id
+from pipeline.stream.kafka_access import KafkaAccess
 
 from .run import VerifyInputs, load_tables, table_versions
 from .sources import KAFKA_PREFIX, VerifyInputError, certificates_of, is_topic, outcomes_of, read_records
@@ -59,7 +61,7 @@ def _archive(settings: Settings, source: str, tables_dir: str | None, routers: l
     local = Path(tables_dir) if tables_dir else (None if is_topic(source) else Path(source).parent / TABLES_DIR)
     if local is not None and local.is_dir():
         return DirectoryTableArchive(local, len(routers)), None
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = RedisAccess.from_settings(settings).client(5.0)
     keys = RedisKeys(settings.namespace, table_set_id([r.router_id for r in routers]))
     return RedisTableArchive(client, keys, len(routers)), client
 
@@ -74,18 +76,18 @@ def default_certificates(source: str, settings: Settings) -> str | None:
 def gather(settings: Settings, source: str, certificates: str | None, tables_dir: str | None,
            start_ms: int | None, end_ms: int | None, progress: Callable[[int], None] | None = None) -> VerifyInputs:
     """Read the outcomes and certificates, rebuild the routers, fetch every named table set."""
-    outcomes = outcomes_of(read_records(source, settings.kafka_bootstrap, start_ms, end_ms, progress))
+    outcomes = outcomes_of(read_records(source, KafkaAccess.from_settings(settings), start_ms, end_ms, progress))
     if not len(outcomes):
         raise VerifyInputError(f"{source}: no outcomes to verify")
     cert_source = certificates or default_certificates(source, settings)
-    certs = certificates_of(read_records(cert_source, settings.kafka_bootstrap)) if cert_source else []
+    certs = certificates_of(read_records(cert_source, KafkaAccess.from_settings(settings))) if cert_source else []
     routers = verifier_routers(settings, outcomes)
     archive, client = _archive(settings, source, tables_dir, routers)
     try:
         tables = load_tables(archive, table_versions(outcomes), empty_tables(routers),
                              client.aclose if client is not None else None)
     except (OSError, aioredis.RedisError) as exc:
-        raise VerifyInputError(f"cannot read the table archive at {settings.redis_url}: {exc}") from None
+        raise VerifyInputError(f"cannot read the table archive at {RedisAccess.from_settings(settings).display}: {exc}") from None
     budgets = layer_budgets(settings, len(routers))
     window = settings.budget_window
     caps = [(int(b * window + 1e-9), window) for b in budgets]
@@ -97,8 +99,8 @@ def gather(settings: Settings, source: str, certificates: str | None, tables_dir
 def export(settings: Settings, out_dir: Path, start_ms: int | None, end_ms: int | None,
            progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Write an export directory from the outcomes and certificates topics and the archive."""
-    records = read_records(KAFKA_PREFIX + settings.topic_outcomes, settings.kafka_bootstrap, start_ms, end_ms, progress)
-    certs = read_records(KAFKA_PREFIX + settings.topic_certificates, settings.kafka_bootstrap)
+    records = read_records(KAFKA_PREFIX + settings.topic_outcomes, KafkaAccess.from_settings(settings), start_ms, end_ms, progress)
+    certs = read_records(KAFKA_PREFIX + settings.topic_certificates, KafkaAccess.from_settings(settings))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, lines in ((OUTCOMES_FILE, records), (CERTIFICATES_FILE, certs)):
         with (out_dir / name).open("wb") as fh:
@@ -108,7 +110,7 @@ def export(settings: Settings, out_dir: Path, start_ms: int | None, end_ms: int 
     written = 0
     if len(outcomes):
         ids = [outcomes.layers[i].router_ids[0] for i in range(outcomes.num_layers)]
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = RedisAccess.from_settings(settings).client(5.0)
         archive = RedisTableArchive(client, RedisKeys(settings.namespace, table_set_id(ids)), len(ids))
         files = DirectoryTableArchive(out_dir / TABLES_DIR, len(ids))
 

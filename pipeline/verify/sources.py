@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from pipeline.engine.certificates import Certificate, CertificateError, decode_certificate
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
-from pipeline.stream.topics import TopicError, partition_ids
+from pipeline.stream.kafka_access import KafkaAccess, kafka_access
+from pipeline.stream.topics import TopicError, partition_ids, refusal
 
 T = TypeVar("T")
 KAFKA_PREFIX = "kafka:"
@@ -48,19 +49,21 @@ def file_lines(path: Path) -> Iterator[tuple[str, bytes]]:
                 yield f"{path} line {number}", line
 
 
-async def topic_records(bootstrap: str, topic: str, start_ms: int | None = None, end_ms: int | None = None,
+async def topic_records(bootstrap: KafkaAccess | str, topic: str, start_ms: int | None = None, end_ms: int | None = None,
                         progress: Callable[[int], None] | None = None) -> list[tuple[str, bytes]]:
     """(where, value) of the topic's records in the time range (all partitions, offset order)."""
     try:
         partitions = await partition_ids(bootstrap, topic)
     except TopicError as exc:
         raise VerifyInputError(str(exc)) from None
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
+    access = kafka_access(bootstrap)
+    consumer = access.consumer(group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
+                               fetch_max_bytes=32 << 20)
     try:
         await consumer.start()
-    except KafkaConnectionError:
-        raise VerifyInputError(f"cannot reach Kafka at {bootstrap}") from None
+    except KafkaError as exc:
+        await consumer.stop()
+        raise VerifyInputError(refusal(access, exc)) from None
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -123,7 +126,7 @@ def certificates_of(records: list[tuple[str, bytes]]) -> list[Certificate]:
     return decode_all(records, decode_certificate)
 
 
-def read_records(source: str, bootstrap: str, start_ms: int | None = None, end_ms: int | None = None,
+def read_records(source: str, bootstrap: KafkaAccess | str, start_ms: int | None = None, end_ms: int | None = None,
                  progress: Callable[[int], None] | None = None) -> list[tuple[str, bytes]]:
     """The raw records of a file or ``kafka:TOPIC`` source."""
     if is_topic(source):
