@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     """Execute parsed arguments; returns the exit code.  Raises StackError on failure."""
     stack = LocalStack(args.state_dir)
     if args.action == "secrets":
-        out = generate(args.out or stack.secrets_dir, args.namespace)
+        out = generate(args.out or stack.secrets_dir, args.namespace, 0o644 if args.out else 0o600)
         print(f"secrets in {out.root} (CA, server certificate, Kafka SCRAM and Redis ACL users admin, router, "
-              f"stats for namespace {args.namespace}); files are private (0600): never commit them")
+              f"stats for namespace {args.namespace}); directory 0700: never commit them")
         return 0
     if args.action == "up":
         free = 0 if args.free_ports else None

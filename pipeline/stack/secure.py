@@ -1,6 +1,7 @@
 """Throwaway credentials for a secured local stack (or a compose deployment): ``var stack secrets``.
 
-One directory holds everything (files 0600, the directory 0700)::
+One directory holds everything (the directory 0700; the files 0600, or 0644 for docker compose,
+whose containers read them as other users -- deploy/README.md, "Permissions")::
 
     ca.pem ca.key                 a local CA (openssl), valid 30 days
     server.pem server.key         the brokers' and Redis' certificate (SANs: localhost, 127.0.0.1,
@@ -54,8 +55,9 @@ class StackSecrets:
         return self.path("server-keystore.pem")
 
 
-def generate(root: Path | str, namespace: str = "default") -> StackSecrets:
-    """Create whatever is missing in ``root``; the ACL file is rewritten for ``namespace``."""
+def generate(root: Path | str, namespace: str = "default", file_mode: int = 0o600) -> StackSecrets:
+    """Create whatever is missing in ``root``; the ACL file is rewritten for ``namespace``; every
+    file gets ``file_mode``."""
     out = StackSecrets(Path(root).resolve())
     out.root.mkdir(parents=True, exist_ok=True)
     os.chmod(out.root, 0o700)
@@ -69,6 +71,9 @@ def generate(root: Path | str, namespace: str = "default") -> StackSecrets:
         acl_user_rule(namespace, role, role, hashlib.sha256(out.password("redis", role).encode()).hexdigest())
         for role in ROLES]
     _write_private(out.path("redis-users.acl"), "\n".join(rules) + "\n")
+    for path in out.root.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            os.chmod(path, file_mode)
     return out
 
 

@@ -87,6 +87,20 @@ def test_replay_through_the_secured_stack_matches_an_open_run(secured, secrets, 
     assert not leaked, leaked
 
 
+def test_stats_worker_publishes_tables_as_its_own_user(secured, tmp_path):
+    """Cold start: only the stats worker (logged in as ``stats``) makes tables, the routers (as
+    ``router``) pick them up."""
+    source = SyntheticSource(SyntheticSpec(vocab_size=1000, num_streams=8, tokens_per_stream=2500, seed=3))
+    run = role_settings(secured).with_(refresh_every=2000, refresh_interval_s=1.0, log_level="info")
+    report, _ = run_kafka_replay(source, run, KafkaReplayOptions(workers=2, message_size=8, stats_worker=True,
+                                                                 cold=True, log_dir=tmp_path))
+    got = report.to_dict()
+    assert got["completeness"]["complete"], got["completeness"]
+    assert len(got["table"]["versions_seen"]) >= 2 and got["tiers"]["fast"] > 0, got["table"]
+    stats_log = next(tmp_path.rglob("stats.log")).read_text()
+    assert "published table" in stats_log and "NOPERM" not in stats_log
+
+
 async def _count(client: aioredis.Redis, pattern: str) -> int:
     return len([k async for k in client.scan_iter(match=pattern, count=1000)])
 

@@ -27,17 +27,6 @@ PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 METRICS_PORT = 9100
 
-# Settings the "Secured deployment" work adds to pipeline/settings.py on another branch. Until that
-# lands here, the compose files may already use them. TO THE MERGER: delete PENDING_SETTINGS and
-# PENDING_SECRET_SETTINGS (and their two uses below) once pipeline/settings.py has these fields;
-# the tests then check the names against pipeline.settings alone.
-PENDING_SETTINGS = {
-    "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_USERNAME", "KAFKA_PASSWORD", "KAFKA_CA_FILE",
-    "KAFKA_CERT_FILE", "KAFKA_KEY_FILE", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_CA_FILE", "REDIS_CERT_FILE",
-    "REDIS_KEY_FILE", "VAR_METRICS_HOST",
-}
-PENDING_SECRET_SETTINGS = {"KAFKA_PASSWORD", "REDIS_PASSWORD"}
-
 _INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
 
 
@@ -65,12 +54,12 @@ def environment(service: dict) -> dict[str, str]:
 
 
 def setting_env_names() -> set[str]:
-    return {f.metadata["env"] for f in setting_fields()} | PENDING_SETTINGS
+    return {f.metadata["env"] for f in setting_fields()}
 
 
 def secret_setting_env_names() -> set[str]:
     """Secret settings (left out of the repr): each can also be read from a file, ``<ENV>_FILE``."""
-    return {f.metadata["env"] for f in setting_fields() if not f.repr} | PENDING_SECRET_SETTINGS
+    return {f.metadata["env"] for f in setting_fields() if f.metadata["secret"]}
 
 
 def unknown_settings(env: dict[str, str]) -> list[str]:
