@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 
@@ -26,11 +26,11 @@ def add_settings(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
     add_arguments(parser, tuple(names))
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    """Resolve :class:`Settings` from the environment and whatever flags ``args`` carries."""
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve :class:`Settings` from the environment (or ``env``) and whatever flags ``args`` carries."""
     names = {f.name for f in setting_fields()}
     cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return Settings.load(cli=cli)
+    return Settings.load(env=env, cli=cli)
 
 
 def add_synthetic_arguments(parser: argparse.ArgumentParser, default_tokens: int = 65536) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from pipeline.settings import Settings
 from pipeline.stack import cli as stack_cli
 from pipeline.stack.local_stack import LocalStack
+from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.workers import worker_env
 
 from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_settings, settings_from
@@ -40,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.metrics_port_base < 0:
         raise UserError("--workers and --metrics-port-base must be >= 0")
-    args.namespace = settings_from(args).namespace  # the Redis namespace of a secured stack's ACL users
+    # the Redis namespace of a secured stack's ACL users (a running one's, unless given)
+    args.namespace = settings_from(args, _stack_env(LocalStack(args.state_dir))).namespace
     code = stack_cli.run(args)
     if args.action == "up" and (args.workers or args.stats_worker):
         stack = LocalStack(args.state_dir)
@@ -50,13 +53,20 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def _stack_env(stack: LocalStack) -> dict[str, str]:
+    """Our environment, with a secured stack's operator settings (admin.env) laid over it."""
+    return {**os.environ, **(stack.operator_env() or {})}
+
+
 def _worker_settings(args: argparse.Namespace, stack: LocalStack) -> Settings:
     kafka, redis = stack.address("kafka"), stack.address("redis")
     if not kafka or not redis:
         raise UserError("workers need both kafka and redis running in this stack")
     # The stack's own --partitions is the broker's num.partitions, not the workers' VAR_PARTITIONS.
     own = {k: v for k, v in vars(args).items() if k != "partitions"}
-    settings = settings_from(argparse.Namespace(**own)).with_(kafka_bootstrap=kafka, redis_url=redis)
+    # A secured stack: the workers start from the operator's settings (admin.env), then log in as
+    # their own roles (router.env, stats.env).
+    settings = settings_from(argparse.Namespace(**own), _stack_env(stack)).with_(kafka_bootstrap=kafka, redis_url=redis)
     from pipeline.assembly import is_model
 
     if settings.vocab_size is None and not is_model(settings):  # a model router brings its own vocabulary
@@ -65,7 +75,8 @@ def _worker_settings(args: argparse.Namespace, stack: LocalStack) -> Settings:
         settings = settings.with_(vocab_size=DEFAULT_VOCAB)
     from pipeline.stream.topics import ensure_topics, pipeline_topics
 
-    asyncio.run(ensure_topics(kafka, pipeline_topics(settings), settings.replication_factor))
+    asyncio.run(ensure_topics(KafkaAccess.from_settings(settings), pipeline_topics(settings),
+                              settings.replication_factor))
     return settings
 
 

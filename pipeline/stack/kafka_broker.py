@@ -25,7 +25,7 @@ from . import process
 from .errors import StackError, require_tool
 from .ports import LOCALHOST, is_port_free, is_port_open
 from .process import ProcessInfo
-from .secure import StackSecrets, scram_format_args, secure_broker_config
+from .secure import ROLES, StackSecrets, scram_format_args, secure_broker_config
 from .service import Service
 
 KAFKA_VERSION = "3.9.2"
@@ -287,9 +287,10 @@ class KafkaBroker(Service):
         ]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
-            raise StackError(
-                f"kafka storage format failed (exit {result.returncode})", result.stdout + result.stderr
-            )
+            output = result.stdout + result.stderr
+            for role in ROLES if self.secrets else ():  # the tool may echo its --add-scram arguments
+                output = output.replace(self.secrets.password("kafka", role), "***")
+            raise StackError(f"kafka storage format failed (exit {result.returncode})", output)
 
     def _started(self, log_offset: int) -> bool:
         with open(self.log_path, "rb") as log:

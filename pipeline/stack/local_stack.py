@@ -19,7 +19,7 @@ from .kafka_broker import KafkaBroker
 from .ports import free_port
 from .process import ProcessInfo
 from .redis_server import RedisServer
-from .secure import StackSecrets, generate, write_env_files
+from .secure import StackSecrets, generate, read_env_file, write_env_files
 
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
@@ -86,6 +86,14 @@ class LocalStack:
             if secrets is not None and _alive(state.get("kafka")) and _alive(state.get("redis")):
                 write_env_files(secrets, state["kafka"]["address"], state["redis"]["address"], namespace)
         return self.status()
+
+    def operator_env(self) -> dict[str, str] | None:
+        """The operator's settings of this stack when it runs secured (``admin.env``), else None."""
+        rec = self._load().get("kafka")
+        path = self.secrets_dir / "admin.env"
+        if not (_alive(rec) and rec and rec.get("secure") and path.exists()):
+            return None
+        return read_env_file(path)
 
     @property
     def secrets_dir(self) -> Path:

@@ -77,6 +77,20 @@ def generate(root: Path | str, namespace: str = "default", file_mode: int = 0o60
     return out
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments and blank lines skipped; no quoting, no expansion)."""
+    env = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise StackError(f"{path} line {number}: expected KEY=VALUE")
+        env[key.strip()] = value.strip()
+    return env
+
+
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

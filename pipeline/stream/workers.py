@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.settings import Settings, settings_env
+from pipeline.stack.secure import read_env_file
 
 
 class WorkerFailed(RuntimeError):
@@ -45,20 +46,6 @@ class WorkerProcess:
 
 
 ROLES = ("router", "stats")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines (``#`` comments and blank lines skipped; no quoting, no expansion)."""
-    env = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise WorkerFailed(f"{path} line {number}: expected KEY=VALUE")
-        env[key.strip()] = value.strip()
-    return env
 
 
 def with_role(env: dict[str, str], settings: Settings, role: str) -> dict[str, str]:

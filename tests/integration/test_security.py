@@ -9,8 +9,10 @@ ACL users, from ``LocalStack.up(secure=True)`` (the same code as ``var stack up 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -23,12 +25,14 @@ from pipeline.corpus.synthetic import SyntheticSpec
 from pipeline.settings import Settings
 from pipeline.sources import SyntheticSource
 from pipeline.stack.local_stack import LocalStack
-from pipeline.stack.secure import ROLES, StackSecrets
+from pipeline.stack.secure import ROLES, StackSecrets, read_env_file
 from pipeline.stores.redis_access import RedisAccess
 from pipeline.stream.kafka_access import KafkaAccess
-from pipeline.stream.kafka_replay import KafkaReplayOptions, run_kafka_replay
+from pipeline.stream.kafka_replay import KafkaReplayOptions, run_kafka_replay, scoped_settings
 from pipeline.stream.topics import TopicError, ensure_topics
-from pipeline.stream.workers import read_env_file
+from pipeline.verify.gather import gather
+from pipeline.verify.run import verify
+from pipeline.verify.sources import KAFKA_PREFIX
 
 NAMESPACE = "secured"
 # No table refresh during the run: both runs route with the offline table, so the fast-path
@@ -82,8 +86,13 @@ def test_replay_through_the_secured_stack_matches_an_open_run(secured, secrets, 
     # the workers logged in as their own users: the router user's cache entries exist
     pattern = f"var:{NAMESPACE}-{got['completeness']['run_id']}:dc:*"
     assert asyncio.run(_redis_call(RedisAccess.from_settings(secure_run), lambda c: _count(c, pattern))) > 0
+    # verify reads the run back as the operator: both topics over SASL_SSL, the table archive over
+    # TLS, the certificates' MACs with the key the routers sealed them with
+    scoped = scoped_settings(secure_run, got["completeness"]["run_id"], 1000)
+    verified = verify(gather(scoped, KAFKA_PREFIX + scoped.topic_outcomes, None, None, None, None))
+    assert verified.ok, verified.render()
     leaked = _scan_for_secrets(secret_values(secrets), [secured.state_dir, tmp_path],
-                               [str(got), repr(secure_run)])
+                               [str(got), repr(secure_run), verified.render()])
     assert not leaked, leaked
 
 
@@ -168,7 +177,7 @@ def test_router_redis_user_cannot_write_tables_or_read_other_namespaces(secured)
     assert asyncio.run(_redis_call(router, lambda c: c.get(table))) == b"blob"  # the router reads
     assert asyncio.run(_redis_call(router, lambda c: c.set(f"var:{NAMESPACE}:dc:r:0:00", b"d", px=1000)))
     for call in (lambda c: c.set(table, b"forged"), lambda c: c.set(f"var:{NAMESPACE}:fp:r:current", b"9"),
-                 lambda c: c.get("var:other:fp:r:current"), lambda c: c.get(f"var:other:dc:r:0:00"),
+                 lambda c: c.get("var:other:fp:r:current"), lambda c: c.get("var:other:dc:r:0:00"),
                  lambda c: c.set(f"var:{NAMESPACE}:stats:r:snapshot", b"x"), lambda c: c.flushall()):
         with pytest.raises(NoPermissionError):
             asyncio.run(_redis_call(router, call))
@@ -186,3 +195,24 @@ def test_cli_outputs_never_show_secrets(secured, secrets):
         outputs.append(result.stdout + result.stderr)
     assert "<set>" in outputs[0]  # the secrets are there, masked
     assert not _scan_for_secrets(secret_values(secrets), [], outputs)
+
+
+def test_stack_up_starts_workers_on_the_secured_stack_as_router(secured):
+    """``var stack up --workers 1`` on a secured stack: the worker gets the operator's settings
+    and the router login without the caller loading any file, and registers in Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "VAR_"))}
+    argv = [sys.executable, "-m", "pipeline", "stack", "up", "--secure", "--state-dir", str(secured.state_dir),
+            "--workers", "1", "--vocab-size", "1000"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    admin = RedisAccess.from_settings(role_settings(secured))
+    try:
+        deadline = time.monotonic() + 90
+        while not asyncio.run(_redis_call(admin, lambda c: _count(c, f"var:{NAMESPACE}:workers:*"))):
+            assert time.monotonic() < deadline, "the worker never registered"
+            assert secured.status()["router-0"]["alive"], Path(secured.status()["router-0"]["log"]).read_text()
+            time.sleep(1)
+    finally:
+        secured.stop_process("router-0")
+    log = Path(secured.state_dir / "logs" / "router-0.log").read_text()
+    assert not any(v in log for v in secret_values(StackSecrets(secured.secrets_dir)))

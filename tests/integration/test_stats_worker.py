@@ -149,11 +149,14 @@ def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path, capsys)
     outcomes = got.outcomes()
     fifths = [float(np.mean(part == Tier.LEARNED)) for part in np.array_split(outcomes.layers[0].tiers, 5)]
     versions = sorted(set(outcomes.layers[0].table_versions.tolist()))
+    # The worker saves its snapshot right after publishing, so once the snapshot has counted every
+    # outcome the current table is one built from all of them (read earlier, it may be one built
+    # from part of the traffic, under load: a race of the test, not of the worker).
+    snap = loop.wait_counted(loop.tokens)
     final, offline = loop.current_table(), offline_table(loop)
     both = final.eligible & offline.eligible
     share = offline.frequency / offline.frequency.sum()
     overlap, traffic_overlap = both.sum() / offline.size, share[both].sum() / share[offline.eligible].sum()
-    snap = loop.wait_counted(loop.tokens)
     refresher = build_refresher(loop.settings)
     refresher.restore(loop.redis.get(loop.keys.stats_snapshot))
     late = [r for r in refresher.report()[0] if r["predicted_learned_share"] is not None and r["outcomes"] >= 500]

@@ -11,12 +11,12 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.settings import Settings, SettingsError, redact_url, secret_fields
-from pipeline.stack.secure import ROLES, generate, scram_format_args, secure_broker_config, write_env_files
+from pipeline.stack.secure import ROLES, generate, read_env_file, scram_format_args, secure_broker_config, write_env_files
 from pipeline.stack.kafka_broker import render_config
 from pipeline.stores.keys import acl_key_selectors
 from pipeline.stores.redis_access import RedisAccess
 from pipeline.stream.kafka_access import KafkaAccess
-from pipeline.stream.workers import read_env_file, worker_env
+from pipeline.stream.workers import worker_env
 
 
 @pytest.fixture(scope="module")
