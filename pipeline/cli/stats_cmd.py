@@ -167,9 +167,8 @@ async def _layers(client: Any, keys: Any, version: int) -> int:
 async def _load_current(settings: Settings, layer: int = 0) -> tuple[RoutingTable, dict[str, Any] | None]:
     from pipeline.stores.base import StoreUnavailable
     from pipeline.stores.keys import RedisKeys
-    from pipeline.stores.redis_store import RedisRoutingStore
-
     from pipeline.stores.redis_access import RedisAccess
+    from pipeline.stores.redis_store import RedisRoutingStore
 
     access = RedisAccess.from_settings(settings)
     client = access.client(5.0)

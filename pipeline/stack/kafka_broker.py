@@ -278,19 +278,31 @@ class KafkaBroker(Service):
             raise StackError(f"{self.config_path} differs from this broker's settings (ports, node id, ...)")
 
     def _format(self, java: str) -> None:
-        argv = [
-            java, *TOOL_JVM_FLAGS,
-            f"-Dlog4j.configuration={(RESOURCES / 'tools-log4j.properties').as_uri()}",
-            "-cp", str(self.lib_dir / "*"), "kafka.tools.StorageTool",
-            "format", "-t", self.cluster_id or new_cluster_id(), "-c", str(self.config_path),
-            *(scram_format_args(self.secrets) if self.secrets else ()),
-        ]
+        self._tool(java, "kafka.tools.StorageTool", "storage format", "format", "-t",
+                   self.cluster_id or new_cluster_id(), "-c", str(self.config_path),
+                   *(scram_format_args(self.secrets) if self.secrets else ()))
+
+    def grant(self, acls: list[list[str]]) -> None:
+        """Add ACLs (``kafka-acls --add`` arguments each) with Kafka's own AclCommand, as the
+        secured stack's admin; StackError when one fails."""
+        if self.secrets is None:
+            raise StackError("ACLs need a secured broker")
+        java = require_tool("java")
+        for args in acls:
+            self._tool(java, "kafka.admin.AclCommand", "kafka-acls", "--bootstrap-server", self.bootstrap,
+                       "--command-config", str(self.secrets.admin_client_config()), "--add", "--force", *args)
+
+    def _tool(self, java: str, main_class: str, what: str, *args: str) -> None:
+        """Run one of Kafka's command-line tools from the broker's jars; StackError on failure
+        (its output scrubbed of the stack's passwords, which some tools echo)."""
+        argv = [java, *TOOL_JVM_FLAGS, f"-Dlog4j.configuration={(RESOURCES / 'tools-log4j.properties').as_uri()}",
+                "-cp", str(self.lib_dir / "*"), main_class, *args]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
             output = result.stdout + result.stderr
-            for role in ROLES if self.secrets else ():  # the tool may echo its --add-scram arguments
+            for role in ROLES if self.secrets else ():
                 output = output.replace(self.secrets.password("kafka", role), "***")
-            raise StackError(f"kafka storage format failed (exit {result.returncode})", output)
+            raise StackError(f"kafka {what} failed (exit {result.returncode})", output)
 
     def _started(self, log_offset: int) -> bool:
         with open(self.log_path, "rb") as log:

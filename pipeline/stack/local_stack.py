@@ -13,13 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from pipeline.settings import Settings
+
 from . import process
 from .errors import StackError
 from .kafka_broker import KafkaBroker
 from .ports import free_port
 from .process import ProcessInfo
 from .redis_server import RedisServer
-from .secure import StackSecrets, generate, read_env_file, write_env_files
+from .secure import StackSecrets, generate, kafka_acls, read_env_file, write_env_files
 
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
@@ -170,6 +172,8 @@ class LocalStack:
             secrets=secrets,
         )
         proc = broker.start()
+        if secrets is not None:
+            broker.grant(kafka_acls(Settings.load()))  # the topic and group names of this environment
         return _record("kafka", proc, broker.bootstrap, broker.log_path, home=str(broker.home),
                        secure=secrets is not None)
 

@@ -25,6 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.settings import Settings
 from pipeline.stores.keys import ROLE_KEYS, acl_user_rule
 
 from .errors import StackError, require_tool
@@ -53,6 +54,14 @@ class StackSecrets:
     @property
     def keystore(self) -> Path:
         return self.path("server-keystore.pem")
+
+    def admin_client_config(self) -> Path:
+        """A Kafka client config (kafka-acls, kafka-topics ``--command-config``) for the admin user."""
+        path = self.path("kafka-admin-client.properties")
+        _write_private(path, "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+                             f"sasl.jaas.config={_scram_login('admin', self.password('kafka', 'admin'))}\n"
+                             f"ssl.truststore.type=PEM\nssl.truststore.location={self.ca}\n")
+        return path
 
 
 def generate(root: Path | str, namespace: str = "default", file_mode: int = 0o600) -> StackSecrets:
@@ -165,14 +174,17 @@ def secure_broker_config(plain: str, out: StackSecrets, port: int) -> str:
     for line in plain.splitlines():
         key, sep, value = line.partition("=")
         lines.append(f"{key}={replaced[key](value)}" if sep and key in replaced else line)
-    jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" '
-            f'password="{out.password("kafka", "admin")}";')
+    jaas = _scram_login("admin", out.password("kafka", "admin"))
     lines += [
         "", "############ security (pipeline/stack/secure.py) ############",
         "sasl.enabled.mechanisms=SCRAM-SHA-512", "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
         f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}",
         "ssl.keystore.type=PEM", f"ssl.keystore.location={out.keystore}",
         "ssl.truststore.type=PEM", f"ssl.truststore.location={out.ca}", "ssl.client.auth=none",
+        # Authorization: only what kafka_acls() grants. The broker reaches its (plain-text,
+        # loopback) controller listener as ANONYMOUS, which must be a super user in KRaft.
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users=User:admin;User:ANONYMOUS", "allow.everyone.if.no.acl.found=false",
     ]
     return "\n".join(lines) + "\n"
 
@@ -183,3 +195,31 @@ def scram_format_args(out: StackSecrets) -> list[str]:
     for role in ROLES:
         args += ["--add-scram", f"SCRAM-SHA-512=[name={role},password={out.password('kafka', role)}]"]
     return args
+
+
+def _scram_login(user: str, password: str) -> str:
+    return f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
+
+
+def kafka_acls(settings: Settings) -> list[list[str]]:
+    """``kafka-acls --add`` arguments granting each role what it uses, by topic and group name
+    prefixes from ``settings`` (so run-scoped ``<topic>-<run id>`` names are covered too):
+
+    - router: read the token topic in its consumer group (the app id); write outcomes, dead
+      letters and certificates; everything on its Faust internal topics (``<app id>-...``:
+      the windows changelog, the leader topic);
+    - stats: read the outcome topic in its group; see (describe) the other pipeline topics;
+    - admin (operators: replay, verify, topic creation) is a super user.
+    """
+    s = settings
+    prefixed = ["--resource-pattern-type", "prefixed"]
+    def grant(role: str, ops: tuple[str, ...], topics: tuple[str, ...], groups: tuple[str, ...] = ()) -> list[str]:
+        return ["--allow-principal", f"User:{role}", *[a for op in ops for a in ("--operation", op)],
+                *[a for t in topics for a in ("--topic", t)], *[a for g in groups for a in ("--group", g)], *prefixed]
+    return [
+        grant("router", ("Read", "Describe"), (s.topic_tokens,), (s.app_id,)),
+        grant("router", ("Write", "Describe"), (s.topic_outcomes, s.topic_deadletter, s.topic_certificates)),
+        grant("router", ("All",), (s.app_id,)),
+        grant("stats", ("Read", "Describe"), (s.topic_outcomes,), (s.stats_group,)),
+        grant("stats", ("Describe",), (s.topic_tokens, s.topic_deadletter, s.topic_certificates)),
+    ]

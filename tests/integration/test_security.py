@@ -216,3 +216,27 @@ def test_stack_up_starts_workers_on_the_secured_stack_as_router(secured):
         secured.stop_process("router-0")
     log = Path(secured.state_dir / "logs" / "router-0.log").read_text()
     assert not any(v in log for v in secret_values(StackSecrets(secured.secrets_dir)))
+
+
+async def _produce(access: KafkaAccess, topic: str) -> None:
+    producer = access.producer(request_timeout_ms=10_000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"x")
+    finally:
+        await producer.stop()
+
+
+def test_kafka_users_may_only_do_what_their_role_needs(secured):
+    """The broker's authorizer: the stats user cannot write outcomes, the router user cannot
+    write tokens nor touch a topic outside the pipeline's names; the right user can."""
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    admin, router = (KafkaAccess.from_settings(role_settings(secured, role)) for role in ("admin", "router"))
+    stats = KafkaAccess.from_settings(role_settings(secured, "stats"))
+    topics = {"var-outcomes-acl": 1, "var-tokens-acl": 1, "unrelated-acl": 1}
+    asyncio.run(ensure_topics(admin, topics))
+    asyncio.run(_produce(router, "var-outcomes-acl"))  # allowed: routers write outcomes
+    for user, topic in ((stats, "var-outcomes-acl"), (router, "var-tokens-acl"), (router, "unrelated-acl")):
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(asyncio.wait_for(_produce(user, topic), 60))

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.settings import Settings, SettingsError, redact_url, secret_fields
-from pipeline.stack.secure import ROLES, generate, read_env_file, scram_format_args, secure_broker_config, write_env_files
+from pipeline.stack.secure import (ROLES, generate, kafka_acls, read_env_file, scram_format_args, secure_broker_config,
+                                   write_env_files)
 from pipeline.stack.kafka_broker import render_config
 from pipeline.stores.keys import acl_key_selectors
 from pipeline.stores.redis_access import RedisAccess
@@ -130,6 +131,8 @@ def test_secure_broker_config_has_no_plaintext_client_listener(secrets_dir, tmp_
     assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
     assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512" and props["ssl.keystore.type"] == "PEM"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["allow.everyone.if.no.acl.found"] == "false"
     args = scram_format_args(secrets)
     assert [a.split("name=")[1].split(",")[0] for a in args if a.startswith("SCRAM")] == list(ROLES)
 
@@ -148,3 +151,17 @@ def test_local_workers_log_in_with_their_own_role(secrets_dir):
     assert Settings.load(env=router).kafka_password == (secrets_dir / "kafka-router.password").read_text().strip()
     assert Settings.load(env=stats).redis_username == "stats"
     assert router["VAR_NAMESPACE"] == "ns"  # the run's settings, not overwritten by the login
+
+
+def test_kafka_acls_grant_each_role_its_topics_and_groups_by_prefix():
+    settings = Settings.load(env={})
+    acls = [" ".join(a) for a in kafka_acls(settings)]
+    assert all(a.endswith("--resource-pattern-type prefixed") for a in acls)
+    router = [a for a in acls if "User:router" in a]
+    stats = [a for a in acls if "User:stats" in a]
+    assert any("--operation Read" in a and "--topic var-tokens" in a and "--group var-router" in a for a in router)
+    assert any("--operation Write" in a and "--topic var-outcomes" in a for a in router)
+    assert not any("--operation Write" in a and "var-tokens" in a for a in router)
+    assert any("--operation Read" in a and "--topic var-outcomes" in a and "--group var-stats" in a for a in stats)
+    assert not any("Write" in a or "All" in a for a in stats)
+    assert not any("User:admin" in a for a in acls)  # a super user
