@@ -64,6 +64,8 @@ PER_TOKEN = ("experts", "weights", "confidence", "entropy", "tier", "ctx")
 _TIER_CODE = {label: code for code, label in enumerate(TIER_LABELS)}
 _KEY_CODE = {label: code for code, label in enumerate(KEY_LABELS)}
 _AUDIT_VALUES = (-1, 0, 1)
+_TIER_TEXT = np.asarray(TIER_LABELS, dtype=object)  # code -> label, indexable by a code array
+_KEY_TEXT = np.asarray(KEY_LABELS, dtype=object)
 
 
 class OutcomeError(ValueError):
@@ -109,7 +111,7 @@ def encode_outcomes(result: Routed, message_index: np.ndarray, worker: str) -> l
         record["prev"] = prevs[a]
         record["worker"] = worker
         record["layers"] = [layer.record(a, b) for layer in layers]
-        out.append((stream.encode(), orjson.dumps(record)))
+        out.append((stream.encode(), orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)))
     return out
 
 
@@ -120,13 +122,16 @@ class _LayerLists:
         d = result.decisions
         self.common = {"layer": d.layer, "router_id": d.router_id, "table_version": d.table_version}
         self.position = result.position
-        self.columns = {"experts": d.experts.tolist(), "weights": d.weights.tolist(),
-                        "confidence": d.confidence.tolist(), "entropy": d.entropy.tolist(),
-                        "tier": [TIER_LABELS[t] for t in d.tiers.tolist()],
-                        "key": [KEY_LABELS[k] for k in d.key_kinds().tolist()], "ctx": d.ctx_hash.tolist()}
+        # Numeric columns stay numpy arrays: orjson writes them directly (OPT_SERIALIZE_NUMPY),
+        # float32 values as their shortest float32 text, which reads back bit-exact.
+        self.columns: dict[str, Any] = {
+            "experts": np.ascontiguousarray(d.experts), "weights": np.ascontiguousarray(d.weights),
+            "confidence": np.ascontiguousarray(d.confidence), "entropy": np.ascontiguousarray(d.entropy),
+            "tier": _TIER_TEXT[d.tiers].tolist(), "key": _KEY_TEXT[d.key_kinds()].tolist(),
+            "ctx": np.ascontiguousarray(d.ctx_hash)}
         self.audits = d.audit_results()
         if (self.audits >= 0).any():
-            self.columns["audit"] = self.audits.tolist()
+            self.columns["audit"] = np.ascontiguousarray(self.audits)
 
     def record(self, a: int, b: int) -> dict[str, Any]:
         rec: dict[str, Any] = dict(self.common, pos=self.position + a)

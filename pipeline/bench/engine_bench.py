@@ -102,15 +102,21 @@ def _median_rate(samples: list[float], tokens: int) -> float:
     return tokens / statistics.median(samples)
 
 
-def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
-               progress: Callable[[str], None] = lambda _: None) -> dict[str, object]:
-    """Benchmark one router size; returns tokens/s per candidate, ratios and VAR's tier mix."""
+def prepare_size(size: str, settings: Settings, cfg: EngineBenchConfig,
+                 progress: Callable[[str], None] = lambda _: None) -> tuple[Settings, TorchRouter, RoutingTable, list[EventBatch]]:
+    """The settings, router and offline-built table of one router size, and the online batches."""
     s = settings.with_(hidden=PRESETS[size]["hidden"], experts=PRESETS[size]["num_experts"])
     train, online = _events(s, cfg)
     router = build_router(router_spec(s, s.vocab_size or 1000), s.device)
     progress(f"{size}: offline phase")
     stats = collect_statistics(router, train, s.window, pair_cap=stats_pair_cap(s.pair_cap))
-    table = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
+    return s, router, build_table(stats, thresholds(s), s.top_k, router.router_id, 1), online
+
+
+def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
+               progress: Callable[[str], None] = lambda _: None) -> dict[str, object]:
+    """Benchmark one router size; returns tokens/s per candidate, ratios and VAR's tier mix."""
+    s, router, table, online = prepare_size(size, settings, cfg, progress)
     tokens = sum(len(b) for b in online)
     run_batched(router, online[:3], s.window)  # warm-up
     batched, var = [], []

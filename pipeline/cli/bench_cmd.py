@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     eng.add_argument("--sizes", default="seed,large", help="router sizes: seed, large (comma-separated)")
     eng.add_argument("--json", action="store_true", help="print a JSON object with the ratios")
+    eng.add_argument("--profile", action="store_true",
+                     help="instead: microseconds per token of each stage of the router worker's batch path")
+    eng.add_argument("--message-size", type=int, default=16, help="--profile: tokens per token message (default 16)")
     add_settings(eng, ("router", "top_k", "window", "seed", "device", "budget", "budget_window", "governor",
                        "train_fraction",
                        "batch_size", "cache_size", "cache_scope", "min_frequency", "max_entropy", "static_below"))
@@ -49,12 +52,27 @@ def run_engine(args: argparse.Namespace) -> int:
         raise UserError("--tokens, --train-tokens, --per-token-sample and --repeats must be >= 1")
     cfg = EngineBenchConfig(args.tokens, args.train_tokens, args.per_token_sample, args.repeats, sizes)
     say = (lambda msg: print(f"bench: {msg}", file=sys.stderr)) if not args.json else (lambda msg: None)
+    if args.profile:
+        return _run_profile(args, settings, cfg, say)
     results = [bench_size(size, settings, cfg, say) for size in sizes]
     if args.json:
         print_json({"benchmark": "engine", "results": results,
                     "ratios": {r["size"]: r["ratio_var_vs_batched"] for r in results}})
     else:
         print(render(results))
+    return 0
+
+
+def _run_profile(args: argparse.Namespace, settings, cfg: EngineBenchConfig, say) -> int:
+    from pipeline.bench.engine_profile import profile_size, render_profile
+
+    if args.message_size < 1:
+        raise UserError("--message-size must be >= 1")
+    results = [profile_size(size, settings, cfg, args.message_size, say) for size in cfg.sizes]
+    if args.json:
+        print_json({"benchmark": "engine profile", "results": results})
+    else:
+        print(render_profile(results))
     return 0
 
 

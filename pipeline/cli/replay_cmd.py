@@ -48,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     kafka.add_argument("--cold", action="store_true", help="start the routers with an empty fast-path table (the training split is still "
                             "held back, so the online events are the same as in a normal replay)")
     kafka.add_argument("--stats-worker", action="store_true", help="also run the stats refresher worker")
-    kafka.add_argument("--idle-timeout", type=float, default=90.0, help="give up after this long without outcomes")
+    kafka.add_argument("--idle-timeout", type=float, default=None,
+                       help="give up after this long without outcomes (default 150 s: longer than a worker's "
+                            "own Kafka request timeout)")
     kafka.add_argument("--rate", type=float, default=None, help="produce at most this many tokens per second")
     kafka.add_argument("--log-dir", default=".var/logs", help="worker logs (default .var/logs/RUN)")
     add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample", "quality_bound_pct") + SERVICE_SETTINGS)
@@ -110,15 +112,17 @@ def _run_model(args: argparse.Namespace, settings: Settings, source: CorpusSourc
 
 def _kafka_options(args: argparse.Namespace) -> KafkaReplayOptions:
     """The --via kafka flags, checked (UserError on a bad value)."""
-    from pipeline.stream.kafka_replay import KafkaReplayOptions
+    from pipeline.stream.kafka_replay import IDLE_TIMEOUT_S, KafkaReplayOptions
 
+    if args.idle_timeout is not None and args.idle_timeout <= 0:
+        raise UserError("--idle-timeout must be > 0 seconds")
     if args.workers < 0 or (args.workers == 0 and not args.attach) or args.message_size < 1:
         raise UserError("--workers must be >= 1 (or 0 with --attach) and --message-size >= 1")
     if args.rate is not None and args.rate <= 0:
         raise UserError("--rate must be > 0")
     return KafkaReplayOptions(workers=0 if args.attach else args.workers, message_size=args.message_size,
                               attach=args.attach, cold=args.cold, stats_worker=args.stats_worker,
-                              idle_timeout_s=args.idle_timeout, log_dir=Path(args.log_dir), rate=args.rate)
+                              idle_timeout_s=args.idle_timeout or IDLE_TIMEOUT_S, log_dir=Path(args.log_dir), rate=args.rate)
 
 
 def _run_kafka(args: argparse.Namespace, settings: Settings, source: CorpusSource) -> ReplayReport:

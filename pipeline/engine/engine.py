@@ -28,14 +28,16 @@ from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from .audit import AGREED, DISAGREED, NOT_AUDITED, audit_selected, router_calls, same_expert_sets
+from .audit import AGREED, DISAGREED, audit_selected, router_calls, same_expert_sets
 from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
-from .context import ContextResult, Rejection, StreamWindow, build_contexts
+from .context import ContextResult, StreamWindow, build_contexts
 from .events import DecisionBatch, EventBatch, KeyKind, Tier, tier_key_counts
+from .route_types import DecisionRows, EngineCounters, RoutePlan, RouteResult
 from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
 from .pairs import previous_tokens
+from .profile import StageClock, lap
 from .table import Lookup, RoutingTable
 
 
@@ -60,51 +62,6 @@ class EngineConfig:
             raise ValueError("audit rate must be within [0, 1]")
 
 
-@dataclass(slots=True)
-class RoutePlan:
-    """The pure first half of routing a batch (see module docstring)."""
-
-    events: EventBatch  # accepted events only
-    accepted: np.ndarray  # bool over the input batch: which events were routed
-    contexts: np.ndarray
-    ctx_hash: np.ndarray
-    keys: np.ndarray  # uint64 [n]
-    unique_keys: list[int]
-    inverse: np.ndarray  # keys[i] == unique_keys[inverse[i]]; -1 for events not looked up
-    windows: dict[str, StreamWindow]
-    rejections: list[Rejection]
-
-
-@dataclass(slots=True)
-class RouteResult:
-    """Decisions for the accepted events, the new windows, rejections and cache writes."""
-
-    events: EventBatch
-    accepted: np.ndarray  # bool over the input batch
-    position: int  # engine decision index of the first decision (the governor's clock)
-    contexts: np.ndarray  # int64 [n, W], what the learned router sees for each event
-    decisions: DecisionBatch
-    windows: dict[str, StreamWindow]
-    rejections: list[Rejection]
-    cache_keys: list[int]  # confident learned decisions to write back ...
-    cache_values: list[bytes]  # ... packed with cache.encode_decisions
-
-
-@dataclass(slots=True)
-class EngineCounters:
-    """Running totals since the engine started."""
-
-    decisions: int = 0
-    tiers: np.ndarray = field(default_factory=lambda: np.zeros(len(Tier), dtype=np.int64))
-    tier_keys: np.ndarray = field(default_factory=lambda: np.zeros((len(Tier), len(KeyKind)), dtype=np.int64))
-    cache_lookups: int = 0
-    cache_hits: int = 0
-    router_calls: int = 0  # batched router calls (not rows)
-    rejected: int = 0
-    audits: int = 0  # fast-path decisions audited (each one learned-router call at its position)
-    audit_agreed: int = 0  # of which the router's top-k set agreed
-
-
 class VAREngine:
     """Routes batches for one router and one MoE layer; holds the governor and the table."""
 
@@ -121,6 +78,7 @@ class VAREngine:
         self.governor = BudgetGovernor(config.budget)
         self.ledger = WindowLedger(config.budget.window)
         self.counters = EngineCounters()
+        self.profile: StageClock | None = None  # attach one to time the stages (see .profile)
         self.set_table(table)
 
     @property
@@ -145,6 +103,7 @@ class VAREngine:
     def prepare(self, batch: EventBatch, windows: Mapping[str, StreamWindow]) -> RoutePlan:
         """Contexts, context hashes and cache keys for the batch (pure; no store access)."""
         ctx = build_contexts(batch, windows, self.window)
+        lap(self.profile, "contexts")
         return self.plan(batch, ctx)
 
     def plan(self, batch: EventBatch, ctx: ContextResult) -> RoutePlan:
@@ -154,10 +113,12 @@ class VAREngine:
         contexts = ctx.contexts[:, ctx.contexts.shape[1] - self.window:]
         hashes = context_hash(contexts[:, :-1])
         keys = cache_key(hashes, events.tokens, self.config.layer)
+        lap(self.profile, "hashing")
         inverse = np.full(len(keys), -1, dtype=np.int64)
         looked = (np.ones(len(keys), bool) if self.config.cache_scope == "all"
                   else ~self.resolve(contexts, events.tokens).eligible)
         unique, inverse[looked] = np.unique(keys[looked], return_inverse=True)
+        lap(self.profile, "cache lookup")
         return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
                          ctx.rejections)
 
@@ -165,12 +126,15 @@ class VAREngine:
         """Assign tiers and produce decisions, given the cache lookups for ``plan.unique_keys``."""
         n, k = len(plan.events), self.router.spec.top_k
         position = self.counters.decisions
-        out = _DecisionArrays.allocate(n, k)
+        out = DecisionRows.allocate(n, k)
+        lap(self.profile, "decision arrays")
         hit = self._fill_cache_hits(plan, cached, out)
+        lap(self.profile, "cache lookup")
         tokens = plan.events.tokens
         lookup = self.resolve(plan.contexts, tokens)
         fast = np.flatnonzero(~hit & lookup.eligible)
         out.fill(fast, *self.table.routes(lookup, fast, tokens), Tier.FAST, lookup.kind[fast])
+        lap(self.profile, "fast path")
         audit = fast[audit_selected(plan.keys[fast], position + fast, self.config.audit_rate)]
         misses = np.flatnonzero(~hit & ~lookup.eligible)
         write_keys, write_values = self._route_misses(plan, misses, audit, out, lookup)
@@ -178,6 +142,7 @@ class VAREngine:
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
                                   out.keys, out.audits)
         self._count(decisions, len(plan.rejections), int((plan.inverse >= 0).sum()))
+        lap(self.profile, "decision arrays")
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, write_keys, write_values)
 
@@ -201,13 +166,16 @@ class VAREngine:
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
         plan = self.prepare(batch, windows)
-        result = self.complete(plan, self.cache.get_many(plan.unique_keys))
+        cached = self.cache.get_many(plan.unique_keys)
+        lap(self.profile, "cache lookup")
+        result = self.complete(plan, cached)
         if result.cache_keys:
             self.cache.put_many(result.cache_keys, result.cache_values)
         windows.update(result.windows)
+        lap(self.profile, "cache write")
         return result
 
-    def _fill_cache_hits(self, plan: RoutePlan, cached: Sequence[bytes | None], out: "_DecisionArrays") -> np.ndarray:
+    def _fill_cache_hits(self, plan: RoutePlan, cached: Sequence[bytes | None], out: "DecisionRows") -> np.ndarray:
         """Fill rows whose key was found; returns the hit mask over events."""
         found = [u for u, value in enumerate(cached) if value is not None]
         if not found:
@@ -221,7 +189,7 @@ class VAREngine:
         out.fill(hit, hits.experts[take], hits.weights[take], hits.confidence[take], hits.entropy[take], Tier.CACHE)
         return hit
 
-    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, audit: np.ndarray, out: "_DecisionArrays",
+    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, audit: np.ndarray, out: "DecisionRows",
                       lookup: Lookup) -> tuple[list[int], list[bytes]]:
         """Governor in decision order, one batched router call, in-batch repeats, fallbacks, audits.
 
@@ -245,15 +213,18 @@ class VAREngine:
         miss_slot = slot[inverse]
         is_first = np.zeros(len(misses), dtype=bool)
         is_first[first] = True
+        lap(self.profile, "governor")
         fallback = misses[miss_slot < 0]
         if len(fallback):
             kinds = lookup.kind[fallback]
             tiers = np.where(kinds == KeyKind.PRIOR, Tier.PRIOR, Tier.BUDGET_FALLBACK)
             out.fill(fallback, *self.table.routes(lookup, fallback, plan.events.tokens), tiers, kinds)
+        lap(self.profile, "fast path")
         if len(learned_rows) + len(audit_rows) == 0:
             return [], []
         both = self.router.route(plan.contexts[np.concatenate((learned_rows, audit_rows))])
         self.counters.router_calls += 1
+        lap(self.profile, "router")
         m = len(learned_rows)
         agree = same_expert_sets(out.experts[audit_rows], both.experts[m:])
         out.audits[audit_rows] = np.where(agree, AGREED, DISAGREED)
@@ -264,7 +235,10 @@ class VAREngine:
             src = miss_slot[repeat]
             out.fill(misses[repeat], res.experts[src], res.weights[src], res.confidence[src], res.entropy[src],
                      Tier.CACHE)
-        return self._cache_writes(plan.keys[learned_rows], res)
+        lap(self.profile, "decision arrays")
+        writes = self._cache_writes(plan.keys[learned_rows], res)
+        lap(self.profile, "cache write")
+        return writes
 
     def _cache_writes(self, keys: np.ndarray, res: RouterOutput) -> tuple[list[int], list[bytes]]:
         keep = res.confidence >= self.config.cache.min_confidence
@@ -286,29 +260,3 @@ class VAREngine:
         c.audits += int((audits >= 0).sum())
         c.audit_agreed += int((audits == AGREED).sum())
         self.ledger.record(router_calls(tiers, audits))
-
-
-@dataclass(slots=True)
-class _DecisionArrays:
-    experts: np.ndarray
-    weights: np.ndarray
-    confidence: np.ndarray
-    entropy: np.ndarray
-    tiers: np.ndarray
-    keys: np.ndarray
-    audits: np.ndarray
-
-    @classmethod
-    def allocate(cls, n: int, k: int) -> "_DecisionArrays":
-        return cls(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.float32),
-                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8), np.zeros(n, np.int8),
-                   np.full(n, NOT_AUDITED, np.int8))
-
-    def fill(self, rows: np.ndarray, experts, weights, confidence, entropy, tier, key=KeyKind.EXACT) -> None:
-        """Rows ``rows`` get these values; ``tier``/``key``: one value or one per row."""
-        self.experts[rows] = experts
-        self.weights[rows] = weights
-        self.confidence[rows] = confidence
-        self.entropy[rows] = entropy
-        self.tiers[rows] = tier
-        self.keys[rows] = key

@@ -23,6 +23,7 @@ import numpy as np
 from .context import Rejection, StreamWindow, build_contexts
 from .engine import RoutePlan, RouteResult, VAREngine
 from .events import EventBatch
+from .profile import StageClock, lap
 from .table import RoutingTable
 
 
@@ -67,6 +68,13 @@ class LayeredEngine:
             raise ValueError("layer engines must be given in layer order 0, 1, ...")
         self.layers = list(layers)
         self.window = max(e.window for e in self.layers)
+        self.profile: StageClock | None = None
+
+    def attach_profile(self, clock: StageClock | None) -> None:
+        """Time every layer's stages on ``clock`` (None: stop timing)."""
+        self.profile = clock
+        for engine in self.layers:
+            engine.profile = clock
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -80,6 +88,7 @@ class LayeredEngine:
 
     def prepare(self, batch: EventBatch, windows: Mapping[str, StreamWindow]) -> LayeredPlan:
         ctx = build_contexts(batch, windows, self.window)
+        lap(self.profile, "contexts")
         plans = [engine.plan(batch, ctx) for engine in self.layers]
         return LayeredPlan(plans[0].events, ctx.accepted, ctx.windows, ctx.rejections, plans)
 

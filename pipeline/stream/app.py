@@ -36,7 +36,6 @@ from typing import Any
 import faust
 from redis.exceptions import RedisError
 
-from pipeline.engine.context import StreamWindow
 from pipeline.engine.events import Tier
 from pipeline.assembly import build_engine, build_routers, engine_config, is_model, model_vocab
 from pipeline.observability import RouterMetrics, configure_logging, serve_metrics

@@ -39,6 +39,10 @@ class Collected:
     last_at: float | None = None
     stream_prefix: str = ""  # only outcomes of streams with this prefix count (attached replays)
     layers: tuple[int, ...] | None = None  # the layers every outcome must carry (set by the first)
+    # After an idle timeout: outcome partition -> (records read up to, log end). Every position at
+    # its end means the workers never produced the rest; one behind means this consumer stalled.
+    unread: dict[int, tuple[int, int]] | None = None
+    unrouted: dict[int, tuple[int, int]] | None = None  # token partition -> (committed, end), same case
 
     @property
     def distinct(self) -> int:
@@ -98,13 +102,22 @@ async def collect(bootstrap: KafkaAccess | str, outcome_topic: str, expected: in
                     bar.update(got.distinct - before)
                     last_progress = time.monotonic()
                 elif time.monotonic() - last_progress > idle_timeout_s:
-                    log.warning("no outcome for %.0f s; stopping with %d of %d", idle_timeout_s, got.distinct, expected)
+                    got.unread = await _positions(consumer, outcome_topic)
+                    log.warning("no outcome for %.0f s; stopping with %d of %d (outcome partition: read/end %s)",
+                                idle_timeout_s, got.distinct, expected, got.unread)
                     break
             if deadletter_topic:
                 await _drain(consumer, got, outcome_topic)
     finally:
         await consumer.stop()
     return got
+
+
+async def _positions(consumer: AIOKafkaConsumer, topic: str) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic``: this consumer's position and the log end offset."""
+    tps = sorted((tp for tp in consumer.assignment() if tp.topic == topic), key=lambda tp: tp.partition)
+    ends = await consumer.end_offsets(tps)
+    return {tp.partition: (await consumer.position(tp), ends[tp]) for tp in tps}
 
 
 async def _drain(consumer: AIOKafkaConsumer, got: Collected, outcome_topic: str) -> None:

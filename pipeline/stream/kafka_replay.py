@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from pipeline.assembly import is_model
@@ -40,6 +41,7 @@ from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import router_mismatch, running_workers
 
 from .collector import Collected, collect
+from .continuity import KafkaOffsets
 from .timeline import outcome_timeline
 from .kafka_access import KafkaAccess
 from .producer import produce_chunks, rechunk
@@ -50,6 +52,12 @@ from .workers import WorkerPool
 log = logging.getLogger(__name__)
 
 
+# The collector's patience: longer than a router worker's Kafka request timeout (90 s, see
+# ``app.faust_settings``), since a worker whose fetch or send hangs waits that long before it
+# reconnects and retries -- a stall of that length delays outcomes, it does not lose them.
+IDLE_TIMEOUT_S = 150.0
+
+
 @dataclass
 class KafkaReplayOptions:
     workers: int = 1
@@ -58,7 +66,7 @@ class KafkaReplayOptions:
     cold: bool = False
     stats_worker: bool = False
     rate: float | None = None
-    idle_timeout_s: float = 90.0
+    idle_timeout_s: float = IDLE_TIMEOUT_S
     log_dir: Path = Path(".var/logs")
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
@@ -117,6 +125,20 @@ def _check_workers(pool: WorkerPool) -> None:
         raise crashed[0].failure("the replay's router workers stopped")
 
 
+async def _router_frontier(run: Settings) -> dict[int, tuple[int, int]]:
+    """Per token partition: the router group's committed offset and the log end."""
+    offsets = KafkaOffsets(KafkaAccess.from_settings(run), run.app_id, run.topic_tokens)
+    try:
+        partitions = list(range(run.partitions))
+        starts, ends = await offsets.start(partitions), await offsets.end(partitions)
+        return {p: (starts[p], ends[p]) for p in partitions}
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        log.warning("cannot read the router group's offsets: %r", exc)
+        return {}
+    finally:
+        await offsets.close()
+
+
 def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaReplayOptions, progress: bool,
                            wait_for_group_s: float = 0.0) -> tuple[Collected, float, list[str]]:
     """Start ``opts.workers`` router processes (and the stats worker if asked) with the run's
@@ -139,6 +161,9 @@ def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaR
                 wait_for_tables(run, pool)
         got = Collected(stream_prefix=f"{opts.run_id}/" if opts.attach else "")
         start = asyncio.run(_produce_and_collect(chunks, run, opts, pool, progress, got))
+        if got.unread is not None:  # timed out: say whether the routers or the collector stopped
+            got.unrouted = asyncio.run(_router_frontier(run))
+            log.warning("token partition: committed/end %s", got.unrouted)
         _check_workers(pool)
         exits = [f"{w.name} (exit {w.process.returncode}, log {w.log_path})" for w in pool.workers if not w.alive()]
     finally:
@@ -154,7 +179,9 @@ def completeness_section(got: Collected, have: np.ndarray, context_mismatches: i
     return {"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
             "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
             "deadletters": len(got.deadletters), "context_mismatches": context_mismatches,
-            "complete": bool(have.all()) and got.invalid == 0 and context_mismatches == 0, "run_id": run_id}
+            "complete": bool(have.all()) and got.invalid == 0 and context_mismatches == 0, "run_id": run_id,
+            **({"stalled": {"outcomes_read_end": got.unread, "tokens_committed_end": got.unrouted}}
+               if got.unread is not None else {})}
 
 
 def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Settings) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

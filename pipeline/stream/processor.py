@@ -25,6 +25,7 @@ from pipeline.engine.context import REDELIVERED, StreamWindow
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import EventBatch, EventChunk
 from pipeline.engine.layered import LayeredEngine, LayeredResult
+from pipeline.engine.profile import lap
 from pipeline.engine.records import RecordError, parse_record_bytes
 from pipeline.outcomes import encode_outcomes
 from pipeline.stores.base import RoutingStore, StoreUnavailable
@@ -144,23 +145,30 @@ class RouterProcessor:
     async def process(self, messages: list[InMessage], lookup: WindowLookup) -> BatchOutput:
         """Route one batch; see the module docstring for the steps and guarantees."""
         out = BatchOutput()
+        profile = self.engine.profile
+        if profile is not None:
+            profile.start()
         chunks, origin = self._parse(messages, out)
         if not chunks:
             return out
         batch = EventBatch.from_chunks(chunks)
         windows = {name: w for name in batch.stream_names if (w := lookup(name)) is not None}
+        lap(profile, "parse")
         plan = self.engine.prepare(batch, windows)
         if self.learned_only:
             result = self.engine.complete_learned(plan)
         else:
             cached, version = await self.store.fetch(plan.unique_keys, [len(p.unique_keys) for p in plan.layers])
             await self._refresh_tables(version)
+            lap(profile, "cache lookup")
             result = self.engine.complete(plan, cached)
             await self.store.write(result.cache_keys, result.cache_values, [len(r.cache_keys) for r in result.layers])
+            lap(profile, "cache write")
         lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
         message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
         self._reject(batch, result, message_of_row, messages, out)
         out.outcomes = encode_outcomes(result, message_of_row[result.accepted], self.worker)
+        lap(profile, "outcome encoding")
         out.windows = result.windows
         out.routed = len(result.events)
         out.result = result

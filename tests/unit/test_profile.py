@@ -1,0 +1,84 @@
+"""The per-stage cost breakdown (``var bench engine --profile``) and the outcome encoding it led to."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.bench.engine_profile import batch_messages
+from pipeline.cli.main import main
+from pipeline.engine.events import EventBatch, EventChunk
+from pipeline.engine.profile import STAGES, StageClock, lap
+from pipeline.engine.records import parse_record_bytes
+from pipeline.outcomes import Outcomes, decode_outcome, encode_outcomes
+
+from .test_audit import layered_results
+
+
+def test_stage_clock_charges_each_moment_to_one_stage():
+    now = iter([0.0, 10.0, 11.0, 14.0, 20.0, 20.5, 22.0])
+    clock = StageClock(clock=lambda: next(now))  # the constructor reads 0.0
+    clock.start()  # 10.0: nothing before it counts
+    clock.lap("parse")  # 11.0
+    clock.lap("router")  # 14.0
+    clock.start()  # 20.0
+    lap(clock, "parse")  # 20.5
+    lap(None, "parse")  # no clock: nothing happens
+    clock.lap("outcome encoding")  # 22.0
+    assert clock.batches == 2
+    assert clock.seconds["parse"] == pytest.approx(1.5) and clock.seconds["router"] == pytest.approx(3.0)
+    assert clock.seconds["outcome encoding"] == pytest.approx(1.5) and clock.total_s == pytest.approx(6.0)
+    assert clock.per_token_us(3)["router"] == pytest.approx(1e6)
+    with pytest.raises(KeyError):
+        clock.lap("sorting")
+    with pytest.raises(ValueError):
+        clock.per_token_us(0)
+
+
+def test_batch_messages_are_token_messages_of_the_batch_in_stream_order():
+    chunks = [EventChunk(f"s{i % 3}", i // 3, (i,)) for i in range(20)]
+    batch = EventBatch.from_chunks(chunks)
+    messages = batch_messages(batch, 4, first_offset=100)
+    assert [m.offset for m in messages] == list(range(100, 100 + len(messages)))
+    parsed = [parse_record_bytes(m.value, m.offset) for m in messages]
+    assert all(len(c.tokens) <= 4 and m.key == c.stream.encode() for c, m in zip(parsed, messages))
+    for stream in ("s0", "s1", "s2"):
+        mine = [c for c in parsed if c.stream == stream]
+        assert [t for c in mine for t in c.tokens] == [i for i in range(20) if f"s{i % 3}" == stream]
+        assert [c.first_seq for c in mine] == list(range(0, len(mine) * 4, 4))
+
+
+def test_outcomes_carry_float32_decisions_bit_exact():
+    """Numeric columns are written by orjson from the arrays (shortest float32 text): decoding
+    gives back exactly the engine's float32 values and uint64 context hashes."""
+    for result in layered_results(0.2):
+        n = len(result.events)
+        for size in (1, 5):
+            records = encode_outcomes(result, np.arange(n) // size, "w")
+            got = Outcomes.concat([decode_outcome(v) for _, v in records]).layers[0]
+            d = result.layers[0].decisions
+            for name, want in (("weights", d.weights), ("confidence", d.confidence), ("entropy", d.entropy)):
+                assert getattr(got, name).dtype == np.float32
+                assert getattr(got, name).tobytes() == want.astype(np.float32).tobytes(), name
+            np.testing.assert_array_equal(got.experts, d.experts)
+            np.testing.assert_array_equal(got.ctx, d.ctx_hash)
+            np.testing.assert_array_equal(got.tiers, d.tiers)
+
+
+def test_bench_engine_profile_reports_every_stage(capsys):
+    args = ["bench", "engine", "--profile", "--sizes", "seed", "--tokens", "4000", "--train-tokens", "6000",
+            "--message-size", "8", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["tokens"] == 4000 and result["message_size"] == 8
+    stages = result["var_us_per_token"]
+    assert list(stages) == list(STAGES)
+    # every stage of the batch path ran (the router too: some tokens miss the table)
+    assert all(stages[s] > 0 for s in STAGES), stages
+    assert result["var_total_us"] == pytest.approx(sum(stages.values()))
+    assert 0 < result["learned_fraction"] < 1
+    assert set(result["batched_us_per_token"]) == {"contexts", "router"}
+    assert main(args[:-1]) == 0
+    table = capsys.readouterr().out
+    assert all(stage in table for stage in STAGES) and "total" in table
