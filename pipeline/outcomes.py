@@ -1,5 +1,9 @@
-"""Routing outcomes: the messages router workers publish, one per routed input message (a chunk
-longer than :func:`tokens_per_record` tokens gets several, each for consecutive seqs).
+"""Routing outcomes: the messages router workers publish. A worker writes one record per stream
+and routed batch -- the stream's consecutive seqs in that batch, whatever number of token
+messages brought them (a run longer than :func:`tokens_per_record` tokens gets several records).
+Per-token input therefore does not mean per-token outcomes; a reader must take every record as
+a run of ``len(tokens)`` events (the single-token form below is what a run of one looks like).
+With ``VAR_OUTCOME_RECORDS=message`` a worker writes one record per input message instead.
 
 An outcome mirrors its input record and carries the decision of EVERY MoE layer the workers
 route (one for a synthetic router, one per layer for a model). Format version 2, single token::
@@ -84,16 +88,18 @@ def tokens_per_record(layers: int) -> int:
     return max(1, MAX_OUTCOME_TOKENS // max(1, layers))
 
 
-def _pieces(message_index: np.ndarray, limit: int) -> list[tuple[int, int]]:
-    """Row ranges [a, b): one per run of equal message indices, cut every ``limit`` rows."""
-    starts = np.flatnonzero(np.concatenate(([True], message_index[1:] != message_index[:-1])))
-    ends = np.concatenate((starts[1:], [len(message_index)]))
+def _pieces(runs: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Row ranges [a, b): one per run of equal labels, cut every ``limit`` rows."""
+    starts = np.flatnonzero(np.concatenate(([True], runs[1:] != runs[:-1])))
+    ends = np.concatenate((starts[1:], [len(runs)]))
     return [(first, min(first + limit, end)) for begin, end in zip(starts.tolist(), ends.tolist())
             for first in range(begin, end, limit)]
 
 
-def encode_outcomes(result: Routed, message_index: np.ndarray, worker: str) -> list[tuple[bytes, bytes]]:
-    """(key, value) per input message with routed events; ``message_index`` labels each routed row."""
+def encode_outcomes(result: Routed, runs: np.ndarray, worker: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) per run of routed rows: ``runs`` labels each row, equal labels must be adjacent
+    rows of one stream with consecutive seqs (a worker passes its runs per stream,
+    :func:`~pipeline.stream.processor.record_runs`, or the index of each row's input message)."""
     ev = result.events
     if len(ev) == 0:
         return []
@@ -101,7 +107,7 @@ def encode_outcomes(result: Routed, message_index: np.ndarray, worker: str) -> l
     prevs = previous_tokens(result.layers[0].contexts).tolist()
     layers = [_LayerLists(r) for r in result.layers]
     out = []
-    for a, b in _pieces(message_index, tokens_per_record(len(layers))):
+    for a, b in _pieces(runs, tokens_per_record(len(layers))):
         stream = ev.stream_names[ev.stream_ids[a]]
         record: dict[str, Any] = {"v": OUTCOME_VERSION, "stream": stream, "seq": int(ev.seqs[a])}
         if b - a > 1:

@@ -171,6 +171,9 @@ class Settings:
     router_mode: str = _setting("var", "VAR_ROUTER_MODE", "router worker: var, learned (always the learned "
                                 "router; a baseline) or passthrough (forward only; the framework ceiling)",
                                 choices=("var", "learned", "passthrough"))
+    outcome_records: str = _setting("stream", "VAR_OUTCOME_RECORDS", "router: one outcome record per stream "
+                                    "and batch (stream; fewest sends) or one per token message (message)",
+                                    choices=("stream", "message"))
     app_id: str = _setting("var-router", "VAR_APP_ID", "Faust app id = consumer group of the router workers")
     take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch", _at_least(1))
     take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",

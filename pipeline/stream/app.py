@@ -156,7 +156,8 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
     # Outcomes name the worker *process* (name/incarnation): a restarted worker starts its governor
     # positions at 0 again, and the budget check must not mix the two runs.
     incarnation = f"{name}/{uuid.uuid4().hex[:6]}"
-    return RouterProcessor(engine, store, incarnation, learned_only=settings.router_mode == "learned"), store
+    return RouterProcessor(engine, store, incarnation, learned_only=settings.router_mode == "learned",
+                           records=settings.outcome_records), store
 
 
 def create_app(settings: Settings) -> RouterApp:

@@ -6,11 +6,16 @@ only I/O here, and it is an injected interface (Redis in production, memory in t
 
 The engine is a :class:`~pipeline.engine.layered.LayeredEngine`: every MoE layer of a model (or
 the one layer of a synthetic router), sharing the stream windows. Per batch: parse every message
-(bad ones go to the dead-letter list with the reason), build one EventBatch, compute contexts
+(bad ones go to the dead-letter list with the reason), build one EventBatch with each stream's
+events together (:func:`by_stream`: they become consecutive decisions), compute contexts
 from the streams' windows, ONE store fetch (every layer's cache keys + the table-set pointer),
 swap every layer's table if the set's version moved (the set is loaded whole, or not at all),
 route each layer (cache -> fast path -> learned, one router call per layer, its own governor),
-ONE store write of every layer's new decisions. The outcomes carry every layer's decisions. Events whose seq does not increase are dead-lettered -- unless their offset shows they
+ONE store write of every layer's new decisions. The outcomes carry every layer's decisions, one
+record per stream and batch (per run of consecutive seqs; long runs are cut at
+:func:`~pipeline.outcomes.tokens_per_record`), however many messages brought its tokens -- so
+per-token input costs one outcome send per stream and batch, not one per message. Events whose
+seq does not increase are dead-lettered -- unless their offset shows they
 are redeliveries of messages already routed before a crash or rebalance, which are skipped.
 """
 from __future__ import annotations
@@ -31,6 +36,22 @@ from pipeline.outcomes import encode_outcomes
 from pipeline.stores.base import RoutingStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def by_stream(chunks: list[EventChunk], origin: list[int]) -> tuple[list[EventChunk], list[int]]:
+    """The chunks (and their message indices) grouped by stream, each stream's in arrival order
+    (a stream lives on one partition, so that is its offset order): every stream's events are
+    then consecutive decisions, and one outcome record carries them all."""
+    order = sorted(range(len(chunks)), key=lambda i: chunks[i].stream)
+    return [chunks[i] for i in order], [origin[i] for i in order]
+
+
+def record_runs(events: EventBatch) -> np.ndarray:
+    """A label per routed event: equal for consecutive events of one stream with consecutive
+    seqs (what one outcome record may hold), new at every other row."""
+    sid, seqs = events.stream_ids, events.seqs
+    breaks = (sid[1:] != sid[:-1]) | (seqs[1:] != seqs[:-1] + 1)
+    return np.concatenate(([0], np.cumsum(breaks))).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +97,14 @@ class RouterProcessor:
     """Routes message batches with one (layered) engine and one routing store of as many layers."""
 
     def __init__(self, engine: LayeredEngine | VAREngine, store: RoutingStore, worker: str,
-                 learned_only: bool = False) -> None:
+                 learned_only: bool = False, records: str = "stream") -> None:
         """``learned_only``: the always-learned baseline (no store calls, every token routed).
+        ``records``: ``stream`` -- one outcome record per stream and batch; ``message`` -- one
+        per input message, in message order (the form before per-stream records).
         A bare :class:`VAREngine` is routed as a one-layer engine."""
+        if records not in ("stream", "message"):
+            raise ValueError(f"outcome records must be 'stream' or 'message', got {records!r}")
+        self.records = records
         self.engine = engine if isinstance(engine, LayeredEngine) else LayeredEngine([engine])
         if getattr(store, "layers", 1) != len(self.engine):
             raise ValueError(f"the routing store serves {getattr(store, 'layers', 1)} layers, "
@@ -151,6 +177,8 @@ class RouterProcessor:
         chunks, origin = self._parse(messages, out)
         if not chunks:
             return out
+        if self.records == "stream":
+            chunks, origin = by_stream(chunks, origin)
         batch = EventBatch.from_chunks(chunks)
         windows = {name: w for name in batch.stream_names if (w := lookup(name)) is not None}
         lap(profile, "parse")
@@ -167,7 +195,8 @@ class RouterProcessor:
         lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
         message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
         self._reject(batch, result, message_of_row, messages, out)
-        out.outcomes = encode_outcomes(result, message_of_row[result.accepted], self.worker)
+        runs = record_runs(result.events) if self.records == "stream" else message_of_row[result.accepted]
+        out.outcomes = encode_outcomes(result, runs, self.worker)
         lap(profile, "outcome encoding")
         out.windows = result.windows
         out.routed = len(result.events)

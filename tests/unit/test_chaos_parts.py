@@ -89,7 +89,7 @@ def test_interleave_keeps_good_order_and_puts_each_anchor_before_its_poison():
 def test_checks_fail_on_a_missing_event_a_wrong_context_and_a_stray_dead_letter():
     chunks = corpus(30)
     expected = corpus_context_hashes(chunks, 3)
-    processor, _, windows = make()
+    processor, _, windows = make(records="message")  # one-token records: one can go missing alone
     out = asyncio.run(processor.process(messages_for(chunks), windows.get))
     parts = [decode_outcome(v) for _, v in out.outcomes]
     seen = {(s, q) for p in parts for s, q in zip(p.streams, p.seqs.tolist())}

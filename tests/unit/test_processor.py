@@ -20,11 +20,11 @@ from pipeline.stream.processor import InMessage, RouterProcessor
 SPEC = RouterSpec(vocab_size=200, hidden=16, num_experts=4, top_k=2, window=3)
 
 
-def make(learned_only: bool = False) -> tuple[RouterProcessor, MemoryRoutingStore, dict]:
+def make(learned_only: bool = False, records: str = "stream") -> tuple[RouterProcessor, MemoryRoutingStore, dict]:
     router = build_router(SPEC)
     engine = VAREngine(router, RoutingTable.empty(200, 4, 2, router.router_id), EngineConfig(window=3))
     store = MemoryRoutingStore()
-    return RouterProcessor(engine, store, "w-test", learned_only), store, {}
+    return RouterProcessor(engine, store, "w-test", learned_only, records), store, {}
 
 
 def messages_for(chunks, partition: int = 0, start: int = 0) -> list[InMessage]:
@@ -51,7 +51,8 @@ def test_two_store_round_trips_per_batch_whatever_its_size():
 
 
 def test_outcomes_cover_every_event_once_and_mirror_the_input_shape():
-    processor, _, windows = make()
+    """``message`` records: one per input message, in message order."""
+    processor, _, windows = make(records="message")
     chunks = corpus(200, chunk=5)
     out = run(processor, messages_for(chunks), windows)
     decoded = Outcomes.concat([decode_outcome(v) for _, v in out.outcomes])
@@ -59,6 +60,32 @@ def test_outcomes_cover_every_event_once_and_mirror_the_input_shape():
     assert len(set(zip(decoded.streams, decoded.seqs.tolist()))) == len(decoded)
     assert all("tokens" in orjson.loads(v) for _, v in out.outcomes)
     assert [k.decode() for k, _ in out.outcomes] == [c.stream for c in chunks]
+
+
+def test_stream_records_carry_each_streams_run_of_a_batch():
+    """``stream`` records (the default): per-token messages of 3 streams give one record per
+    stream and batch, split only where seqs jump or a record would exceed its size; the
+    decisions are those of the per-message form, token for token."""
+    chunks = corpus(200)  # 600 one-token messages, streams interleaved
+    gap = [c for c in corpus(250)[600:] if c.stream == chunks[0].stream][:1]  # seq 200 -> a later seq
+    gap = [type(g)(g.stream, g.first_seq + 5, g.tokens, g.offset) for g in gap]
+    results = {}
+    for records in ("stream", "message"):
+        processor, _, windows = make(records=records)
+        results[records] = run(processor, messages_for(chunks + gap), windows).outcomes
+    per_stream, per_message = results["stream"], results["message"]
+    assert len(per_message) == len(chunks) + 1
+    assert len(per_stream) == 3 + 1  # one run per stream, and the run after the jump in seqs
+    assert sorted(k for k, _ in per_stream) == sorted([s.encode() for s in ("syn-0000", "syn-0001", "syn-0002")]
+                                                      + [gap[0].stream.encode()])
+    def by_event(outcomes):
+        decoded = Outcomes.concat([decode_outcome(v) for _, v in outcomes])
+        layer = decoded.layers[0]
+        return {(s, q): (layer.experts[i].tolist(), layer.tiers[i], int(layer.ctx[i]))
+                for i, (s, q) in enumerate(zip(decoded.streams, decoded.seqs.tolist()))}
+    a, b = by_event(per_stream), by_event(per_message)
+    assert len(a) == len(chunks) + 1 and set(a) == set(b)
+    assert all(a[e][2] == b[e][2] for e in a)  # same contexts; routes may differ only by governor order
 
 
 def test_bad_messages_are_dead_lettered_and_good_ones_routed():

@@ -81,7 +81,7 @@ class LoggingTable(dict):
 
 def agent_for(start: int = 0, fail: int = 0, error: Exception | None = None, passthrough: bool = False):
     log: list[str] = []
-    processor, _, _ = make()
+    processor, _, _ = make(records="message")  # one outcome per message: each send is countable
 
     async def starts(partitions):
         return {p: start for p in partitions}

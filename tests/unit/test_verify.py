@@ -30,9 +30,10 @@ KEY = b"test-secret"
 
 
 def routed_run(governor: bool = True, budget: float = 0.2, key: bytes | None = KEY, audit_rate: float = 0.0,
-               serving=None):
+               serving=None, records: str = "stream"):
     """(outcome lines, certificate lines, tables by version, router, corpus) of one worker;
-    ``serving``: the router the worker runs (default: the one the table was built from)."""
+    ``serving``: the router the worker runs (default: the one the table was built from);
+    ``records``: the worker's outcome record form."""
     router = build_router(SPEC)
     chunks = corpus(1500)
     stats = collect_statistics(router, iter_batches(chunks[:600], 256), 3)
@@ -41,7 +42,7 @@ def routed_run(governor: bool = True, budget: float = 0.2, key: bytes | None = K
     engine = VAREngine(serving or router, RoutingTable.empty(200, 4, 2, router.router_id), config)
     store = MemoryRoutingStore()
     version = asyncio.run(store.publish_tables([table]))
-    processor = RouterProcessor(engine, store, "w-test/abc123")
+    processor = RouterProcessor(engine, store, "w-test/abc123", records=records)
     certifier = WorkerCertifier(processor.worker, processor.engine.layers, key)
     windows: dict = {}
     outcomes, certs = [], []
@@ -62,9 +63,10 @@ def run_verify(outcomes, certs, tables, router, held, key: bytes | None = KEY, c
                                [(20, 100)], held if corpus_given else None, key))
 
 
-@pytest.fixture(scope="module")
-def clean():
-    return routed_run()
+@pytest.fixture(scope="module", params=["stream", "message"])
+def clean(request):
+    """A clean run, with outcomes in either record form (per stream and batch, per message)."""
+    return routed_run(records=request.param)
 
 
 def status(report) -> dict[str, str]:
@@ -86,6 +88,12 @@ def report_outcomes(run) -> Outcomes:
     return outcomes_of([("x", v) for v in run[0]])
 
 
+def _tiers(line: bytes) -> list[str]:
+    """Layer 0's tier of each token of an outcome line (either record shape)."""
+    tier = orjson.loads(line)["layers"][0]["tier"]
+    return tier if isinstance(tier, list) else [tier]
+
+
 def _edit(lines: list[bytes], index: int, change) -> list[bytes]:
     out = list(lines)
     record = orjson.loads(out[index])
@@ -100,13 +108,14 @@ def failing(report) -> set[str]:
 
 def test_a_dropped_outcome_is_caught(clean):
     outcomes, certs, *rest = clean
-    report = run_verify(outcomes[:100] + outcomes[101:], certs, *rest)
+    mid = len(outcomes) // 2
+    report = run_verify(outcomes[:mid] + outcomes[mid + 1:], certs, *rest)
     assert failing(report) == {"completeness", "certificates"}
 
 
 def test_a_duplicated_outcome_is_caught(clean):
     outcomes, certs, *rest = clean
-    report = run_verify(outcomes + [outcomes[50]], certs, *rest)
+    report = run_verify(outcomes + [outcomes[len(outcomes) // 2]], certs, *rest)
     assert "certificates" in failing(report)
 
 
@@ -120,15 +129,20 @@ def test_an_injected_outcome_is_caught(clean):
 
 def test_an_altered_expert_or_tier_is_caught(clean):
     outcomes, certs, *rest = clean
-    learned = next(i for i, v in enumerate(outcomes) if orjson.loads(v)["layers"][0]["tier"] == "learned")
+    learned, at = next((i, t) for i, v in enumerate(outcomes) for t, tier in enumerate(_tiers(v)) if tier == "learned")
 
     def flip_expert(record):
-        experts = record["layers"][0]["experts"]
+        layer = record["layers"][0]
+        experts = layer["experts"][at] if "tokens" in record else layer["experts"]
         experts[0] = next(e for e in range(4) if e not in experts)
     assert {"certificates", "exactness"} <= failing(run_verify(_edit(outcomes, learned, flip_expert), certs, *rest))
 
     def to_fast(record):
-        record["layers"][0]["tier"] = "fast"
+        layer = record["layers"][0]
+        if "tokens" in record:
+            layer["tier"][at] = "fast"
+        else:
+            layer["tier"] = "fast"
     assert "certificates" in failing(run_verify(_edit(outcomes, learned, to_fast), certs, *rest))
 
 
