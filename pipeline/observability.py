@@ -62,9 +62,20 @@ class RouterMetrics:
         self.audit_agreement = Gauge("var_audit_agreement", "Audited top-k agreement of the fast path so far, "
                                      "with its 95% Wilson interval (bound: estimate, low, high)",
                                      audit_labels + ["bound"], registry=r)
+        self.stage_seconds = Counter("var_stage_seconds", "Worker time per routing stage (pipeline.engine.profile)",
+                                     ["worker", "stage"], registry=r)
+        self._stage_seen: dict[str, float] = {}
         self.audit_ledger = AuditLedger()
         self._worker = worker
         self._seen = (0, 0, 0)
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        """Advance the per-stage counters to a stage clock's running totals."""
+        for stage, total in seconds.items():
+            delta = total - self._stage_seen.get(stage, 0.0)
+            if delta > 0:
+                self.stage_seconds.labels(worker=self._worker, stage=stage).inc(delta)
+                self._stage_seen[stage] = total
 
     def tier(self, tier: str) -> Counter:
         return self.decisions.labels(worker=self._worker, tier=tier)

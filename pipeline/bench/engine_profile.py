@@ -18,13 +18,16 @@ from typing import Callable
 from pipeline.assembly import build_engine, engine_config
 from pipeline.engine.context import StreamWindow, build_contexts
 from pipeline.engine.events import EventBatch, EventChunk, Tier
-from pipeline.engine.profile import STAGES, StageClock
+from pipeline.engine.profile import ENGINE_STAGES, STORE_STAGES, StageClock
 from pipeline.engine.records import encode_chunk
 from pipeline.settings import Settings
 from pipeline.stores.base import MemoryRoutingStore
 from pipeline.stream.processor import InMessage, RouterProcessor
 
 from .engine_bench import EngineBenchConfig, TorchRouter, prepare_size
+
+
+PROFILED = ENGINE_STAGES + STORE_STAGES  # the worker's Kafka stages are in ``var bench pipeline``
 
 
 def batch_messages(batch: EventBatch, message_size: int, first_offset: int) -> list[InMessage]:
@@ -89,7 +92,8 @@ def profile_size(size: str, settings: Settings, cfg: EngineBenchConfig, message_
     return {
         "size": size, "router_id": router.router_id, "device": s.device, "tokens": routed,
         "message_size": message_size, "batches": clock.batches,
-        "var_us_per_token": clock.per_token_us(routed), "var_total_us": 1e6 * clock.total_s / routed,
+        "var_us_per_token": {k: v for k, v in clock.per_token_us(routed).items() if k in PROFILED},
+        "var_total_us": 1e6 * clock.total_s / routed,
         "batched_us_per_token": {k: 1e6 * v / tokens for k, v in baseline.items()},
         "learned_fraction": int(c.tiers[Tier.LEARNED]) / max(1, c.decisions),
     }
@@ -99,7 +103,7 @@ def render_profile(results: list[dict[str, object]]) -> str:
     """One column of µs/token per router size: VAR's stages, its total, and the baseline's."""
     head = "".join(f"{str(r['size']) + ' VAR':>14}{'batched':>10}" for r in results)
     lines = [f"{'stage (µs/token)':<20}{head}", "-" * (20 + 24 * len(results))]
-    for stage in STAGES:
+    for stage in PROFILED:
         row = f"{stage:<20}"
         for r in results:
             var, base = r["var_us_per_token"], r["batched_us_per_token"]

@@ -23,14 +23,17 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.corpus.synthetic import SyntheticSpec, generate
 from pipeline.engine.events import EventChunk
 from pipeline.engine.offline import collect_statistics
 from pipeline.engine.pairs import stats_pair_cap
+from pipeline.engine.profile import STAGES
 from pipeline.engine.records import RecordError, encode_chunk, parse_record_bytes
 from pipeline.engine.routers import PRESETS, build_router
 from pipeline.engine.table import build_table
@@ -134,17 +137,34 @@ async def _drain(consumer: AIOKafkaConsumer, tokens: int, idle_s: float = 60.0) 
 
 
 def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    """The worker's metrics, parsed by prometheus_client: each sample name summed over its labels,
+    and ``stage:<name>`` for each stage of ``var_stage_seconds_total``."""
+    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """See :func:`_scrape`."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("var_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("var_"):
+                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+            if sample.name == "var_stage_seconds_total":
+                out[f"stage:{sample.labels['stage']}"] = float(sample.value)
     return out
 
 
+def stage_costs(metrics: dict[str, float]) -> dict[str, float]:
+    """µs per routed decision of each worker stage, from a scrape (empty without decisions)."""
+    decisions = metrics.get("var_decisions_total", 0.0)
+    if not decisions:
+        return {}
+    return {stage: 1e6 * metrics.get(f"stage:{stage}", 0.0) / decisions for stage in STAGES}
+
+
 async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_chunks: list[EventChunk],
-                   rate: float) -> dict[str, float]:
+                   rate: float, snapshot: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(throughput and latency figures, ``snapshot()`` taken right after the throughput phase)."""
     consumer = KafkaAccess.from_settings(run).consumer(run.topic_outcomes, group_id=None, auto_offset_reset="earliest",
                                                        fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
@@ -154,6 +174,7 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_c
         sender = asyncio.create_task(_send(KafkaAccess.from_settings(run), run.topic_tokens, throughput_chunks, None))
         _, _, last = await _drain(consumer, n1)
         await sender
+        metrics = snapshot()
         n2 = sum(len(c) for c in latency_chunks)
         sender = asyncio.create_task(_send(KafkaAccess.from_settings(run), run.topic_tokens, latency_chunks, rate))
         got, _, _ = await _drain(consumer, n2)
@@ -163,7 +184,7 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_c
     latencies = [ts - sent[(s, q)] for s, q, _, ts in got if (s, q) in sent]
     return {"tokens_per_s": n1 / max(last - first, 1e-9),
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
-            "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}
+            "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}, metrics
 
 
 def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus: list[EventChunk]) -> dict[str, object]:
@@ -185,18 +206,21 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
         [worker] = pool.start_routers(1)
         if not asyncio.run(wait_for_group(KafkaAccess.from_settings(run), run.app_id, 1, 120)):
             raise worker.failure(f"the bench worker of case {case.shape} {case.size} {case.mode} did not start")
-        result = asyncio.run(_measure(run, first, then, rate))
+        def snapshot() -> dict[str, float]:
+            try:
+                return _scrape(port) if case.mode != "passthrough" else {}
+            except OSError as exc:
+                raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
+        result, phase = asyncio.run(_measure(run, first, then, rate, snapshot))
         if not worker.alive():
             raise worker.failure(f"case {case.shape} {case.size} {case.mode} failed")
-        try:
-            metrics = _scrape(port) if case.mode != "passthrough" else {}
-        except OSError as exc:
-            raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
+        metrics = snapshot()
     finally:
         pool.stop_all()
     batches = metrics.get("var_batch_size_count", 0.0)
     result["redis_round_trips_per_batch"] = metrics.get("var_redis_round_trips_total", 0.0) / batches if batches else 0.0
     result["learned_share"] = metrics.get("var_learned_share", float("nan"))
+    result["stage_us_per_token"] = stage_costs(phase)  # the throughput phase only
     return {"shape": case.shape, "size": case.size, "mode": case.mode, "message_tokens": size, **result}
 
 
@@ -234,6 +258,21 @@ def render(results: list[dict[str, object]]) -> str:
                      f"{share:>9}")
     lines.append("")
     lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
+    return "\n".join(lines + ["", render_stages(results)])
+
+
+def render_stages(results: list[dict[str, object]]) -> str:
+    """Worker µs/token per stage (throughput phase) for each case that routed."""
+    routed = [r for r in results if r.get("stage_us_per_token")]
+    if not routed:
+        return ""
+    names = [f"{r['shape'][:5]}/{r['size']}/{r['mode']}" for r in routed]
+    width = max(12, *(len(n) + 1 for n in names))
+    lines = ["worker time per stage, µs/token (throughput phase; 'between batches' is time in Faust "
+             "receiving, or waiting)", f"{'stage':<18}" + "".join(f"{n:>{width}}" for n in names)]
+    for stage in STAGES:
+        lines.append(f"{stage:<18}" + "".join(f"{r['stage_us_per_token'][stage]:>{width}.2f}" for r in routed))  # type: ignore[index]
+    lines.append(f"{'total':<18}" + "".join(f"{sum(r['stage_us_per_token'].values()):>{width}.2f}" for r in routed))  # type: ignore[union-attr]
     return "\n".join(lines)
 
 

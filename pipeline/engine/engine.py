@@ -152,6 +152,7 @@ class VAREngine:
         position = self.counters.decisions
         res = self.router.route(plan.contexts)
         self.counters.router_calls += 1
+        lap(self.profile, "router")
         tiers = np.full(len(plan.events), Tier.LEARNED, np.int8)
         decisions = DecisionBatch(res.experts, res.weights, res.confidence, res.entropy, tiers, plan.ctx_hash,
                                   self.table.version, self.router.router_id, self.config.layer)

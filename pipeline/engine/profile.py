@@ -13,10 +13,15 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-# In the order a batch meets them; "cache lookup" includes the store's fetch (a Redis round trip
-# in the pipeline), "cache write" packing and storing the new decisions.
-STAGES: tuple[str, ...] = ("parse", "contexts", "hashing", "cache lookup", "fast path", "governor", "router",
-                           "decision arrays", "cache write", "outcome encoding")
+# In the order a batch meets them. "store fetch"/"store write" are the routing store's two calls
+# per batch (Redis round trips in a worker, the in-memory twin in the profile bench); the last
+# three are a router worker's own: publishing outcomes until Kafka acknowledged them, writing the
+# windows to their changelog, and the time between batches (Faust receiving, or no traffic).
+ENGINE_STAGES: tuple[str, ...] = ("parse", "contexts", "hashing", "cache lookup", "fast path", "governor", "router",
+                                  "decision arrays", "cache write", "outcome encoding")
+STORE_STAGES: tuple[str, ...] = ("store fetch", "store write")
+WORKER_STAGES: tuple[str, ...] = ("kafka send", "window writes", "between batches")
+STAGES: tuple[str, ...] = ENGINE_STAGES + STORE_STAGES + WORKER_STAGES
 
 
 class StageClock:
@@ -33,10 +38,18 @@ class StageClock:
         self.batches += 1
         self._mark = self._clock()
 
-    def lap(self, stage: str) -> None:
-        """``stage`` ended now: charge it the time since the previous lap (or :meth:`start`)."""
+    def charge(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere to ``stage`` (the time between two batches)."""
+        self.lap_check(stage)
+        self.seconds[stage] += seconds
+
+    def lap_check(self, stage: str) -> None:
         if stage not in self.seconds:
             raise KeyError(f"unknown routing stage {stage!r} (known: {', '.join(STAGES)})")
+
+    def lap(self, stage: str) -> None:
+        """``stage`` ended now: charge it the time since the previous lap (or :meth:`start`)."""
+        self.lap_check(stage)
         now = self._clock()
         self.seconds[stage] += now - self._mark
         self._mark = now

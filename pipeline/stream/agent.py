@@ -28,6 +28,8 @@ from typing import Awaitable, Callable, Protocol
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from pipeline.engine.profile import StageClock, lap
+
 from .certify import Record, WorkerCertifier
 from .continuity import OffsetContinuity
 from .processor import BatchOutput, DeadLetter, InMessage, RouterProcessor
@@ -80,6 +82,7 @@ class RouterAgent:
         self._unsent: list[Record] = []  # sealed certificates not yet sent
         self.idle = asyncio.Event()  # clear while a batch is being handled (the revoke waits for it)
         self.idle.set()
+        self._handled_at: float | None = None  # perf_counter when the last batch was handled
 
     async def handle(self, messages: list[InMessage]) -> BatchOutput | None:
         """Steps 2-6 for one batch of fresh messages (sorted by partition, offset).
@@ -90,6 +93,9 @@ class RouterAgent:
         after admission fails, the partitions are rewound to what was finished and re-fetched.
         """
         self.idle.clear()
+        profile = self.profile
+        if profile is not None and self._handled_at is not None:
+            profile.charge("between batches", time.perf_counter() - self._handled_at)
         try:
             if self.control.quiet():
                 self.counters.dropped_quiet += len(messages)
@@ -106,6 +112,7 @@ class RouterAgent:
                 return None
             return await self._finish(admitted)
         finally:
+            self._handled_at = time.perf_counter()
             self.idle.set()
 
     async def _finish(self, admitted: list[InMessage]) -> BatchOutput:
@@ -114,7 +121,9 @@ class RouterAgent:
             out = BatchOutput(outcomes=[(m.key, m.value) for m in admitted]) if self.processor is None \
                 else await self._route(admitted)  # type: ignore[misc]
             await self._publish_certified(out)
+            lap(self.profile, "kafka send")
             await self.windows.write(out.windows)
+            lap(self.profile, "window writes")
         except BaseException as exc:
             seeks = self.continuity.rewind({m.partition for m in admitted})
             log.error("a batch of %d messages failed after admission (%r); re-fetching from %s", len(admitted),
@@ -127,6 +136,11 @@ class RouterAgent:
         self.counters.batches += 1
         self.last_batch_at = time.monotonic()
         return out
+
+    @property
+    def profile(self) -> StageClock | None:
+        """The stage clock of the processor's engine, if one is attached (see :mod:`pipeline.engine.profile`)."""
+        return self.processor.engine.profile if self.processor is not None else None
 
     async def _route(self, messages: list[InMessage]) -> BatchOutput:
         assert self.processor is not None

@@ -36,7 +36,7 @@ from typing import Any
 import faust
 from redis.exceptions import RedisError
 
-from pipeline.engine.events import Tier
+from pipeline.engine.profile import StageClock
 from pipeline.assembly import build_engine, build_routers, engine_config, is_model, model_vocab
 from pipeline.observability import RouterMetrics, configure_logging, serve_metrics
 from pipeline.settings import Settings
@@ -46,11 +46,12 @@ from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import REFRESH_S, register
 
 from .agent import RouterAgent, Topics
+from .batch_metrics import record_batch
 from .certify import WorkerCertifier
 from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
 from .kafka_access import KafkaAccess
-from .processor import BatchOutput, InMessage, RouterProcessor
+from .processor import InMessage, RouterProcessor
 from .producer import MAX_REQUEST_BYTES
 from .window_state import WindowState
 from .workers import WorkerFailed
@@ -98,7 +99,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": max(20.0, 2 * settings.session_timeout_s),
         "broker_request_timeout": max(90.0, settings.session_timeout_s * 2),
         "broker_commit_interval": 1.0,
-        "producer_linger": 0.005,
+        # No linger: the agent enqueues a batch's records, then awaits their acks, twice per batch
+        # (outcomes, then windows) -- a linger only added its length to both waits.
+        "producer_linger": 0.0,
         "producer_max_request_size": MAX_REQUEST_BYTES,  # the same limit as the token producers
         # Bounded fetch rounds: a seek waits for the records already fetched to drain.
         "broker_max_poll_records": 2000,
@@ -164,6 +167,7 @@ def create_app(settings: Settings) -> RouterApp:
     """Build the router worker's Faust app (not started); the batch logic is :class:`RouterAgent`."""
     name = worker_name(settings)
     processor, store = build_processor(settings, name)
+    processor.engine.attach_profile(StageClock())  # a few clock reads per batch: always on
     app = faust.App(settings.app_id, **faust_settings(settings))
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
@@ -248,37 +252,6 @@ def create_app(settings: Settings) -> RouterApp:
                 log.exception("updating metrics failed")
 
     return RouterApp(app, processor, store, metrics, agent)
-
-
-def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchOutput, messages: int,
-                 seconds: float, offset_gaps: int) -> None:
-    """Update the worker's metrics after a routed batch (counters follow the engines' totals).
-
-    Tier counts add up every layer's decisions; the learned share, cache hit rate and window
-    maximum (learned calls + audits) are those of the layer with the highest (what the budget must
-    hold for each); audits are counted per layer and table version."""
-    layers, store = processor.engine.layers, processor.store
-    metrics.batch_size.observe(messages)
-    metrics.latency.observe(seconds)
-    if out.result is not None:
-        for layer in out.result.layers:
-            for tier, count in layer.decisions.tier_counts().items():
-                metrics.tier(tier).inc(count)
-        metrics.observe_audits(layer.decisions for layer in out.result.layers)
-    shares = [e.counters.tiers[Tier.LEARNED] / e.counters.decisions for e in layers if e.counters.decisions]
-    if shares:
-        metrics.learned_share.set(max(shares))
-    hits = [e.counters.cache_hits / e.counters.cache_lookups for e in layers if e.counters.cache_lookups]
-    if hits:
-        metrics.cache_hit_rate.set(min(hits))
-    metrics.window_max.set(max(e.ledger.max_window_fraction for e in layers))
-    metrics.table_version.set(processor.table_version)
-    metrics.deadletters.inc(len(out.deadletters))
-    metrics.redelivered.inc(out.redelivered)
-    metrics.observe_totals(getattr(store, "round_trips", 0), getattr(store, "degraded", 0), offset_gaps)
-    log.debug("batch of %d messages: %d routed, %d dead letters, %d redelivered", messages, out.routed,
-              len(out.deadletters), out.redelivered,
-              extra={"batch_messages": messages, "table_version": processor.table_version})
 
 
 def current_messages(events: list, generation: int | None) -> list[InMessage]:

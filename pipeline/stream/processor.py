@@ -188,10 +188,10 @@ class RouterProcessor:
         else:
             cached, version = await self.store.fetch(plan.unique_keys, [len(p.unique_keys) for p in plan.layers])
             await self._refresh_tables(version)
-            lap(profile, "cache lookup")
+            lap(profile, "store fetch")
             result = self.engine.complete(plan, cached)
             await self.store.write(result.cache_keys, result.cache_values, [len(r.cache_keys) for r in result.layers])
-            lap(profile, "cache write")
+            lap(profile, "store write")
         lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
         message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
         self._reject(batch, result, message_of_row, messages, out)

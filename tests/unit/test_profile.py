@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.bench.engine_profile import batch_messages
+from pipeline.bench.engine_profile import PROFILED, batch_messages
 from pipeline.cli.main import main
 from pipeline.engine.events import EventBatch, EventChunk
 from pipeline.engine.profile import STAGES, StageClock, lap
@@ -73,12 +73,30 @@ def test_bench_engine_profile_reports_every_stage(capsys):
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["tokens"] == 4000 and result["message_size"] == 8
     stages = result["var_us_per_token"]
-    assert list(stages) == list(STAGES)
+    assert list(stages) == list(PROFILED)
     # every stage of the batch path ran (the router too: some tokens miss the table)
-    assert all(stages[s] > 0 for s in STAGES), stages
+    assert all(stages[s] > 0 for s in PROFILED), stages
     assert result["var_total_us"] == pytest.approx(sum(stages.values()))
     assert 0 < result["learned_fraction"] < 1
     assert set(result["batched_us_per_token"]) == {"contexts", "router"}
     assert main(args[:-1]) == 0
     table = capsys.readouterr().out
-    assert all(stage in table for stage in STAGES) and "total" in table
+    assert all(stage in table for stage in PROFILED) and "total" in table
+
+
+def test_worker_stage_counters_scrape_into_microseconds_per_token():
+    from prometheus_client import generate_latest
+
+    from pipeline.bench.pipeline_bench import parse_metrics, stage_costs
+    from pipeline.observability import RouterMetrics
+
+    metrics = RouterMetrics("w-1")
+    metrics.tier("fast").inc(600)
+    metrics.tier("learned").inc(400)
+    metrics.observe_stages({"router": 0.002, "kafka send": 0.001})
+    metrics.observe_stages({"router": 0.003, "kafka send": 0.001})  # running totals: +1 ms router
+    costs = stage_costs(parse_metrics(generate_latest(metrics.registry).decode()))
+    assert list(costs) == list(STAGES)
+    assert costs["router"] == pytest.approx(3.0) and costs["kafka send"] == pytest.approx(1.0)
+    assert costs["parse"] == 0.0
+    assert stage_costs({}) == {}
