@@ -187,7 +187,9 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_c
             "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}, metrics
 
 
-def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus: list[EventChunk]) -> dict[str, object]:
+def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus: list[EventChunk],
+             workers: int = 1) -> dict[str, object]:
+    """One case with ``workers`` router processes (metrics: the first one's)."""
     preset = PRESETS[case.size]
     size = cfg.chunk_size if case.shape == "chunked" else 1
     total = cfg.chunked_tokens if case.shape == "chunked" else cfg.per_token_tokens
@@ -203,8 +205,11 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)
     pool = WorkerPool(run, cfg.log_dir / run.app_id)
     try:
-        [worker] = pool.start_routers(1)
-        if not asyncio.run(wait_for_group(KafkaAccess.from_settings(run), run.app_id, 1, 120)):
+        # each worker serves its metrics on a port of its own (the first one's are read)
+        started = [pool.start(f"router-{i}", settings=run.with_(metrics_port=port if i == 0 else free_port()))
+                   for i in range(workers)]
+        worker = started[0]
+        if not asyncio.run(wait_for_group(KafkaAccess.from_settings(run), run.app_id, workers, 120)):
             raise worker.failure(f"the bench worker of case {case.shape} {case.size} {case.mode} did not start")
         def snapshot() -> dict[str, float]:
             try:
@@ -212,8 +217,9 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
             except OSError as exc:
                 raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
         result, phase = asyncio.run(_measure(run, first, then, rate, snapshot))
-        if not worker.alive():
-            raise worker.failure(f"case {case.shape} {case.size} {case.mode} failed")
+        for w in started:
+            if not w.alive():
+                raise w.failure(f"case {case.shape} {case.size} {case.mode} failed")
         metrics = snapshot()
     finally:
         pool.stop_all()

@@ -35,7 +35,10 @@ def _register_pipeline(bsub: argparse._SubParsersAction) -> None:
         from pipeline.bench import pipeline_bench
     except ImportError:  # only where the Kafka client is not installed (e.g. a GPU box running bench engine)
         return
+    from pipeline.bench import scaling_bench
+
     pipeline_bench.register(bsub)
+    scaling_bench.register(bsub)
 
 
 def run_engine(args: argparse.Namespace) -> int:

@@ -100,3 +100,17 @@ def test_worker_stage_counters_scrape_into_microseconds_per_token():
     assert costs["router"] == pytest.approx(3.0) and costs["kafka send"] == pytest.approx(1.0)
     assert costs["parse"] == 0.0
     assert stage_costs({}) == {}
+
+
+def test_spread_gives_each_stream_a_consecutive_slice_interleaved():
+    from pipeline.bench.scaling_bench import spread
+
+    batches = spread(list(range(30)), 3)
+    events = [(b.stream_names[s], int(q), int(t)) for b in batches
+              for s, q, t in zip(b.stream_ids.tolist(), b.seqs, b.tokens)]
+    assert len(events) == 30
+    assert events[:3] == [("s000000", 0, 0), ("s000001", 0, 10), ("s000002", 0, 20)]  # round-robin
+    for name, first in (("s000000", 0), ("s000001", 10), ("s000002", 20)):
+        mine = [(q, t) for s, q, t in events if s == name]
+        assert mine == [(i, first + i) for i in range(10)]
+    assert sum(len(b) for b in spread(list(range(5000)), 7)) == 7 * (5000 // 7)
