@@ -176,7 +176,7 @@ class Settings:
                                     choices=("stream", "message"))
     app_id: str = _setting("var-router", "VAR_APP_ID", "Faust app id = consumer group of the router workers")
     take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch", _at_least(1))
-    take_within_s: float = _setting(0.05, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
+    take_within_s: float = _setting(0.01, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
                                     _at_least(0.001))
     stream_idle_s: float = _setting(600.0, "VAR_STREAM_IDLE_S", "router: forget a stream's context window (changelog "
                                     "tombstone) after this many seconds without an event", _at_least(1))

@@ -10,8 +10,9 @@ Redis namespace) and one worker process:
 
 for per-token and chunked messages, and for the large router with chunked messages. Each case
 has two phases: a *throughput* phase (send the events as fast as possible; tokens/s between the
-first and the last outcome) and a *latency* phase (a fixed rate; event -> outcome latency from
-the send time to the outcome's Kafka timestamp, which the worker's producer sets).
+first and the last outcome) and a *latency* phase at half the load just measured (capped at
+``per_token_rate`` / ``chunked_rate``; event -> outcome latency from the send time to the outcome's
+Kafka timestamp, which the worker's producer sets).
 """
 from __future__ import annotations
 
@@ -66,9 +67,9 @@ class BenchConfig:
     per_token_tokens: int = 20_000
     chunked_tokens: int = 300_000
     chunk_size: int = 64
-    latency_s: float = 4.0
-    per_token_rate: float = 2_000.0
-    chunked_rate: float = 20_000.0
+    latency_s: float = 2.0
+    per_token_rate: float = 20_000.0  # caps of the latency phase's rate (half the measured maximum)
+    chunked_rate: float = 150_000.0
     streams: int = 16
     log_dir: Path = Path(".var/logs/bench")
 
@@ -80,6 +81,17 @@ def _corpus(cfg: BenchConfig, vocab: int, seed: int, train_tokens: int = 100_000
                          tokens_per_stream=(online + train_tokens) // cfg.streams + 1, seed=seed)
     chunks = generate(spec)
     return list(itertools.islice(chunks, train_tokens)), list(chunks)
+
+
+def _first_tokens(chunks: list[EventChunk], tokens: int) -> list[EventChunk]:
+    """The leading chunks holding about ``tokens`` tokens (at least one chunk)."""
+    out, n = [], 0
+    for chunk in chunks:
+        if out and n >= tokens:
+            break
+        out.append(chunk)
+        n += len(chunk)
+    return out
 
 
 def _split(chunks: list[EventChunk], first: int, then: int) -> tuple[list[EventChunk], list[EventChunk]]:
@@ -162,9 +174,12 @@ def stage_costs(metrics: dict[str, float]) -> dict[str, float]:
     return {stage: 1e6 * metrics.get(f"stage:{stage}", 0.0) / decisions for stage in STAGES}
 
 
-async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_chunks: list[EventChunk],
-                   rate: float, snapshot: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
-    """(throughput and latency figures, ``snapshot()`` taken right after the throughput phase)."""
+async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_pool: list[EventChunk],
+                   cap: float, latency_s: float,
+                   snapshot: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(throughput and latency figures, ``snapshot()`` taken right after the throughput phase).
+    The latency phase sends ``latency_s`` worth of ``latency_pool`` at half the throughput just
+    measured (at most ``cap`` tokens/s)."""
     consumer = KafkaAccess.from_settings(run).consumer(run.topic_outcomes, group_id=None, auto_offset_reset="earliest",
                                                        fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
@@ -175,6 +190,8 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_c
         _, _, last = await _drain(consumer, n1)
         await sender
         metrics = snapshot()
+        rate = min(cap, 0.5 * n1 / max(last - first, 1e-9))
+        latency_chunks = _first_tokens(latency_pool, int(rate * latency_s))
         n2 = sum(len(c) for c in latency_chunks)
         sender = asyncio.create_task(_send(KafkaAccess.from_settings(run), run.topic_tokens, latency_chunks, rate))
         got, _, _ = await _drain(consumer, n2)
@@ -182,7 +199,7 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_c
     finally:
         await consumer.stop()
     latencies = [ts - sent[(s, q)] for s, q, _, ts in got if (s, q) in sent]
-    return {"tokens_per_s": n1 / max(last - first, 1e-9),
+    return {"tokens_per_s": n1 / max(last - first, 1e-9), "latency_rate": rate,
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
             "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}, metrics
 
@@ -216,7 +233,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
                 return _scrape(port) if case.mode != "passthrough" else {}
             except OSError as exc:
                 raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
-        result, phase = asyncio.run(_measure(run, first, then, rate, snapshot))
+        result, phase = asyncio.run(_measure(run, first, then, rate, cfg.latency_s, snapshot))
         for w in started:
             if not w.alive():
                 raise w.failure(f"case {case.shape} {case.size} {case.mode} failed")
@@ -254,14 +271,15 @@ def ratios(results: list[dict[str, object]]) -> dict[str, float]:
 
 
 def render(results: list[dict[str, object]]) -> str:
-    lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'redis/batch':>12}{'learned':>9}", "-" * 79]
+    lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+             f"{'redis/batch':>12}{'learned':>9}", "-" * 87]
     for r in results:
         learned = r["learned_share"]
         share = "" if learned is None or learned != learned else f"{100 * learned:.1f}%"
         lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
-                     f"{r['latency_p50_ms']:>9.1f}{r['latency_p99_ms']:>9.1f}{r['redis_round_trips_per_batch']:>12.2f}"
-                     f"{share:>9}")
+                     f"{r['latency_rate']:>10,.0f}{r['latency_p50_ms']:>8.1f}{r['latency_p99_ms']:>8.1f}"
+                     f"{r['redis_round_trips_per_batch']:>12.2f}{share:>9}")
+    lines.append("p50/p99: event -> outcome latency at half the measured throughput ('at tok/s')")
     lines.append("")
     lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
     return "\n".join(lines + ["", render_stages(results)])
