@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import itertools
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,11 @@ from typing import Callable
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.corpus.synthetic import SyntheticSpec, generate
 from pipeline.engine.events import EventChunk
 from pipeline.engine.offline import collect_statistics
 from pipeline.engine.pairs import stats_pair_cap
-from pipeline.engine.profile import STAGES
 from pipeline.engine.records import RecordError, encode_chunk, parse_record_bytes
 from pipeline.engine.routers import PRESETS, build_router
 from pipeline.engine.table import build_table
@@ -48,6 +45,8 @@ from pipeline.stream.producer import rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.workers import WorkerPool
+
+from .pipeline_report import cpu_seconds, ratios, render, scrape, stage_costs
 
 
 @dataclass(frozen=True)
@@ -148,35 +147,9 @@ async def _drain(consumer: AIOKafkaConsumer, tokens: int, idle_s: float = 60.0) 
     return got, first, last
 
 
-def _scrape(port: int) -> dict[str, float]:
-    """The worker's metrics, parsed by prometheus_client: each sample name summed over its labels,
-    and ``stage:<name>`` for each stage of ``var_stage_seconds_total``."""
-    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """See :func:`_scrape`."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith("var_"):
-                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
-            if sample.name == "var_stage_seconds_total":
-                out[f"stage:{sample.labels['stage']}"] = float(sample.value)
-    return out
-
-
-def stage_costs(metrics: dict[str, float]) -> dict[str, float]:
-    """µs per routed decision of each worker stage, from a scrape (empty without decisions)."""
-    decisions = metrics.get("var_decisions_total", 0.0)
-    if not decisions:
-        return {}
-    return {stage: 1e6 * metrics.get(f"stage:{stage}", 0.0) / decisions for stage in STAGES}
-
-
 async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_pool: list[EventChunk],
-                   cap: float, latency_s: float,
-                   snapshot: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+                   cap: float, latency_s: float, snapshot: Callable[[], dict[str, float]],
+                   worker_pids: list[int]) -> tuple[dict[str, float], dict[str, float]]:
     """(throughput and latency figures, ``snapshot()`` taken right after the throughput phase).
     The latency phase sends ``latency_s`` worth of ``latency_pool`` at half the throughput just
     measured (at most ``cap`` tokens/s)."""
@@ -185,10 +158,15 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_p
     await consumer.start()
     try:
         n1 = sum(len(c) for c in throughput_chunks)
+        cpu = (time.process_time(), cpu_seconds(worker_pids))
         first = time.perf_counter()
         sender = asyncio.create_task(_send(KafkaAccess.from_settings(run), run.topic_tokens, throughput_chunks, None))
         _, _, last = await _drain(consumer, n1)
         await sender
+        wall = time.perf_counter() - first
+        # cores used in the throughput phase: this process (producer + measuring consumer), workers
+        cores = {"bench_cores": (time.process_time() - cpu[0]) / wall,
+                 "worker_cores": (cpu_seconds(worker_pids) - cpu[1]) / wall}
         metrics = snapshot()
         rate = min(cap, 0.5 * n1 / max(last - first, 1e-9))
         latency_chunks = _first_tokens(latency_pool, int(rate * latency_s))
@@ -199,7 +177,7 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_p
     finally:
         await consumer.stop()
     latencies = [ts - sent[(s, q)] for s, q, _, ts in got if (s, q) in sent]
-    return {"tokens_per_s": n1 / max(last - first, 1e-9), "latency_rate": rate,
+    return {"tokens_per_s": n1 / max(last - first, 1e-9), "latency_rate": rate, **cores,
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
             "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}, metrics
 
@@ -230,10 +208,11 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
             raise worker.failure(f"the bench worker of case {case.shape} {case.size} {case.mode} did not start")
         def snapshot() -> dict[str, float]:
             try:
-                return _scrape(port) if case.mode != "passthrough" else {}
+                return scrape(port) if case.mode != "passthrough" else {}
             except OSError as exc:
                 raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
-        result, phase = asyncio.run(_measure(run, first, then, rate, cfg.latency_s, snapshot))
+        result, phase = asyncio.run(_measure(run, first, then, rate, cfg.latency_s, snapshot,
+                                             [w.process.pid for w in started]))
         for w in started:
             if not w.alive():
                 raise w.failure(f"case {case.shape} {case.size} {case.mode} failed")
@@ -255,49 +234,6 @@ def build_tables(base: Settings, train: list[EventChunk]) -> dict:
         stats = collect_statistics(router, iter_batches(train, s.batch_size), s.window, pair_cap=stats_pair_cap(s.pair_cap))
         tables[size] = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
     return tables
-
-
-def ratios(results: list[dict[str, object]]) -> dict[str, float]:
-    rate = {(r["shape"], r["size"], r["mode"]): float(r["tokens_per_s"]) for r in results}
-    out = {}
-    if ("per-token", "seed", "passthrough") in rate:
-        out["per_token_var_vs_passthrough"] = rate[("per-token", "seed", "var")] / rate[("per-token", "seed", "passthrough")]
-    if ("chunked", "large", "learned") in rate:
-        out["chunked_large_var_vs_learned"] = rate[("chunked", "large", "var")] / rate[("chunked", "large", "learned")]
-    for mode in ("var", "var-misses"):
-        if ("chunked", "seed", mode) in rate:
-            out[f"chunked_seed_{mode.replace('-', '_')}_tokens_per_s"] = rate[("chunked", "seed", mode)]
-    return out
-
-
-def render(results: list[dict[str, object]]) -> str:
-    lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
-             f"{'redis/batch':>12}{'learned':>9}", "-" * 87]
-    for r in results:
-        learned = r["learned_share"]
-        share = "" if learned is None or learned != learned else f"{100 * learned:.1f}%"
-        lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
-                     f"{r['latency_rate']:>10,.0f}{r['latency_p50_ms']:>8.1f}{r['latency_p99_ms']:>8.1f}"
-                     f"{r['redis_round_trips_per_batch']:>12.2f}{share:>9}")
-    lines.append("p50/p99: event -> outcome latency at half the measured throughput ('at tok/s')")
-    lines.append("")
-    lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
-    return "\n".join(lines + ["", render_stages(results)])
-
-
-def render_stages(results: list[dict[str, object]]) -> str:
-    """Worker µs/token per stage (throughput phase) for each case that routed."""
-    routed = [r for r in results if r.get("stage_us_per_token")]
-    if not routed:
-        return ""
-    names = [f"{r['shape'][:5]}/{r['size']}/{r['mode']}" for r in routed]
-    width = max(12, *(len(n) + 1 for n in names))
-    lines = ["worker time per stage, µs/token (throughput phase; 'between batches' is time in Faust "
-             "receiving, or waiting)", f"{'stage':<18}" + "".join(f"{n:>{width}}" for n in names)]
-    for stage in STAGES:
-        lines.append(f"{stage:<18}" + "".join(f"{r['stage_us_per_token'][stage]:>{width}.2f}" for r in routed))  # type: ignore[index]
-    lines.append(f"{'total':<18}" + "".join(f"{sum(r['stage_us_per_token'].values()):>{width}.2f}" for r in routed))  # type: ignore[union-attr]
-    return "\n".join(lines)
 
 
 def register(bsub: argparse._SubParsersAction) -> None:

@@ -87,7 +87,7 @@ def test_bench_engine_profile_reports_every_stage(capsys):
 def test_worker_stage_counters_scrape_into_microseconds_per_token():
     from prometheus_client import generate_latest
 
-    from pipeline.bench.pipeline_bench import parse_metrics, stage_costs
+    from pipeline.bench.pipeline_report import parse_metrics, stage_costs
     from pipeline.observability import RouterMetrics
 
     metrics = RouterMetrics("w-1")
@@ -114,3 +114,15 @@ def test_spread_gives_each_stream_a_consecutive_slice_interleaved():
         mine = [(q, t) for s, q, t in events if s == name]
         assert mine == [(i, first + i) for i in range(10)]
     assert sum(len(b) for b in spread(list(range(5000)), 7)) == 7 * (5000 // 7)
+
+
+def test_cpu_seconds_reads_this_process_and_says_nan_for_a_gone_one():
+    import math
+    import os
+
+    from pipeline.bench.pipeline_report import cpu_seconds
+
+    before = cpu_seconds([os.getpid()])
+    sum(i * i for i in range(300_000))  # burn a little CPU
+    assert cpu_seconds([os.getpid()]) >= before > 0
+    assert math.isnan(cpu_seconds([2 ** 22 + 12345]))

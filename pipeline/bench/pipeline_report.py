@@ -1,0 +1,94 @@
+"""What ``var bench pipeline`` reads from a worker (metrics, CPU time) and how it prints the result."""
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.engine.profile import STAGES
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's metrics, parsed by prometheus_client: each sample name summed over its labels,
+    and ``stage:<name>`` for each stage of ``var_stage_seconds_total``."""
+    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """See :func:`scrape`."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("var_"):
+                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+            if sample.name == "var_stage_seconds_total":
+                out[f"stage:{sample.labels['stage']}"] = float(sample.value)
+    return out
+
+
+def stage_costs(metrics: dict[str, float]) -> dict[str, float]:
+    """µs per routed decision of each worker stage, from a scrape (empty without decisions)."""
+    decisions = metrics.get("var_decisions_total", 0.0)
+    if not decisions:
+        return {}
+    return {stage: 1e6 * metrics.get(f"stage:{stage}", 0.0) / decisions for stage in STAGES}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` used so far (Linux ``/proc``; nan elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def ratios(results: list[dict[str, object]]) -> dict[str, float]:
+    rate = {(r["shape"], r["size"], r["mode"]): float(r["tokens_per_s"]) for r in results}
+    out = {}
+    if ("per-token", "seed", "passthrough") in rate:
+        out["per_token_var_vs_passthrough"] = rate[("per-token", "seed", "var")] / rate[("per-token", "seed", "passthrough")]
+    if ("chunked", "large", "learned") in rate:
+        out["chunked_large_var_vs_learned"] = rate[("chunked", "large", "var")] / rate[("chunked", "large", "learned")]
+    for mode in ("var", "var-misses"):
+        if ("chunked", "seed", mode) in rate:
+            out[f"chunked_seed_{mode.replace('-', '_')}_tokens_per_s"] = rate[("chunked", "seed", mode)]
+    return out
+
+
+def render(results: list[dict[str, object]]) -> str:
+    lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+             f"{'redis/batch':>12}{'learned':>9}{'cores w/b':>11}", "-" * 98]
+    for r in results:
+        learned = r["learned_share"]
+        share = "" if learned is None or learned != learned else f"{100 * learned:.1f}%"
+        lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
+                     f"{r['latency_rate']:>10,.0f}{r['latency_p50_ms']:>8.1f}{r['latency_p99_ms']:>8.1f}"
+                     f"{r['redis_round_trips_per_batch']:>12.2f}{share:>9}"
+                     f"{r['worker_cores']:>6.2f}/{r['bench_cores']:.2f}")
+    lines.append("p50/p99: event -> outcome latency at half the measured throughput ('at tok/s'); cores w/b: "
+                 f"CPU cores (of {os.cpu_count()}) the worker / this process (producer + measuring consumer) "
+                 "used in the throughput phase")
+    lines.append("")
+    lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
+    return "\n".join(lines + ["", render_stages(results)])
+
+
+def render_stages(results: list[dict[str, object]]) -> str:
+    """Worker µs/token per stage (throughput phase) for each case that routed."""
+    routed = [r for r in results if r.get("stage_us_per_token")]
+    if not routed:
+        return ""
+    names = [f"{r['shape'][:5]}/{r['size']}/{r['mode']}" for r in routed]
+    width = max(12, *(len(n) + 1 for n in names))
+    lines = ["worker time per stage, µs/token (throughput phase; 'between batches' is time in Faust "
+             "receiving, or waiting)", f"{'stage':<18}" + "".join(f"{n:>{width}}" for n in names)]
+    for stage in STAGES:
+        lines.append(f"{stage:<18}" + "".join(f"{r['stage_us_per_token'][stage]:>{width}.2f}" for r in routed))  # type: ignore[index]
+    lines.append(f"{'total':<18}" + "".join(f"{sum(r['stage_us_per_token'].values()):>{width}.2f}" for r in routed))  # type: ignore[union-attr]
+    return "\n".join(lines)
