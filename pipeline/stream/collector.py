@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
@@ -116,8 +117,12 @@ async def collect(bootstrap: KafkaAccess | str, outcome_topic: str, expected: in
 async def _positions(consumer: AIOKafkaConsumer, topic: str) -> dict[int, tuple[int, int]]:
     """Per partition of ``topic``: this consumer's position and the log end offset."""
     tps = sorted((tp for tp in consumer.assignment() if tp.topic == topic), key=lambda tp: tp.partition)
-    ends = await consumer.end_offsets(tps)
-    return {tp.partition: (await consumer.position(tp), ends[tp]) for tp in tps}
+    try:
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: (await consumer.position(tp), ends[tp]) for tp in tps}
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:  # a diagnosis only: never fail the collection
+        log.warning("cannot read the outcome partitions' offsets: %r", exc)
+        return {}
 
 
 async def _drain(consumer: AIOKafkaConsumer, got: Collected, outcome_topic: str) -> None:
