@@ -51,7 +51,7 @@ def load_model(settings: Settings):  # type: ignore[no-untyped-def]
 def router_spec(settings: Settings, vocab_size: int) -> RouterSpec:
     """The synthetic router's spec (``context`` / ``seed``)."""
     return RouterSpec(kind=settings.router, vocab_size=vocab_size, hidden=settings.hidden,
-                      num_experts=settings.experts, top_k=settings.top_k, window=settings.window,
+                      num_experts=settings.experts, top_k=settings.top_k, window=settings.context_window,
                       seed=settings.seed)
 
 
@@ -69,10 +69,10 @@ def build_routers(settings: Settings, vocab_size: int) -> list[Router]:
     return [build_router(router_spec(settings, vocab_size), settings.device)]
 
 
-def engine_config(settings: Settings, layer: int = 0, window: int | None = None,
+def engine_config(settings: Settings, layer: int = 0, context_window: int | None = None,
                   budget: float | None = None) -> EngineConfig:
     return EngineConfig(
-        window=settings.window if window is None else window,
+        context_window=settings.context_window if context_window is None else context_window,
         layer=layer,
         cache=CachePolicy(settings.cache_ttl_s, settings.cache_size, settings.cache_min_confidence),
         budget=BudgetPolicy(settings.budget if budget is None else budget, settings.budget_window, settings.governor),

@@ -161,8 +161,8 @@ class ModelPrepared:
 
 def prepare(source: CorpusSource, settings: Settings) -> ModelPrepared:
     """Read the corpus, split it and build the per-layer tables (steps 1-2 of the module docstring)."""
-    if settings.table:
-        raise ReplayError("--table files hold one layer's table; a model replay builds its per-layer tables "
+    if settings.table_file:
+        raise ReplayError("--table-file files hold one layer's table; a model replay builds its per-layer tables "
                           "in the offline phase")
     checkpoint = load_model(settings)
     chunks = list(source.chunks(checkpoint.config.vocab_size))

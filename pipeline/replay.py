@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.assembly import engine_config, router_spec, thresholds
-from pipeline.engine.context import StreamWindow
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.engine import RouteResult, VAREngine
 from pipeline.engine.events import EventChunk, Tier, TIER_LABELS
 from pipeline.engine.offline import collect_statistics
@@ -90,12 +90,12 @@ def offline_phase(source: CorpusSource, settings: Settings) -> tuple[Prepared, I
     vocab = resolve_vocab(settings, info.max_token)
     router = build_router(router_spec(settings, vocab), settings.device)
     chunks = source.chunks(vocab)
-    if settings.table:
-        return Prepared(router, load_table(settings.table, router), f"file {settings.table}", 0, vocab,
+    if settings.table_file:
+        return Prepared(router, load_table(settings.table_file, router), f"file {settings.table_file}", 0, vocab,
                         info.records, 0), chunks
     train_records = int(info.records * settings.train_fraction)
     train = iter_batches(itertools.islice(chunks, train_records), settings.batch_size)  # streamed, not held
-    stats = collect_statistics(router, train, settings.window, pair_cap=stats_pair_cap(settings.pair_cap))
+    stats = collect_statistics(router, train, settings.context_window, pair_cap=stats_pair_cap(settings.pair_cap))
     table = build_table(stats, thresholds(settings), settings.top_k, router.router_id, 1,
                         {"source": "offline", "records": train_records})
     train_tokens = int(stats.total_frequency)
@@ -117,7 +117,7 @@ def run_replay(source: CorpusSource, settings: Settings, progress: bool | None =
     prepared, chunks = offline_phase(source, settings)
     engine = VAREngine(prepared.router, prepared.table, engine_config(settings))
     quality = QualityAccumulator(prepared.vocab_size, settings.experts, settings.seed, settings.quality_sample)
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     timeline: list[dict[str, int]] = []
     routing_s = 0.0
     show = sys.stderr.isatty() if progress is None else progress

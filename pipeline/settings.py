@@ -62,14 +62,14 @@ class Settings:
 
     # --- learned router ---
     router: str = _setting("context", "VAR_ROUTER", "learned router: model (every MoE layer of the bundled LM), "
-                           "model:PATH (a checkpoint), or the synthetic context (receptive field = window) or seed",
+                           "model:PATH (a checkpoint), or the synthetic context (receptive field = context_window) or seed",
                            _router_choice)
     vocab_size: int | None = _setting(None, "VAR_VOCAB_SIZE", "vocabulary size (default: inferred from the corpus)",
                                       _at_least(1))
     hidden: int = _setting(128, "VAR_HIDDEN", "router hidden size (seed size 128, large 4096)", _at_least(1))
     experts: int = _setting(8, "VAR_EXPERTS", "number of experts E (seed size 8, large 64)", _at_least(1))
     top_k: int = _setting(2, "VAR_TOP_K", "experts per token", _at_least(1))
-    window: int = _setting(4, "VAR_WINDOW", "context window W: the router sees the token and the W-1 before it",
+    context_window: int = _setting(4, "VAR_CONTEXT_WINDOW", "context window W: the router sees the token and the W-1 before it",
                            _at_least(1))
     seed: int = _setting(0, "VAR_SEED", "seed of the router weights, synthetic corpora and the quality probe",
                          _at_least(0))
@@ -96,9 +96,9 @@ class Settings:
                                        "routing entropy (nats) is below this", _at_least(0))
     pair_cap: int = _setting(65536, "VAR_PAIR_CAP", "fast path: at most this many pair entries per layer (the most "
                              "traffic first; statistics keep twice as many; 0: token entries only)", _at_least(0))
-    table: str | None = _setting(None, "VAR_TABLE", "fast-path table file to use instead of an offline phase")
+    table_file: str | None = _setting(None, "VAR_TABLE_FILE", "fast-path table file to use instead of an offline phase")
     # --- budget governor ---
-    budget: float = _setting(0.15, "VAR_BUDGET", "learned-router budget: max share of decisions per window",
+    budget: float = _setting(0.15, "VAR_BUDGET", "learned-router budget: max share of decisions per budget window",
                              _within(0, 1))
     budget_window: int = _setting(1000, "VAR_BUDGET_WINDOW", "decisions per budget window", _at_least(1))
     budget_split: str = _setting("even", "VAR_BUDGET_SPLIT", "a model's learned budget per layer: even (every layer "
@@ -166,7 +166,7 @@ class Settings:
                                            secret=True)
     table_archive_ttl_s: float = _setting(7 * 86400.0, "VAR_TABLE_ARCHIVE_TTL_S", "keep superseded table sets "
                                           "in Redis this long for verification", _at_least(1))
-    partitions: int = _setting(4, "VAR_PARTITIONS", "partitions of the token topic (and of the window table)",
+    partitions: int = _setting(4, "VAR_PARTITIONS", "partitions of the token topic (and of the context-window table)",
                                _at_least(1))
     router_mode: str = _setting("var", "VAR_ROUTER_MODE", "router worker: var, learned (always the learned "
                                 "router; a baseline) or passthrough (forward only; the framework ceiling)",
@@ -181,7 +181,7 @@ class Settings:
     stream_idle_s: float = _setting(600.0, "VAR_STREAM_IDLE_S", "router: forget a stream's context window (changelog "
                                     "tombstone) after this many seconds without an event", _at_least(1))
     commit_interval_s: float = _setting(1.0, "VAR_COMMIT_INTERVAL_S", "router: commit the routed offset frontier "
-                                        "this often (after flushing outcomes and windows)", _at_least(0.05))
+                                        "this often (after flushing outcomes and context windows)", _at_least(0.05))
     replication_factor: int = _setting(1, "VAR_REPLICATION_FACTOR", "replication factor of the topics the "
                                        "pipeline creates (3 on a 3-broker cluster)", _at_least(1))
     worker_name: str | None = _setting(None, "VAR_WORKER_NAME", "worker name in outcomes and logs (default host-pid)")

@@ -25,7 +25,7 @@ import torch
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.corpus.synthetic import SyntheticSpec, generate
-from pipeline.engine.context import StreamWindow, build_contexts
+from pipeline.engine.context import ContextWindow, build_contexts
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import EventBatch, Tier
 from pipeline.engine.offline import collect_statistics
@@ -63,7 +63,7 @@ def _sync(router: TorchRouter) -> None:
 
 def run_batched(router: TorchRouter, batches: list[EventBatch], window: int) -> float:
     """Always-learned baseline; returns seconds."""
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     t0 = time.perf_counter()
     for batch in batches:
         ctx = build_contexts(batch, windows, window)
@@ -90,7 +90,7 @@ def run_per_token(router: TorchRouter, batches: list[EventBatch], window: int, s
 
 def run_var(router: TorchRouter, table: RoutingTable, settings: Settings, batches: list[EventBatch]) -> tuple[float, VAREngine]:
     engine = VAREngine(router, table, engine_config(settings))
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     t0 = time.perf_counter()
     for batch in batches:
         engine.route_batch(batch, windows)
@@ -109,7 +109,7 @@ def prepare_size(size: str, settings: Settings, cfg: EngineBenchConfig,
     train, online = _events(s, cfg)
     router = build_router(router_spec(s, s.vocab_size or 1000), s.device)
     progress(f"{size}: offline phase")
-    stats = collect_statistics(router, train, s.window, pair_cap=stats_pair_cap(s.pair_cap))
+    stats = collect_statistics(router, train, s.context_window, pair_cap=stats_pair_cap(s.pair_cap))
     return s, router, build_table(stats, thresholds(s), s.top_k, router.router_id, 1), online
 
 
@@ -118,15 +118,15 @@ def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
     """Benchmark one router size; returns tokens/s per candidate, ratios and VAR's tier mix."""
     s, router, table, online = prepare_size(size, settings, cfg, progress)
     tokens = sum(len(b) for b in online)
-    run_batched(router, online[:3], s.window)  # warm-up
+    run_batched(router, online[:3], s.context_window)  # warm-up
     batched, var = [], []
     engine = None
     for rep in range(cfg.repeats):
         progress(f"{size}: repeat {rep + 1}/{cfg.repeats}")
-        batched.append(run_batched(router, online, s.window))
+        batched.append(run_batched(router, online, s.context_window))
         seconds, engine = run_var(router, table, s, online)
         var.append(seconds)
-    per_token_s, per_token_n = run_per_token(router, online, s.window, cfg.per_token_sample)
+    per_token_s, per_token_n = run_per_token(router, online, s.context_window, cfg.per_token_sample)
     assert engine is not None
     c = engine.counters
     rates = {"per_token": per_token_n / per_token_s, "batched": _median_rate(batched, tokens),

@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 from pipeline.assembly import build_engine, engine_config
-from pipeline.engine.context import StreamWindow, build_contexts
+from pipeline.engine.context import ContextWindow, build_contexts
 from pipeline.engine.events import EventBatch, EventChunk, Tier
 from pipeline.engine.profile import ENGINE_STAGES, STORE_STAGES, StageClock
 from pipeline.engine.records import encode_chunk
@@ -48,7 +48,7 @@ def batch_messages(batch: EventBatch, message_size: int, first_offset: int) -> l
 
 def _baseline_us(router: TorchRouter, batches: list[EventBatch], window: int) -> dict[str, float]:
     """Batched always-learned: seconds of contexts and of the router call over all batches."""
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     contexts_s = router_s = 0.0
     for batch in batches:
         t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def _baseline_us(router: TorchRouter, batches: list[EventBatch], window: int) ->
 
 
 async def _route_all(processor: RouterProcessor, messages: list[list[InMessage]]) -> int:
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     routed = 0
     for batch in messages:
         out = await processor.process(batch, windows.get)
@@ -87,7 +87,7 @@ def profile_size(size: str, settings: Settings, cfg: EngineBenchConfig, message_
     clock = StageClock()
     engine.attach_profile(clock)
     routed = asyncio.run(_route_all(processor, messages))
-    baseline = _baseline_us(router, online, s.window)
+    baseline = _baseline_us(router, online, s.context_window)
     c = engine.layers[0].counters
     return {
         "size": size, "router_id": router.router_id, "device": s.device, "tokens": routed,

@@ -44,7 +44,7 @@ from pipeline.stream.kafka_replay import publish_initial_table, scoped_settings
 from pipeline.stream.producer import rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.kafka_access import KafkaAccess
-from pipeline.stream.workers import WorkerPool
+from pipeline.stream.worker_pool import WorkerPool
 
 from .pipeline_report import cpu_seconds, ratios, render, scrape, stage_costs
 
@@ -231,7 +231,7 @@ def build_tables(base: Settings, train: list[EventChunk]) -> dict:
     for size, preset in PRESETS.items():
         s = base.with_(hidden=preset["hidden"], experts=preset["num_experts"])
         router = build_router(router_spec(s, s.vocab_size or 1000))
-        stats = collect_statistics(router, iter_batches(train, s.batch_size), s.window, pair_cap=stats_pair_cap(s.pair_cap))
+        stats = collect_statistics(router, iter_batches(train, s.batch_size), s.context_window, pair_cap=stats_pair_cap(s.pair_cap))
         tables[size] = build_table(stats, thresholds(s), s.top_k, router.router_id, 1)
     return tables
 

@@ -23,7 +23,7 @@ from typing import Callable
 import redis.asyncio as aioredis
 
 from pipeline.assembly import build_engine, engine_config, router_spec
-from pipeline.engine.context import StreamWindow
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.events import EventBatch, EventChunk, Tier
 from pipeline.engine.routers import PRESETS, build_router
 from pipeline.engine.table import RoutingTable
@@ -89,7 +89,7 @@ async def _route_streams(settings: Settings, table: RoutingTable, batches: list[
     store = RedisRoutingStore(RedisAccess.from_settings(settings), keys, engine_config(settings).cache.ttl_s)
     await store.publish_table(table)  # as a stats worker would: the table set's keys count too
     processor = RouterProcessor(engine, store, "bench/scaling")
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     messages, offset = [], 0
     for batch in batches:
         messages.append(batch_messages(batch, 1, offset))

@@ -29,7 +29,7 @@ from pipeline.stream.kafka_access import KafkaAccess, kafka_access
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_messages, rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
-from pipeline.stream.workers import WorkerPool, WorkerProcess
+from pipeline.stream.worker_pool import WorkerPool, WorkerProcess
 
 from .checks import RunChecks, check_deadletters, check_outcomes, corpus_context_hashes
 from .poison import Poison, interleave, poison_set
@@ -227,7 +227,7 @@ def run_scenario(scenario: Scenario, base: Settings, services: ChaosServices, co
     asyncio.run(publish_table_and_stats(run, corpus.prepared.table, corpus.prepared.stats))
     poison = poison_set(scenario.poison, corpus.prepared.vocab_size, opts.seed) if scenario.poison else []
     good = [((c.stream.encode(), encode_chunk(c)), len(c)) for c in rechunk(corpus.chunks, opts.message_size)]
-    expected = _expected(corpus, poison, run.window)
+    expected = _expected(corpus, poison, run.context_window)
     log_dir = opts.work_dir / "logs" / f"{scenario.name}-{opts.message_size}-{run_id}"
     fleet = _Fleet(WorkerPool(run, log_dir))
     checks = RunChecks(scenario.name, opts.message_size, log_dir=str(log_dir))

@@ -31,7 +31,7 @@ from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_messages
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
-from pipeline.stream.workers import WorkerPool
+from pipeline.stream.worker_pool import WorkerPool
 
 from .services import ChaosServices
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--profile", action="store_true",
                      help="instead: microseconds per token of each stage of the router worker's batch path")
     eng.add_argument("--message-size", type=int, default=16, help="--profile: tokens per token message (default 16)")
-    add_settings(eng, ("router", "top_k", "window", "seed", "device", "budget", "budget_window", "governor",
+    add_settings(eng, ("router", "top_k", "context_window", "seed", "device", "budget", "budget_window", "governor",
                        "train_fraction",
                        "batch_size", "cache_size", "cache_scope", "min_frequency", "max_entropy", "static_below"))
     eng.set_defaults(handler=run_engine)

@@ -11,9 +11,9 @@ from pipeline.corpus.synthetic import SyntheticSpec
 from pipeline.settings import Settings, add_arguments, setting_fields
 from pipeline.sources import CorpusSource, FileSource, SyntheticSource
 
-ROUTING_SETTINGS = ("router", "vocab_size", "hidden", "experts", "top_k", "window", "seed", "device")
+ROUTING_SETTINGS = ("router", "vocab_size", "hidden", "experts", "top_k", "context_window", "seed", "device")
 ENGINE_SETTINGS = ("cache_ttl_s", "cache_size", "cache_min_confidence", "cache_scope", "min_frequency", "max_entropy",
-                   "static_below", "pair_min_count", "pair_max_entropy", "pair_cap", "table", "budget",
+                   "static_below", "pair_min_count", "pair_max_entropy", "pair_cap", "table_file", "budget",
                    "budget_window", "budget_split", "budget_layer_max", "governor", "audit_rate", "batch_size")
 DEFAULT_SYNTHETIC_VOCAB = 1000
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.stack.errors import StackError
     from pipeline.stream.topics import TopicError
-    from pipeline.stream.workers import WorkerFailed
+    from pipeline.stream.worker_pool import WorkerFailed
 
     return _USER_ERRORS + (StackError, TopicError, WorkerFailed)
 

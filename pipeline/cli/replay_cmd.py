@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a recorded or synthetic corpus (embedded, or --via kafka)",
-                       description="Offline phase on a training split (or --table), then route the rest "
+                       description="Offline phase on a training split (or --table-file), then route the rest "
                                    "through cache -> fast path -> learned router and report. Exit status 1 "
                                    "when a constraint fails.")
     p.add_argument("path", nargs="?", help="recorded corpus (JSON Lines, optionally .gz); without it and "

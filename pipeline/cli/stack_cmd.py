@@ -16,7 +16,7 @@ from pipeline.settings import Settings
 from pipeline.stack import cli as stack_cli
 from pipeline.stack.local_stack import LocalStack
 from pipeline.stream.kafka_access import KafkaAccess
-from pipeline.stream.workers import worker_env
+from pipeline.stream.worker_pool import worker_env
 
 from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_settings, settings_from
 

@@ -79,7 +79,7 @@ def run_build(args: argparse.Namespace) -> int:
     vocab = settings.vocab_size or resolve_vocab(settings, source.info().max_token)
     settings = settings.with_(vocab_size=vocab)
     router = build_router(router_spec(settings, vocab), settings.device)
-    stats = collect_statistics(router, iter_batches(source.chunks(vocab), settings.batch_size), settings.window,
+    stats = collect_statistics(router, iter_batches(source.chunks(vocab), settings.batch_size), settings.context_window,
                                pair_cap=stats_pair_cap(settings.pair_cap))
     refresh = refresh_table(stats, refresh_policy(settings), settings.top_k, router.router_id, args.version,
                             {"source": args.corpus})

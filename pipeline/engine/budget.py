@@ -15,7 +15,7 @@ Live audits (:mod:`.audit`) are learned-router calls too: the engine asks the go
 audit at the audited decision's position, interleaved with the learned misses, so the cap bounds
 learned decisions + audits together.
 
-The :class:`WindowLedger` records, independently of the governor, how many router calls
+The :class:`BudgetLedger` records, independently of the governor, how many router calls
 (learned decisions and audits) each block of ``window`` decisions contained and the maximum over
 all sliding windows, so a report can show that the cap held.
 """
@@ -113,7 +113,7 @@ class BudgetGovernor:
         return admitted
 
 
-class WindowLedger:
+class BudgetLedger:
     """Learned calls per block of ``window`` decisions, and the max over sliding windows."""
 
     def __init__(self, window: int) -> None:

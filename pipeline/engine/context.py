@@ -25,7 +25,7 @@ SEQ_NOT_INCREASING = "seq_not_increasing"
 
 
 @dataclass(frozen=True, slots=True)
-class StreamWindow:
+class ContextWindow:
     """The tail of one stream: last ``W-1`` tokens (oldest first), last seq and offset."""
 
     tokens: tuple[int, ...]
@@ -33,7 +33,7 @@ class StreamWindow:
     last_offset: int = -1
 
     @classmethod
-    def empty(cls, window: int) -> "StreamWindow":
+    def empty(cls, window: int) -> "ContextWindow":
         return cls((PAD_TOKEN,) * (window - 1))
 
     def to_list(self) -> list[int]:
@@ -41,7 +41,7 @@ class StreamWindow:
         return [self.last_seq, self.last_offset, *self.tokens]
 
     @classmethod
-    def from_list(cls, values: list[int]) -> "StreamWindow":
+    def from_list(cls, values: list[int]) -> "ContextWindow":
         return cls(tuple(values[2:]), values[0], values[1])
 
 
@@ -60,7 +60,7 @@ class ContextResult:
 
     accepted: np.ndarray  # bool [n]
     contexts: np.ndarray  # int64 [n_accepted, W]: W-1 previous tokens, then the token
-    windows: dict[str, StreamWindow]
+    windows: dict[str, ContextWindow]
     rejections: list[Rejection]
 
 
@@ -71,16 +71,16 @@ class _Groups:
     order: np.ndarray  # event indices sorted by stream, arrival order within a stream
     group: np.ndarray  # group index of each sorted event
     names: list[str]
-    starts: list[StreamWindow]
+    starts: list[ContextWindow]
 
     @classmethod
-    def of(cls, batch: EventBatch, windows: Mapping[str, StreamWindow], window: int) -> "_Groups":
+    def of(cls, batch: EventBatch, windows: Mapping[str, ContextWindow], window: int) -> "_Groups":
         order = np.argsort(batch.stream_ids, kind="stable")
         sid = batch.stream_ids[order]
         first = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1]))) if len(sid) else sid
         group = np.cumsum(np.concatenate(([False], sid[1:] != sid[:-1]))) if len(sid) else sid
         names = [batch.stream_names[i] for i in sid[first].tolist()]
-        empty = StreamWindow.empty(window)
+        empty = ContextWindow.empty(window)
         return cls(order, group, names, [windows.get(name) or empty for name in names])
 
 
@@ -127,7 +127,7 @@ def _contexts_sorted(tokens: np.ndarray, group: np.ndarray, start_tokens: np.nda
 
 
 def build_contexts(
-    batch: EventBatch, windows: Mapping[str, StreamWindow], window: int
+    batch: EventBatch, windows: Mapping[str, ContextWindow], window: int
 ) -> ContextResult:
     """Compute each event's context from its stream's window, in arrival order.
 
@@ -151,7 +151,7 @@ def build_contexts(
 
 
 def _new_windows(batch: EventBatch, g: _Groups, rows: np.ndarray, group: np.ndarray,
-                 ctx_sorted: np.ndarray) -> dict[str, StreamWindow]:
+                 ctx_sorted: np.ndarray) -> dict[str, ContextWindow]:
     windows = dict(zip(g.names, g.starts))
     if len(rows) == 0:
         return windows
@@ -160,7 +160,7 @@ def _new_windows(batch: EventBatch, g: _Groups, rows: np.ndarray, group: np.ndar
     lasts = np.concatenate((firsts[1:] - 1, [len(rows) - 1]))
     max_offsets = np.maximum.reduceat(batch.offsets[rows], firsts)
     for gi, li, top in zip(group[firsts].tolist(), lasts.tolist(), max_offsets.tolist()):
-        windows[g.names[gi]] = StreamWindow(
+        windows[g.names[gi]] = ContextWindow(
             tuple(ctx_sorted[li, 1:].tolist()),
             int(batch.seqs[rows[li]]),
             max(g.starts[gi].last_offset, top),

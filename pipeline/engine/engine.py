@@ -29,9 +29,9 @@ from typing import Mapping, MutableMapping, Sequence
 import numpy as np
 
 from .audit import AGREED, DISAGREED, audit_selected, router_calls, same_expert_sets
-from .budget import BudgetGovernor, BudgetPolicy, WindowLedger
+from .budget import BudgetGovernor, BudgetPolicy, BudgetLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
-from .context import ContextResult, StreamWindow, build_contexts
+from .context import ContextResult, ContextWindow, build_contexts
 from .events import DecisionBatch, EventBatch, KeyKind, Tier, tier_key_counts
 from .route_types import DecisionRows, EngineCounters, RoutePlan, RouteResult
 from .hashing import cache_key, context_hash
@@ -46,7 +46,7 @@ class EngineConfig:
     """Engine policy: context window, MoE layer, cache policy, learned-router budget and the share
     of fast-path decisions audited by the learned router (counted against the budget)."""
 
-    window: int = 4
+    context_window: int = 4
     layer: int = 0
     cache: CachePolicy = field(default_factory=CachePolicy)
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
@@ -76,14 +76,14 @@ class VAREngine:
         self.config = config
         self.cache: DecisionCache = cache if cache is not None else MemoryDecisionCache(config.cache)
         self.governor = BudgetGovernor(config.budget)
-        self.ledger = WindowLedger(config.budget.window)
+        self.ledger = BudgetLedger(config.budget.window)
         self.counters = EngineCounters()
         self.profile: StageClock | None = None  # attach one to time the stages (see .profile)
         self.set_table(table)
 
     @property
-    def window(self) -> int:
-        return self.config.window
+    def context_window(self) -> int:
+        return self.config.context_window
 
     def set_table(self, table: RoutingTable) -> None:
         """Swap the fast-path table (e.g. when a new version is published)."""
@@ -100,9 +100,9 @@ class VAREngine:
             )
         self.table = table
 
-    def prepare(self, batch: EventBatch, windows: Mapping[str, StreamWindow]) -> RoutePlan:
+    def prepare(self, batch: EventBatch, windows: Mapping[str, ContextWindow]) -> RoutePlan:
         """Contexts, context hashes and cache keys for the batch (pure; no store access)."""
-        ctx = build_contexts(batch, windows, self.window)
+        ctx = build_contexts(batch, windows, self.context_window)
         lap(self.profile, "contexts")
         return self.plan(batch, ctx)
 
@@ -110,7 +110,7 @@ class VAREngine:
         """:meth:`prepare` from contexts already built, possibly wider than this engine's window
         (a multi-layer engine builds them once for its widest layer; see :mod:`.layered`)."""
         events = batch.select(ctx.accepted) if ctx.rejections else batch
-        contexts = ctx.contexts[:, ctx.contexts.shape[1] - self.window:]
+        contexts = ctx.contexts[:, ctx.contexts.shape[1] - self.context_window:]
         hashes = context_hash(contexts[:, :-1])
         keys = cache_key(hashes, events.tokens, self.config.layer)
         lap(self.profile, "hashing")
@@ -164,7 +164,7 @@ class VAREngine:
         """The table entries of events whose context rows (ending with the token) are ``contexts``."""
         return self.table.resolve(previous_tokens(contexts), tokens)
 
-    def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> RouteResult:
+    def route_batch(self, batch: EventBatch, windows: MutableMapping[str, ContextWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
         plan = self.prepare(batch, windows)
         cached = self.cache.get_many(plan.unique_keys)

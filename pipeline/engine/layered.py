@@ -20,7 +20,7 @@ from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from .context import Rejection, StreamWindow, build_contexts
+from .context import Rejection, ContextWindow, build_contexts
 from .engine import RoutePlan, RouteResult, VAREngine
 from .events import EventBatch
 from .profile import StageClock, lap
@@ -31,7 +31,7 @@ from .table import RoutingTable
 class LayeredPlan:
     events: EventBatch  # accepted events
     accepted: np.ndarray  # bool over the input batch
-    windows: dict[str, StreamWindow]
+    windows: dict[str, ContextWindow]
     rejections: list[Rejection]
     layers: list[RoutePlan]
 
@@ -45,7 +45,7 @@ class LayeredPlan:
 class LayeredResult:
     events: EventBatch
     accepted: np.ndarray
-    windows: dict[str, StreamWindow]
+    windows: dict[str, ContextWindow]
     rejections: list[Rejection]
     layers: list[RouteResult]  # one per MoE layer, rows aligned with ``events``
 
@@ -67,7 +67,7 @@ class LayeredEngine:
         if [e.config.layer for e in layers] != list(range(len(layers))):
             raise ValueError("layer engines must be given in layer order 0, 1, ...")
         self.layers = list(layers)
-        self.window = max(e.window for e in self.layers)
+        self.context_window = max(e.context_window for e in self.layers)
         self.profile: StageClock | None = None
 
     def attach_profile(self, clock: StageClock | None) -> None:
@@ -86,8 +86,8 @@ class LayeredEngine:
         for engine, table in zip(self.layers, tables):
             engine.set_table(table)
 
-    def prepare(self, batch: EventBatch, windows: Mapping[str, StreamWindow]) -> LayeredPlan:
-        ctx = build_contexts(batch, windows, self.window)
+    def prepare(self, batch: EventBatch, windows: Mapping[str, ContextWindow]) -> LayeredPlan:
+        ctx = build_contexts(batch, windows, self.context_window)
         lap(self.profile, "contexts")
         plans = [engine.plan(batch, ctx) for engine in self.layers]
         return LayeredPlan(plans[0].events, ctx.accepted, ctx.windows, ctx.rejections, plans)
@@ -108,7 +108,7 @@ class LayeredEngine:
         results = [engine.complete_learned(p) for engine, p in zip(self.layers, plan.layers)]
         return LayeredResult(plan.events, plan.accepted, plan.windows, plan.rejections, results)
 
-    def route_batch(self, batch: EventBatch, windows: MutableMapping[str, StreamWindow]) -> LayeredResult:
+    def route_batch(self, batch: EventBatch, windows: MutableMapping[str, ContextWindow]) -> LayeredResult:
         """Route with each layer's own (synchronous) cache; updates ``windows`` in place."""
         plan = self.prepare(batch, windows)
         cached: list[bytes | None] = []

@@ -11,7 +11,7 @@ from typing import Iterable, MutableMapping
 
 import numpy as np
 
-from .context import StreamWindow, build_contexts
+from .context import ContextWindow, build_contexts
 from .pairs import previous_tokens
 from .events import EventBatch
 from .routers import Router
@@ -23,7 +23,7 @@ def collect_statistics(
     batches: Iterable[EventBatch],
     window: int,
     stats: TokenStats | None = None,
-    windows: MutableMapping[str, StreamWindow] | None = None,
+    windows: MutableMapping[str, ContextWindow] | None = None,
     pair_cap: int = 0,
 ) -> TokenStats:
     """Route ``batches`` with ``router`` and accumulate statistics (events out of order are skipped),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audit import NOT_AUDITED
-from .context import Rejection, StreamWindow
+from .context import Rejection, ContextWindow
 from .events import DecisionBatch, EventBatch, KeyKind, Tier
 
 
@@ -22,7 +22,7 @@ class RoutePlan:
     keys: np.ndarray  # uint64 [n]
     unique_keys: list[int]
     inverse: np.ndarray  # keys[i] == unique_keys[inverse[i]]; -1 for events not looked up
-    windows: dict[str, StreamWindow]
+    windows: dict[str, ContextWindow]
     rejections: list[Rejection]
 
 
@@ -35,7 +35,7 @@ class RouteResult:
     position: int  # engine decision index of the first decision (the governor's clock)
     contexts: np.ndarray  # int64 [n, W], what the learned router sees for each event
     decisions: DecisionBatch
-    windows: dict[str, StreamWindow]
+    windows: dict[str, ContextWindow]
     rejections: list[Rejection]
     cache_keys: list[int]  # confident learned decisions to write back ...
     cache_values: list[bytes]  # ... packed with cache.encode_decisions

@@ -33,7 +33,7 @@ from pipeline.engine.profile import StageClock, lap
 from .certify import Record, WorkerCertifier
 from .continuity import OffsetContinuity
 from .processor import BatchOutput, DeadLetter, InMessage, RouterProcessor
-from .window_state import WindowState
+from .context_windows import ContextWindowTable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class RouterAgent:
     """Routes Faust micro-batches losslessly (see module docstring)."""
 
     def __init__(self, processor: RouterProcessor | None, continuity: OffsetContinuity, control: Control,
-                 windows: WindowState, send: Send, topics: Topics, retry_s: float = 0.5,
+                 windows: ContextWindowTable, send: Send, topics: Topics, retry_s: float = 0.5,
                  certifier: WorkerCertifier | None = None) -> None:
         """``processor=None`` is passthrough mode: each message is forwarded unrouted.
         ``certifier``: seals the routed decisions into window certificates (None: none)."""

@@ -1,4 +1,4 @@
-"""The Faust application: topics, the per-stream window table and the router agent.
+"""The Faust application: topics, the per-stream context-window table and the router agent.
 
 * ``{topic_tokens}`` -- token events, key = stream id (one stream stays on one partition).
 * ``{topic_outcomes}`` -- routing outcomes (:mod:`pipeline.outcomes`), key = stream id.
@@ -53,8 +53,8 @@ from .continuity import KafkaOffsets, OffsetContinuity
 from .kafka_access import KafkaAccess
 from .processor import InMessage, RouterProcessor
 from .producer import MAX_REQUEST_BYTES
-from .window_state import WindowState
-from .workers import WorkerFailed
+from .context_windows import ContextWindowTable
+from .worker_pool import WorkerFailed
 
 log = logging.getLogger(__name__)
 IDLE_SEAL_S = 2.0  # seal the open certificate ranges after this long without a batch
@@ -175,17 +175,21 @@ def create_app(settings: Settings) -> RouterApp:
     tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, acks=False, **raw)
     topics = {name: app.topic(name, **raw) for name in
               (settings.topic_outcomes, settings.topic_deadletter, settings.topic_certificates)}
-    # key_type=bytes makes Faust use the raw codec for keys (the changelog key == the message key);
-    # values are JSON lists.
-    table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes, use_partitioner=True)
+    # Each stream's context window, changelog-backed. key_type=bytes makes Faust use the raw codec
+    # for keys (the changelog key == the message key); values are JSON lists. The table keeps the
+    # name "windows": it names the changelog topic ("<app_id>-windows-changelog"), so renaming it
+    # would orphan every deployed worker's state.
+    window_table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
+                             use_partitioner=True)
     metrics = RouterMetrics(name)
     offsets = KafkaOffsets(KafkaAccess.from_settings(settings), settings.app_id, settings.topic_tokens)
 
     async def changelog(key: bytes, value: Any) -> Any:
-        return await table.changelog_topic.send(key=key, value=value, key_serializer=table.key_serializer,
-                                                value_serializer=table.value_serializer)
+        return await window_table.changelog_topic.send(key=key, value=value,
+                                                       key_serializer=window_table.key_serializer,
+                                                       value_serializer=window_table.value_serializer)
 
-    windows = WindowState(table, settings.partitions, settings.stream_idle_s, changelog=changelog)
+    context_windows = ContextWindowTable(window_table, settings.partitions, settings.stream_idle_s, changelog=changelog)
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes] | None) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
@@ -194,7 +198,7 @@ def create_app(settings: Settings) -> RouterApp:
     key = settings.certificate_key.encode() if settings.certificate_key else None
     agent = RouterAgent(processor if routing else None,
                         OffsetContinuity(offsets.start, offsets.end), ConsumerControl(app, settings.topic_tokens),
-                        windows, send,
+                        context_windows, send,
                         Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens,
                                settings.topic_certificates),
                         certifier=WorkerCertifier(processor.worker, processor.engine.layers, key) if routing else None)
@@ -214,8 +218,8 @@ def create_app(settings: Settings) -> RouterApp:
     @app.timer(interval=max(1.0, min(30.0, settings.stream_idle_s / 4)))
     async def forget_idle_streams() -> None:
         if not agent.control.quiet():
-            windows.sweep(agent.control.assigned())
-        metrics.streams.set(len(windows))
+            context_windows.sweep(agent.control.assigned())
+        metrics.streams.set(len(context_windows))
 
     @app.task
     async def announce_at_start() -> None:

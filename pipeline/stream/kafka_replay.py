@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 
 from pipeline.assembly import is_model
 from pipeline.corpus.jsonl import iter_batches
-from pipeline.engine.budget import WindowLedger
-from pipeline.engine.context import StreamWindow, build_contexts, corpus_context_hashes
+from pipeline.engine.budget import BudgetLedger
+from pipeline.engine.context import ContextWindow, build_contexts, corpus_context_hashes
 from pipeline.engine.events import EventChunk, TIER_LABELS, Tier
 from pipeline.engine.table import RoutingTable
 from pipeline.outcomes import Outcomes
@@ -47,7 +47,7 @@ from .kafka_access import KafkaAccess
 from .producer import produce_chunks, rechunk
 from .published import load_published, wait_for_tables
 from .topics import ensure_topics, pipeline_topics, wait_for_group
-from .workers import WorkerPool
+from .worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaR
     """Start ``opts.workers`` router processes (and the stats worker if asked) with the run's
     settings, produce ``chunks``, collect every outcome back, stop the workers. Returns (what was
     collected, the start time, one line per worker that had exited before the end). Raises
-    :class:`~pipeline.stream.workers.WorkerFailed` when every router worker crashed.
+    :class:`~pipeline.stream.worker_pool.WorkerFailed` when every router worker crashed.
 
     ``wait_for_group_s`` > 0: first wait (that long at most) until every router is in the stable
     consumer group, so that all of them share the work; producing starts either way."""
@@ -186,10 +186,10 @@ def completeness_section(got: Collected, have: np.ndarray, context_mismatches: i
 
 def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Settings) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(streams, seqs, tokens, experts, weights) of the learned router for every event, in order."""
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     parts = []
     for batch in iter_batches(chunks, settings.batch_size):
-        ctx = build_contexts(batch, windows, settings.window)
+        ctx = build_contexts(batch, windows, settings.context_window)
         windows.update(ctx.windows)
         out = prepared.router.route(ctx.contexts)
         parts.append((batch.streams, batch.seqs, batch.tokens, out.experts, out.weights))
@@ -234,7 +234,7 @@ def budget_ledger(all_outcomes: Outcomes, window: int, layer: int = 0) -> tuple[
         pos, learned = all_outcomes.layers[layer].positions[mine], all_outcomes.layers[layer].router_calls()[mine]
         flags = np.zeros(int(pos.max()) + 1 if len(pos) else 0, dtype=bool)
         flags[pos] = learned
-        ledger = WindowLedger(window)
+        ledger = BudgetLedger(window)
         ledger.record(flags)
         best = max(best, ledger.max_sliding)
         blocks.extend(ledger.block_learned)
@@ -307,7 +307,7 @@ def build_kafka_report(source: CorpusSource, settings: Settings, prepared: Prepa
     first = outcomes.layers[0] if outcomes.layers else None
     tiers = first.tiers if first is not None else np.zeros(0, np.int8)
     counts = np.bincount(tiers.astype(np.int64), minlength=len(TIER_LABELS))
-    wrong = context_mismatches(corpus_context_hashes(chunks, settings.window), got.all_parts)
+    wrong = context_mismatches(corpus_context_hashes(chunks, settings.context_window), got.all_parts)
     versions = sorted(set(first.table_versions.tolist())) if first is not None else []
     return ReplayReport(
         source=source.name, mode=f"kafka ({opts.workers} worker{'s' if opts.workers != 1 else ''}, "

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.engine.context import REDELIVERED, StreamWindow
+from pipeline.engine.context import REDELIVERED, ContextWindow
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import EventBatch, EventChunk
 from pipeline.engine.layered import LayeredEngine, LayeredResult
@@ -84,13 +84,13 @@ class BatchOutput:
     outcomes: list[tuple[bytes, bytes]] = field(default_factory=list)
     deadletters: list[DeadLetter] = field(default_factory=list)
     certificates: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, record)
-    windows: dict[str, StreamWindow] = field(default_factory=dict)
+    windows: dict[str, ContextWindow] = field(default_factory=dict)
     routed: int = 0
     redelivered: int = 0
     result: LayeredResult | None = None
 
 
-WindowLookup = Callable[[str], "StreamWindow | None"]
+WindowLookup = Callable[[str], "ContextWindow | None"]
 
 
 class RouterProcessor:

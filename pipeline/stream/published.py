@@ -9,7 +9,7 @@ from pipeline.engine.table import RoutingTable
 from pipeline.settings import Settings
 from pipeline.stores.base import StoreUnavailable
 
-from .workers import WorkerPool
+from .worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pipeline.stream.collector import Collected, collect
 from pipeline.stream.kafka_replay import exact_reference, publish_initial_table, scoped_settings
 from pipeline.stream.producer import produce_chunks, rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
-from pipeline.stream.workers import WorkerPool
+from pipeline.stream.worker_pool import WorkerPool
 
 
 @dataclass
@@ -75,7 +75,7 @@ def make_harness(kafka: str, redis: str, tmp_path: Path, spec: SyntheticSpec, **
 
 def reference_context_hashes(h: Harness) -> dict[tuple[str, int], int]:
     """(stream, seq) -> the context hash the router must have used (from the corpus itself)."""
-    return corpus_context_hashes(h.chunks, h.settings.window)
+    return corpus_context_hashes(h.chunks, h.settings.context_window)
 
 
 def check_contexts(h: Harness, outcomes: Outcomes) -> None:

@@ -33,7 +33,7 @@ from pipeline.stream.collector import Collected, collect
 from pipeline.stream.kafka_replay import budget_ledger, context_mismatches, scoped_settings
 from pipeline.stream.producer import produce_chunks
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
-from pipeline.stream.workers import WorkerPool
+from pipeline.stream.worker_pool import WorkerPool
 
 pytestmark = pytest.mark.integration
 

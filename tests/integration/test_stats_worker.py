@@ -43,7 +43,7 @@ from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_chunks, produce_raw, rechunk
 from pipeline.stream.timeline import outcome_timeline
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
-from pipeline.stream.workers import WorkerPool
+from pipeline.stream.worker_pool import WorkerPool
 from workers.stats_worker import build_refresher, refresh_policy
 
 pytestmark = pytest.mark.integration
@@ -130,7 +130,7 @@ def offline_table(loop: Loop) -> RoutingTable:
     """The offline phase on the same corpus, same policy (``var stats build``'s code path)."""
     s = loop.settings
     router = build_router(router_spec(s, CORPUS.vocab_size))
-    stats = collect_statistics(router, iter_batches(loop.chunks, s.batch_size), s.window)
+    stats = collect_statistics(router, iter_batches(loop.chunks, s.batch_size), s.context_window)
     return refresh_table(stats, refresh_policy(s), s.top_k, router.router_id, 1).table
 
 

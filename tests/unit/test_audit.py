@@ -10,7 +10,7 @@ import pytest
 from pipeline.engine.audit import (AGREED, DISAGREED, AuditLedger, audit_selected, router_calls, same_expert_sets,
                                    wilson)
 from pipeline.engine.budget import BudgetPolicy
-from pipeline.engine.context import StreamWindow
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.events import EventBatch, EventChunk, Tier
 from pipeline.engine.hashing import cache_key
@@ -55,7 +55,7 @@ class CountingRouter:
 
 
 def run(engine, batches):
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     return [engine.route_batch(b, windows) for b in batches]
 
 
@@ -91,8 +91,8 @@ def test_audits_keep_the_fast_path_route_and_tier_and_score_it_against_the_route
     table = table_of(router)
     assert 0 < table.size < VOCAB
     off = BudgetPolicy(enabled=False)
-    plain = run(VAREngine(router, table, EngineConfig(window=3, budget=off)), traffic(1, 6))
-    audited_engine = VAREngine(router, table, EngineConfig(window=3, budget=off, audit_rate=0.3))
+    plain = run(VAREngine(router, table, EngineConfig(context_window=3, budget=off)), traffic(1, 6))
+    audited_engine = VAREngine(router, table, EngineConfig(context_window=3, budget=off, audit_rate=0.3))
     audited = run(audited_engine, traffic(1, 6))
     for name in ("experts", "weights", "confidence", "entropy", "tiers"):
         np.testing.assert_array_equal(column(plain, name), column(audited, name))
@@ -112,7 +112,7 @@ def test_learned_calls_plus_audits_never_exceed_the_cap_in_any_window_with_one_r
     router = CountingRouter(build_router(SPEC))
     table = table_of(router.inner)
     budget = BudgetPolicy(budget=0.1, window=50)
-    engine = VAREngine(router, table, EngineConfig(window=3, budget=budget, audit_rate=0.5))
+    engine = VAREngine(router, table, EngineConfig(context_window=3, budget=budget, audit_rate=0.5))
     batches = traffic(2, 12)
     results = run(engine, batches)
     assert router.calls <= len(batches)
@@ -134,7 +134,7 @@ def test_audits_cost_learned_calls_under_the_same_cap():
     budget = BudgetPolicy(budget=0.1, window=50)
     learned = {}
     for rate in (0.0, 0.5):
-        results = run(VAREngine(router, table, EngineConfig(window=3, budget=budget, audit_rate=rate)), traffic(3, 8))
+        results = run(VAREngine(router, table, EngineConfig(context_window=3, budget=budget, audit_rate=rate)), traffic(3, 8))
         learned[rate] = int((column(results, "tiers") == Tier.LEARNED).sum())
     assert learned[0.5] < learned[0.0]
 
@@ -168,9 +168,9 @@ def test_audit_ledger_counts_per_version_and_layer():
 # --- outcomes -------------------------------------------------------------------------------------
 def layered_results(rate: float):
     router = build_router(SPEC)
-    engine = LayeredEngine([VAREngine(router, table_of(router), EngineConfig(window=3, audit_rate=rate,
+    engine = LayeredEngine([VAREngine(router, table_of(router), EngineConfig(context_window=3, audit_rate=rate,
                                                                              budget=BudgetPolicy(0.3, 100)))])
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     return [engine.route_batch(b, windows) for b in traffic(4, 3)]
 
 

@@ -9,7 +9,7 @@ import pytest
 from pipeline.engine.audit import AuditLedger
 from pipeline.engine.audit_evidence import MIN_AUDITS
 from pipeline.engine.budget import BudgetPolicy
-from pipeline.engine.context import StreamWindow
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.events import EventBatch, EventChunk, Tier
 from pipeline.engine.offline import collect_statistics
@@ -134,7 +134,7 @@ class SwappedCheckpoint:
 
 def serve(router, table, stats, batches):
     """Route ``batches`` with audits on; the audit ledger and the refresher's next table."""
-    engine = VAREngine(router, table, EngineConfig(window=3, budget=BudgetPolicy(0.3, 100), audit_rate=0.2))
+    engine = VAREngine(router, table, EngineConfig(context_window=3, budget=BudgetPolicy(0.3, 100), audit_rate=0.2))
     refresher = StatsRefresher(DV, 4, 2, router.router_id, RefreshPolicy(every=10 ** 9, thresholds=DRIFT_THRESHOLDS))
     refresher.stats, refresher.counters.last_version = stats.copy(), table.version
     ledger, windows = AuditLedger(), {}
@@ -166,11 +166,11 @@ def test_after_drift_the_closed_loop_recovers_agreement_from_fresh_evidence():
     stats = collect_statistics(a, traffic(9, 20), 3, pair_cap=1000)
     policy = RefreshPolicy(every=10 ** 9, thresholds=DRIFT_THRESHOLDS)
     table = refresh_table(stats, policy, 2, a.router_id, 1).table
-    engine = VAREngine(SwappedCheckpoint(a, b), table, EngineConfig(window=3, budget=BudgetPolicy(0.3, 100),
+    engine = VAREngine(SwappedCheckpoint(a, b), table, EngineConfig(context_window=3, budget=BudgetPolicy(0.3, 100),
                                                                      audit_rate=0.2))
     refresher = StatsRefresher(DV, 4, 2, a.router_id, policy)
     refresher.stats, refresher.counters.last_version = stats.copy(), 1
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     for round_ in range(6):
         for batch in traffic(10 + round_, 10):
             refresher.observe_result(engine.route_batch(batch, windows))

@@ -17,7 +17,7 @@ def run(scope: str):
     chunks = list(generate(SyntheticSpec(vocab_size=60, num_streams=3, tokens_per_stream=3000, seed=2)))
     stats = collect_statistics(router, iter_batches(chunks[:3000], 512), 3)
     table = build_table(stats, Thresholds(min_frequency=20), 2, router.router_id, 1)
-    engine = VAREngine(router, table, EngineConfig(window=3, cache_scope=scope))
+    engine = VAREngine(router, table, EngineConfig(context_window=3, cache_scope=scope))
     windows: dict = {}
     results = [engine.route_batch(b, windows) for b in iter_batches(chunks[3000:], 256)]
     return engine, results

@@ -13,13 +13,13 @@ from aiokafka.partitioner import DefaultPartitioner
 from pipeline.chaos.checks import RunChecks, check_deadletters, check_outcomes, corpus_context_hashes
 from pipeline.chaos.poison import KINDS, interleave, poison_set
 from pipeline.chaos.scenarios import ACTIONS, CI_RUNS, SCENARIOS
-from pipeline.engine.context import StreamWindow
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.records import encode_chunk
 from pipeline.outcomes import Outcomes, decode_outcome
 from pipeline.stream.app import worker_datadir
 from pipeline.stream.processor import InMessage
 from pipeline.stream.producer import oversized_deadletter
-from pipeline.stream.window_state import WindowState, key_partition
+from pipeline.stream.context_windows import ContextWindowTable, key_partition
 
 from .test_processor import corpus, make, messages_for
 
@@ -33,12 +33,12 @@ def test_key_partition_is_the_kafka_default_partitioner():
 def test_idle_windows_of_owned_partitions_are_tombstoned_and_others_kept():
     now = [0.0]
     table: dict[bytes, list] = {}
-    state = WindowState(table, 4, idle_s=10.0, clock=lambda: now[0])
+    state = ContextWindowTable(table, 4, idle_s=10.0, clock=lambda: now[0])
     streams = [f"s{i}" for i in range(40)]
-    asyncio.run(state.write({s: StreamWindow((1, 2), 0, i) for i, s in enumerate(streams)}))
+    asyncio.run(state.write({s: ContextWindow((1, 2), 0, i) for i, s in enumerate(streams)}))
     owned = [0, 1]
     now[0] = 5.0
-    asyncio.run(state.write({streams[0]: StreamWindow((2, 3), 1, 99)}))  # one stream stays active
+    asyncio.run(state.write({streams[0]: ContextWindow((2, 3), 1, 99)}))  # one stream stays active
     now[0] = 12.0
     forgotten = state.sweep(owned)
     left = {k.decode() for k in table}
@@ -135,6 +135,6 @@ def test_window_writes_wait_for_every_changelog_acknowledgement():
         asyncio.get_running_loop().call_later(0.01, lambda: (acked.append(key), future.set_result(None)))
         return future
 
-    state = WindowState(Table(), 4, 60.0, changelog=changelog)
-    asyncio.run(state.write({"a": StreamWindow((1, 2), 5, 9), "b": StreamWindow((3, 4), 6, 10)}))
+    state = ContextWindowTable(Table(), 4, 60.0, changelog=changelog)
+    asyncio.run(state.write({"a": ContextWindow((1, 2), 5, 9), "b": ContextWindow((3, 4), 6, 10)}))
     assert sorted(acked) == [b"a", b"b"] and local[b"a"] == [5, 9, 1, 2]

@@ -105,7 +105,7 @@ def test_our_services_settings_values_are_valid(services):
 def test_our_services_agree_on_router_topics_and_namespace(services):
     # The replay job publishes the table for, and reads the outcomes of, the running routers:
     # the router id (from these settings), topics, partitions and namespace must be identical.
-    shared = ("router", "vocab_size", "hidden", "experts", "top_k", "window", "seed", "namespace",
+    shared = ("router", "vocab_size", "hidden", "experts", "top_k", "context_window", "seed", "namespace",
               "topic_tokens", "topic_outcomes", "topic_deadletter", "partitions", "app_id", "kafka_bootstrap",
               "redis_url")
     loaded = {name: Settings.load(env=environment(s)) for name, s in ours(services).items()}

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.engine.budget import BudgetGovernor, BudgetPolicy, WindowLedger
+from pipeline.engine.budget import BudgetGovernor, BudgetPolicy, BudgetLedger
 
 
 def max_window_count(admitted_positions: np.ndarray, total: int, window: int) -> int:
@@ -107,7 +107,7 @@ def test_budget_policy_validation(kwargs):
         BudgetPolicy(**kwargs)
 
 
-# --- WindowLedger -----------------------------------------------------------------------------
+# --- BudgetLedger -----------------------------------------------------------------------------
 
 
 def brute_force(flags: np.ndarray, window: int) -> tuple[list[int], int]:
@@ -119,7 +119,7 @@ def brute_force(flags: np.ndarray, window: int) -> tuple[list[int], int]:
     return blocks, best
 
 
-def feed(ledger: WindowLedger, flags: np.ndarray, sizes) -> None:
+def feed(ledger: BudgetLedger, flags: np.ndarray, sizes) -> None:
     i = 0
     for n in sizes:
         ledger.record(flags[i : i + n])
@@ -139,7 +139,7 @@ def batch_sizes(rng, total, low, high):
 def test_ledger_matches_brute_force_with_batches_of_at_least_window_minus_one(seed, window):
     rng = np.random.default_rng(seed)
     flags = rng.random(800) < [0.1, 0.5, 0.9, 0.3, 0.7][seed]
-    ledger = WindowLedger(window)
+    ledger = BudgetLedger(window)
     sizes = batch_sizes(rng, len(flags), max(window - 1, 1), 3 * window + 5)
     sizes[-1] = max(sizes[-1], 0)
     feed(ledger, flags, sizes)
@@ -152,7 +152,7 @@ def test_ledger_matches_brute_force_with_batches_of_at_least_window_minus_one(se
 
 
 def test_ledger_small_batches_minimal():
-    ledger = WindowLedger(10)
+    ledger = BudgetLedger(10)
     ledger.record(np.ones(6, bool))
     ledger.record(np.ones(3, bool))
     assert ledger.max_sliding == 9
@@ -163,7 +163,7 @@ def test_ledger_matches_brute_force_with_random_batch_sizes(seed):
     rng = np.random.default_rng(seed)
     window = 40
     flags = rng.random(1000) < 0.5
-    ledger = WindowLedger(window)
+    ledger = BudgetLedger(window)
     feed(ledger, flags, batch_sizes(rng, len(flags), 1, window // 2))  # batches smaller than the window
     blocks, best = brute_force(flags.astype(np.int64), window)
     assert ledger.block_learned == blocks
@@ -175,7 +175,7 @@ def test_ledger_block_counts_with_random_batch_sizes(seed):
     """Block counts and the sliding maximum are exact whatever the batch sizes."""
     rng = np.random.default_rng(seed)
     flags = rng.random(1000) < 0.4
-    ledger = WindowLedger(40)
+    ledger = BudgetLedger(40)
     feed(ledger, flags, batch_sizes(rng, len(flags), 1, 90))
     blocks, best = brute_force(flags.astype(np.int64), 40)
     assert ledger.block_learned == blocks
@@ -184,7 +184,7 @@ def test_ledger_block_counts_with_random_batch_sizes(seed):
 
 
 def test_ledger_with_empty_batches():
-    ledger = WindowLedger(4)
+    ledger = BudgetLedger(4)
     ledger.record(np.zeros(0, bool))
     ledger.record(np.array([1, 1, 1, 0, 1], bool))
     ledger.record(np.zeros(0, bool))

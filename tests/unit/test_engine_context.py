@@ -6,7 +6,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pipeline.engine.context import REDELIVERED, SEQ_NOT_INCREASING, StreamWindow, build_contexts
+from pipeline.engine.context import REDELIVERED, SEQ_NOT_INCREASING, ContextWindow, build_contexts
 from pipeline.engine.events import PAD_TOKEN, EventBatch, EventChunk
 
 PAD = -1
@@ -81,7 +81,7 @@ def test_matches_reference_across_batches(window, seed):
     streams = [f"s{i}" for i in range(5)]
     next_seq = {s: 0 for s in streams}
     next_offset = [0]
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     for _ in range(6):
         n = int(rng.integers(1, 40))
         events = random_events(rng, streams, n, next_seq, next_offset)
@@ -97,7 +97,7 @@ def test_matches_reference_with_out_of_order_events(window):
     streams = ["a", "b", "c"]
     next_seq = {s: 0 for s in streams}
     next_offset = [0]
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     total_rejected = 0
     for _ in range(8):
         events = random_events(rng, streams, int(rng.integers(5, 30)), next_seq, next_offset, disorder=0.2)
@@ -113,8 +113,8 @@ def test_matches_reference_with_out_of_order_events(window):
 def test_resumed_from_given_windows(window):
     rng = np.random.default_rng(7)
     start = {
-        "x": StreamWindow(tuple(int(t) for t in rng.integers(0, 30, window - 1)), last_seq=10, last_offset=100),
-        "y": StreamWindow((PAD,) * (window - 1), last_seq=3, last_offset=50),
+        "x": ContextWindow(tuple(int(t) for t in rng.integers(0, 30, window - 1)), last_seq=10, last_offset=100),
+        "y": ContextWindow((PAD,) * (window - 1), last_seq=3, last_offset=50),
     }
     events = [("x", 11, 5, 101), ("z", 0, 6, 102), ("y", 9, 7, 103), ("x", 15, 8, 104), ("x", 16, 9, 105),
               ("y", 10, 1, 106)]
@@ -129,8 +129,8 @@ def test_interleaved_streams_small_example():
     events = [("a", 0, 1, 0), ("b", 0, 10, 1), ("a", 1, 2, 2), ("b", 1, 11, 3), ("a", 2, 3, 4)]
     res = build_contexts(make_batch(events), {}, 3)
     assert res.contexts.tolist() == [[PAD, PAD, 1], [PAD, PAD, 10], [PAD, 1, 2], [PAD, 10, 11], [1, 2, 3]]
-    assert res.windows["a"] == StreamWindow((2, 3), 2, 4)
-    assert res.windows["b"] == StreamWindow((10, 11), 1, 3)
+    assert res.windows["a"] == ContextWindow((2, 3), 2, 4)
+    assert res.windows["b"] == ContextWindow((10, 11), 1, 3)
 
 
 def test_empty_batch():
@@ -139,7 +139,7 @@ def test_empty_batch():
 
 
 def test_seq_not_increasing_rejected_and_window_untouched():
-    start = StreamWindow((4, 5, 6), last_seq=7, last_offset=20)
+    start = ContextWindow((4, 5, 6), last_seq=7, last_offset=20)
     # offset 30 is after the window's last offset: bad input, not a redelivery
     res = build_contexts(make_batch([("a", 7, 9, 30), ("a", 2, 9, 31)]), {"a": start}, 4)
     assert res.accepted.tolist() == [False, False]
@@ -155,21 +155,21 @@ def test_rejected_event_does_not_enter_the_context():
     assert res.contexts.tolist() == [[PAD, PAD, 1], [PAD, 1, 4]]
     assert [r.index for r in res.rejections] == [1, 2]
     assert all(r.kind == SEQ_NOT_INCREASING for r in res.rejections)
-    assert res.windows["a"] == StreamWindow((1, 4), 6, 3)
+    assert res.windows["a"] == ContextWindow((1, 4), 6, 3)
 
 
 def test_redelivered_event():
-    start = StreamWindow((4, 5), last_seq=9, last_offset=20)
+    start = ContextWindow((4, 5), last_seq=9, last_offset=20)
     events = [("a", 8, 1, 19), ("a", 9, 1, 20), ("a", 10, 2, 21), ("b", 0, 3, 22)]
     res = build_contexts(make_batch(events), {"a": start}, 3)
     assert res.accepted.tolist() == [False, False, True, True]
     assert [(r.index, r.kind) for r in res.rejections] == [(0, REDELIVERED), (1, REDELIVERED)]
     assert res.contexts.tolist() == [[4, 5, 2], [PAD, PAD, 3]]
-    assert res.windows["a"] == StreamWindow((5, 2), 10, 21)
+    assert res.windows["a"] == ContextWindow((5, 2), 10, 21)
 
 
 def test_redelivered_stream_keeps_its_window_when_all_events_rejected():
-    start = StreamWindow((1, 2, 3), last_seq=4, last_offset=10)
+    start = ContextWindow((1, 2, 3), last_seq=4, last_offset=10)
     res = build_contexts(make_batch([("a", 3, 9, 9), ("a", 4, 9, 10)]), {"a": start}, 4)
     assert {r.kind for r in res.rejections} == {REDELIVERED}
     assert res.windows["a"] == start
@@ -187,23 +187,23 @@ def test_whole_batch_redelivered_after_routing():
 
 
 def test_negative_offset_is_never_a_redelivery():
-    start = StreamWindow((1,), last_seq=4, last_offset=10)
+    start = ContextWindow((1,), last_seq=4, last_offset=10)
     res = build_contexts(make_batch([("a", 3, 9, -1)]), {"a": start}, 2)
     assert res.rejections[0].kind == SEQ_NOT_INCREASING
 
 
 @pytest.mark.parametrize("window", [
-    StreamWindow(()),
-    StreamWindow((PAD, PAD, 3), last_seq=12, last_offset=-1),
-    StreamWindow((7, 0, 9), last_seq=0, last_offset=123456789),
+    ContextWindow(()),
+    ContextWindow((PAD, PAD, 3), last_seq=12, last_offset=-1),
+    ContextWindow((7, 0, 9), last_seq=0, last_offset=123456789),
 ])
 def test_stream_window_list_round_trip(window):
     values = window.to_list()
     assert values[:2] == [window.last_seq, window.last_offset]
-    assert StreamWindow.from_list(values) == window
-    assert StreamWindow.from_list(list(values)).tokens == window.tokens
+    assert ContextWindow.from_list(values) == window
+    assert ContextWindow.from_list(list(values)).tokens == window.tokens
 
 
 def test_empty_window_is_pads():
-    assert StreamWindow.empty(4) == StreamWindow((PAD_TOKEN,) * 3, -1, -1)
-    assert StreamWindow.empty(1).tokens == ()
+    assert ContextWindow.empty(4) == ContextWindow((PAD_TOKEN,) * 3, -1, -1)
+    assert ContextWindow.empty(1).tokens == ()

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.engine.budget import BudgetPolicy
 from pipeline.engine.cache import CachePolicy, MemoryDecisionCache, decode_decisions
-from pipeline.engine.context import REDELIVERED, StreamWindow
+from pipeline.engine.context import REDELIVERED, ContextWindow
 from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.events import TIER_LABELS, PAD_TOKEN, EventBatch, EventChunk, Tier
 from pipeline.engine.hashing import cache_key, context_hash
@@ -93,7 +93,7 @@ def reference_prev_tokens(batches, window):
 
 
 def run(engine, batches):
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     return [engine.route_batch(b, windows) for b in batches]
 
 
@@ -110,7 +110,7 @@ def test_every_tier_occurs_and_is_correct():
     router, reference = build_router(spec), build_router(spec)
     table = offline_table(reference, window, vocab, Thresholds(min_frequency=1e9, max_entropy=0.0, static_below=2))
     assert table.eligible[:2].all() and not table.eligible[2:].any()
-    config = EngineConfig(window=window, cache=CachePolicy(ttl_s=1e6, max_entries=10_000, min_confidence=0.3),
+    config = EngineConfig(context_window=window, cache=CachePolicy(ttl_s=1e6, max_entries=10_000, min_confidence=0.3),
                           budget=BudgetPolicy(budget=0.2, window=50))
     cache = SpyCache(config.cache, FakeClock())
     engine = VAREngine(router, table, config, cache)
@@ -118,7 +118,7 @@ def test_every_tier_occurs_and_is_correct():
     stored: dict[int, tuple] = {}  # model of the store: key -> last confident learned decision
     seen = np.zeros(len(Tier), dtype=np.int64)
     from_store = 0
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     for batch in batches:
         result = engine.route_batch(batch, windows)
         d, ctx, tokens = result.decisions, result.contexts, result.events.tokens
@@ -177,7 +177,7 @@ def test_every_tier_occurs_and_is_correct():
 def test_one_store_lookup_and_at_most_one_write_per_batch():
     spec = make_spec(4, 8)
     engine = VAREngine(build_router(spec), RoutingTable.empty(8, 4, 2, spec.router_id),
-                       EngineConfig(window=4, cache=CachePolicy(min_confidence=0.0)),
+                       EngineConfig(context_window=4, cache=CachePolicy(min_confidence=0.0)),
                        cache := SpyCache(CachePolicy(min_confidence=0.0), FakeClock()))
     batches = Traffic(5, 8).batches([100, 100, 100])
     run(engine, batches)
@@ -194,7 +194,7 @@ def test_cached_and_learned_decisions_equal_the_router_exactly(window):
     spec = make_spec(window, vocab)
     router, reference = build_router(spec), build_router(spec)
     table = offline_table(reference, window, vocab, Thresholds(min_frequency=1e9, max_entropy=0.0, static_below=1))
-    config = EngineConfig(window=window, cache=CachePolicy(ttl_s=1e6, max_entries=100_000, min_confidence=0.0),
+    config = EngineConfig(context_window=window, cache=CachePolicy(ttl_s=1e6, max_entries=100_000, min_confidence=0.0),
                           budget=BudgetPolicy(budget=0.5, window=100))
     engine = VAREngine(router, table, config)
     batches = Traffic(42, vocab, streams=8).batches([250] * 16)  # 4000 events
@@ -217,7 +217,7 @@ def test_contexts_seen_by_the_engine_are_the_stream_windows():
     spec = make_spec(window, vocab)
     batches = Traffic(3, vocab).batches([50, 1, 120, 33])
     results = run(VAREngine(build_router(spec), RoutingTable.empty(vocab, 4, 2, spec.router_id),
-                            EngineConfig(window=window)), batches)
+                            EngineConfig(context_window=window)), batches)
     for r, batch, prev in zip(results, batches, reference_prev_tokens(batches, window)):
         np.testing.assert_array_equal(r.contexts[:, :-1], prev)
         np.testing.assert_array_equal(r.contexts[:, -1], batch.tokens)
@@ -243,7 +243,7 @@ def test_governor_caps_learned_calls_in_every_window(budget, bwindow, sizes):
     spec = make_spec(window, vocab)
     policy = BudgetPolicy(budget=budget, window=bwindow)
     engine = VAREngine(build_router(spec), RoutingTable.empty(vocab, 4, 2, spec.router_id),
-                       EngineConfig(window=window, budget=policy))
+                       EngineConfig(context_window=window, budget=policy))
     results = run(engine, Traffic(8, vocab).batches(sizes))
     tiers = concat(results, "tiers")
     learned = tiers == Tier.LEARNED
@@ -260,7 +260,7 @@ def test_ledger_matches_the_decisions_with_batches_at_least_the_window():
     window, vocab, bwindow = 4, 30, 50
     spec = make_spec(window, vocab)
     engine = VAREngine(build_router(spec), RoutingTable.empty(vocab, 4, 2, spec.router_id),
-                       EngineConfig(window=window, budget=BudgetPolicy(budget=0.3, window=bwindow, enabled=False)))
+                       EngineConfig(context_window=window, budget=BudgetPolicy(budget=0.3, window=bwindow, enabled=False)))
     results = run(engine, Traffic(9, vocab).batches([60, 49, 200, 75]))
     learned = concat(results, "tiers") == Tier.LEARNED
     assert engine.ledger.max_sliding == window_counts(learned, bwindow).max()
@@ -270,7 +270,7 @@ def test_ledger_matches_the_decisions_with_small_batches():
     window, vocab, bwindow = 4, 30, 50
     spec = make_spec(window, vocab)
     engine = VAREngine(build_router(spec), RoutingTable.empty(vocab, 4, 2, spec.router_id),
-                       EngineConfig(window=window, budget=BudgetPolicy(budget=0.3, window=bwindow, enabled=False)))
+                       EngineConfig(context_window=window, budget=BudgetPolicy(budget=0.3, window=bwindow, enabled=False)))
     results = run(engine, Traffic(9, vocab).batches([20] * 15))
     learned = concat(results, "tiers") == Tier.LEARNED
     assert engine.ledger.max_sliding == window_counts(learned, bwindow).max()
@@ -280,7 +280,7 @@ def test_without_governor_nothing_is_budget_fallback():
     window, vocab = 4, 30
     spec = make_spec(window, vocab)
     engine = VAREngine(build_router(spec), RoutingTable.empty(vocab, 4, 2, spec.router_id),
-                       EngineConfig(window=window, budget=BudgetPolicy(budget=0.0, window=10, enabled=False)))
+                       EngineConfig(context_window=window, budget=BudgetPolicy(budget=0.0, window=10, enabled=False)))
     results = run(engine, Traffic(10, vocab).batches([200, 300]))
     tiers = concat(results, "tiers")
     assert not (tiers == Tier.BUDGET_FALLBACK).any()
@@ -299,9 +299,9 @@ def test_only_confident_learned_decisions_are_written():
     policy = CachePolicy(ttl_s=1e6, max_entries=100_000, min_confidence=min_conf)
     cache = SpyCache(policy, FakeClock())
     engine = VAREngine(build_router(spec), RoutingTable.empty(vocab, 4, 2, spec.router_id),
-                       EngineConfig(window=window, cache=policy, budget=BudgetPolicy(enabled=False)), cache)
+                       EngineConfig(context_window=window, cache=policy, budget=BudgetPolicy(enabled=False)), cache)
     batches = Traffic(11, vocab).batches([300, 300, 300])
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     below = 0
     for batch in batches:
         before = len(cache.puts)
@@ -333,7 +333,7 @@ def test_nothing_is_written_when_no_learned_decision_is_confident():
     spec = make_spec(4, 8)
     cache = SpyCache(CachePolicy(min_confidence=1.0), FakeClock())
     engine = VAREngine(build_router(spec), RoutingTable.empty(8, 4, 2, spec.router_id),
-                       EngineConfig(window=4, cache=CachePolicy(min_confidence=1.0),
+                       EngineConfig(context_window=4, cache=CachePolicy(min_confidence=1.0),
                                     budget=BudgetPolicy(enabled=False)), cache)
     results = run(engine, Traffic(12, 8).batches([100, 100]))
     assert cache.puts == [] and len(cache) == 0
@@ -347,7 +347,7 @@ def test_same_key_twice_in_one_batch_is_routed_once():
     spec = make_spec(4, 8)
     router = build_router(spec)
     engine = VAREngine(router, RoutingTable.empty(8, 4, 2, spec.router_id),
-                       EngineConfig(window=4, cache=CachePolicy(min_confidence=1.0),
+                       EngineConfig(context_window=4, cache=CachePolicy(min_confidence=1.0),
                                     budget=BudgetPolicy(enabled=False)))
     # streams a and b start identically -> same context (PAD, PAD, PAD | 5) and then (PAD, PAD, 5 | 3)
     batch = EventBatch.from_events([("a", 0, 5), ("b", 0, 5), ("a", 1, 3), ("c", 0, 7), ("b", 1, 3)])
@@ -365,7 +365,7 @@ def test_repeat_of_a_denied_key_takes_the_fallback_too():
     spec = make_spec(4, 8)
     router = build_router(spec)
     table = RoutingTable.empty(8, 4, 2, spec.router_id)
-    engine = VAREngine(router, table, EngineConfig(window=4, budget=BudgetPolicy(budget=0.1, window=10)))
+    engine = VAREngine(router, table, EngineConfig(context_window=4, budget=BudgetPolicy(budget=0.1, window=10)))
     batch = EventBatch.from_events([("a", 0, 1), ("b", 0, 2), ("c", 0, 2)])  # cap 1: only the first is learned
     tiers = engine.route_batch(batch, {}).decisions.tiers.tolist()
     assert tiers == [Tier.LEARNED, Tier.PRIOR, Tier.PRIOR]  # the table is empty: no entry but the prior
@@ -382,7 +382,7 @@ def test_two_fresh_engines_give_identical_decisions():
         spec = make_spec(window, vocab)
         router = build_router(spec)
         table = offline_table(router, window, vocab, Thresholds(min_frequency=100, max_entropy=0.5, static_below=2))
-        engine = VAREngine(router, table, EngineConfig(window=window, cache=CachePolicy(min_confidence=0.5),
+        engine = VAREngine(router, table, EngineConfig(context_window=window, cache=CachePolicy(min_confidence=0.5),
                                                        budget=BudgetPolicy(budget=0.2, window=60)),
                            MemoryDecisionCache(CachePolicy(min_confidence=0.5), FakeClock()))
         return run(engine, Traffic(21, vocab).batches([90, 300, 5, 400]))
@@ -405,7 +405,7 @@ def test_decisions_carry_provenance():
     router = build_router(spec)
     table = offline_table(router, window, vocab, Thresholds(min_frequency=1e9, max_entropy=0.0, static_below=3),
                           version=5)
-    engine = VAREngine(router, table, EngineConfig(window=window, layer=2,
+    engine = VAREngine(router, table, EngineConfig(context_window=window, layer=2,
                                                    cache=CachePolicy(min_confidence=0.5)))
     batches = Traffic(31, vocab).batches([70, 130])
     results = run(engine, batches)
@@ -425,9 +425,9 @@ def test_layer_scopes_the_cache():
     spec = make_spec(4, 8)
     shared = MemoryDecisionCache(CachePolicy(min_confidence=0.0), FakeClock())
     table = RoutingTable.empty(8, 4, 2, spec.router_id)
-    e0 = VAREngine(build_router(spec), table, EngineConfig(window=4, layer=0, cache=CachePolicy(min_confidence=0.0),
+    e0 = VAREngine(build_router(spec), table, EngineConfig(context_window=4, layer=0, cache=CachePolicy(min_confidence=0.0),
                                                           budget=BudgetPolicy(enabled=False)), shared)
-    e1 = VAREngine(build_router(spec), table, EngineConfig(window=4, layer=1, cache=CachePolicy(min_confidence=0.0),
+    e1 = VAREngine(build_router(spec), table, EngineConfig(context_window=4, layer=1, cache=CachePolicy(min_confidence=0.0),
                                                           budget=BudgetPolicy(enabled=False)), shared)
     batch = EventBatch.from_events([("a", 0, 1), ("a", 1, 2)])
     e0.route_batch(batch, {})
@@ -442,13 +442,13 @@ def test_set_table_rejects_a_table_for_another_router():
     window, vocab = 4, 10
     spec = make_spec(window, vocab)
     router = build_router(spec)
-    engine = VAREngine(router, RoutingTable.empty(vocab, 4, 2, spec.router_id), EngineConfig(window=window))
+    engine = VAREngine(router, RoutingTable.empty(vocab, 4, 2, spec.router_id), EngineConfig(context_window=window))
     other = build_router(make_spec(window, vocab, seed=1))
     foreign = offline_table(other, window, vocab, Thresholds(), version=2)
     with pytest.raises(ValueError, match="built for router"):
         engine.set_table(foreign)
     with pytest.raises(ValueError):
-        VAREngine(router, foreign, EngineConfig(window=window))
+        VAREngine(router, foreign, EngineConfig(context_window=window))
     wrong_vocab = RoutingTable.empty(vocab + 1, 4, 2, spec.router_id)
     with pytest.raises(ValueError, match="vocab"):
         engine.set_table(wrong_vocab)
@@ -469,7 +469,7 @@ def test_cached_key_is_routed_again_after_the_ttl():
     clock = FakeClock(100.0)
     policy = CachePolicy(ttl_s=10.0, max_entries=100, min_confidence=0.0)
     engine = VAREngine(router, RoutingTable.empty(8, 4, 2, spec.router_id),
-                       EngineConfig(window=4, cache=policy, budget=BudgetPolicy(enabled=False)),
+                       EngineConfig(context_window=4, cache=policy, budget=BudgetPolicy(enabled=False)),
                        MemoryDecisionCache(policy, clock))
 
     def route(stream):  # a new stream: context (PAD, PAD, PAD | 5), the same key every time
@@ -494,10 +494,10 @@ def test_redelivered_events_are_rejected_and_not_routed():
     spec = make_spec(4, 8)
     router = build_router(spec)
     engine = VAREngine(router, RoutingTable.empty(8, 4, 2, spec.router_id),
-                       EngineConfig(window=4, budget=BudgetPolicy(enabled=False)))
+                       EngineConfig(context_window=4, budget=BudgetPolicy(enabled=False)))
     traffic = Traffic(2, 8)
     batch = traffic.batch(30)
-    windows: dict[str, StreamWindow] = {}
+    windows: dict[str, ContextWindow] = {}
     engine.route_batch(batch, windows)
     saved = dict(windows)
     again = engine.route_batch(batch, windows)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.corpus.synthetic import SyntheticSpec, generate
-from pipeline.engine.budget import BudgetPolicy, WindowLedger
+from pipeline.engine.budget import BudgetPolicy, BudgetLedger
 from pipeline.engine.context import corpus_context_hashes
 from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.events import Tier
@@ -38,7 +38,7 @@ def routers():
 def make(budget: BudgetPolicy = BUDGET):
     rs = routers()
     engine = LayeredEngine([VAREngine(r, RoutingTable.empty(200, 4, 2, r.router_id),
-                                      EngineConfig(window=r.spec.window, layer=l, budget=budget))
+                                      EngineConfig(context_window=r.spec.window, layer=l, budget=budget))
                             for l, r in enumerate(rs)])
     store = MemoryRoutingStore(layers=len(rs))
     return RouterProcessor(engine, store, "w-test"), store, {}
@@ -101,7 +101,7 @@ def test_each_layer_holds_its_own_budget_and_its_exact_decisions_are_its_routers
     for layer in got.layers:
         flags = np.zeros(int(layer.positions.max()) + 1, bool)
         flags[layer.positions] = layer.learned()
-        ledger = WindowLedger(BUDGET.window)
+        ledger = BudgetLedger(BUDGET.window)
         ledger.record(flags)
         assert ledger.max_sliding <= int(BUDGET.budget * BUDGET.window)
         assert layer.learned().any()
@@ -116,7 +116,7 @@ def test_each_layer_holds_its_own_budget_and_its_exact_decisions_are_its_routers
 def layer_tables(processor, chunks, version: int = 1):
     tables = []
     for engine in processor.engine.layers:
-        stats = collect_statistics(engine.router, iter_batches(chunks, 256), engine.window)
+        stats = collect_statistics(engine.router, iter_batches(chunks, 256), engine.context_window)
         tables.append(build_table(stats, Thresholds(min_frequency=5), 2, engine.router.router_id, version))
     return tables
 

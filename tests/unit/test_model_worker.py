@@ -25,7 +25,7 @@ def test_a_model_worker_routes_every_layer_and_the_stats_worker_learns_each():
     routers = build_routers(settings, vocab)
     engine = build_engine(settings, routers)
     windows = [r.spec.window for r in routers]
-    assert len(engine) == 4 and windows == [8, 15, 22, 29] and engine.window == 29
+    assert len(engine) == 4 and windows == [8, 15, 22, 29] and engine.context_window == 29
     processor = RouterProcessor(engine, MemoryRoutingStore(engine_config(settings).cache, layers=4), "w")
     chunks = list(itertools.islice(text_chunks([work_path("macbeth")], chunk_size=16), 40))
     state: dict = {}

@@ -108,7 +108,7 @@ def test_over_budget_tokens_take_their_own_entry_and_only_unseen_tokens_the_prio
     strict.eligible = np.zeros(V, bool)  # nothing on the fast path: every event asks the router
     strict.pairs.eligible = np.zeros(len(strict.pair_entries), bool)
     router = ConstantRouter()
-    engine = VAREngine(router, strict, EngineConfig(window=2, budget=BudgetPolicy(budget=0.1, window=10)))
+    engine = VAREngine(router, strict, EngineConfig(context_window=2, budget=BudgetPolicy(budget=0.1, window=10)))
     chunks = [EventChunk("a", 0, (3, 5, 1, 5, 9, 7, 3, 7, 11, 5))]
     d = engine.route_batch(EventBatch.from_chunks(chunks), {}).decisions
     assert router.routed == 1 and d.tiers[0] == Tier.LEARNED
@@ -174,7 +174,7 @@ def test_outcomes_carry_the_previous_token_and_the_key_kind(table):
     from pipeline.engine.refresher import RefreshPolicy, StatsRefresher
     from pipeline.outcomes import Outcomes, decode_outcome, encode_outcomes
 
-    engine = LayeredEngine([VAREngine(ConstantRouter(), table.with_version(1), EngineConfig(window=2))])
+    engine = LayeredEngine([VAREngine(ConstantRouter(), table.with_version(1), EngineConfig(context_window=2))])
     chunks = [EventChunk("a", 0, (3, 5, 1)), EventChunk("b", 0, (9,)), EventChunk("a", 3, (5, 7))]
     result = engine.route_batch(EventBatch.from_chunks(chunks), {})
     records = encode_outcomes(result, np.asarray([0, 0, 0, 1, 2, 2]), "w")

@@ -22,7 +22,7 @@ SPEC = RouterSpec(vocab_size=200, hidden=16, num_experts=4, top_k=2, window=3)
 
 def make(learned_only: bool = False, records: str = "stream") -> tuple[RouterProcessor, MemoryRoutingStore, dict]:
     router = build_router(SPEC)
-    engine = VAREngine(router, RoutingTable.empty(200, 4, 2, router.router_id), EngineConfig(window=3))
+    engine = VAREngine(router, RoutingTable.empty(200, 4, 2, router.router_id), EngineConfig(context_window=3))
     store = MemoryRoutingStore()
     return RouterProcessor(engine, store, "w-test", learned_only, records), store, {}
 

@@ -163,7 +163,7 @@ def test_refresh_table_with_every_outcome_learned_equals_the_offline_table():
     chunks = list(generate(SyntheticSpec(vocab_size=200, num_streams=3, tokens_per_stream=800, seed=2)))
     offline = collect_statistics(router, iter_batches(chunks, 256), spec.window)
     engine = VAREngine(router, RoutingTable.empty(200, 4, 2, router.router_id),
-                       EngineConfig(window=3, budget=BudgetPolicy(enabled=False)))
+                       EngineConfig(context_window=3, budget=BudgetPolicy(enabled=False)))
     online = StatsRefresher(200, 4, 2, router.router_id, RefreshPolicy(every=10**9))
     windows: dict = {}
     for batch in iter_batches(chunks, 256):
@@ -182,7 +182,7 @@ def closed_loop(adaptive_target: float | None, every: int = 2000):
     spec = RouterSpec(vocab_size=1000)
     router = build_router(spec)
     engine = VAREngine(router, RoutingTable.empty(1000, 8, 2, router.router_id),
-                       EngineConfig(window=4, budget=BudgetPolicy(enabled=False)))
+                       EngineConfig(context_window=4, budget=BudgetPolicy(enabled=False)))
     r = StatsRefresher(1000, 8, 2, router.router_id,
                        RefreshPolicy(every=every, interval_s=1e9, adaptive_target=adaptive_target), FakeClock())
     hook, windows, tiers = embedded_hook(r), {}, []

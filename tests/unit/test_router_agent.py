@@ -17,7 +17,7 @@ from pipeline.outcomes import MAX_OUTCOME_TOKENS, Outcomes, decode_outcome
 from pipeline.stream.agent import RouterAgent, Topics
 from pipeline.stream.continuity import OffsetContinuity
 from pipeline.stream.processor import BatchOutput, DeadLetter, InMessage
-from pipeline.stream.window_state import WindowState
+from pipeline.stream.context_windows import ContextWindowTable
 
 from .test_processor import corpus, make, messages_for
 
@@ -87,7 +87,7 @@ def agent_for(start: int = 0, fail: int = 0, error: Exception | None = None, pas
         return {p: start for p in partitions}
 
     producer, control = FakeProducer(log, fail, error), FakeControl(log)
-    windows = WindowState(LoggingTable(log), 4, 600.0)
+    windows = ContextWindowTable(LoggingTable(log), 4, 600.0)
     agent = RouterAgent(None if passthrough else processor, OffsetContinuity(starts), control, windows,
                         producer.send, Topics("out", "dlq", "tokens"), retry_s=0.0)
     return agent, producer, control, log
@@ -181,7 +181,7 @@ def test_a_batch_arriving_while_faust_rebalances_or_restores_windows_is_not_rout
     assert agent.continuity.committable() == {0: len(msgs)}
 
 
-class FailingWindows(WindowState):
+class FailingWindows(ContextWindowTable):
     def __init__(self, fail: int) -> None:
         super().__init__({}, 4, 600.0)
         self.fail = fail

@@ -17,7 +17,7 @@ from pipeline.stack.kafka_broker import render_config
 from pipeline.stores.keys import acl_key_selectors
 from pipeline.stores.redis_access import RedisAccess
 from pipeline.stream.kafka_access import KafkaAccess
-from pipeline.stream.workers import worker_env
+from pipeline.stream.worker_pool import worker_env
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def routed_run(governor: bool = True, budget: float = 0.2, key: bytes | None = K
     chunks = corpus(1500)
     stats = collect_statistics(router, iter_batches(chunks[:600], 256), 3)
     table = build_table(stats, Thresholds(min_frequency=3, max_entropy=0.9), 2, router.router_id, 1)
-    config = EngineConfig(window=3, budget=BudgetPolicy(budget, 100, governor), audit_rate=audit_rate)
+    config = EngineConfig(context_window=3, budget=BudgetPolicy(budget, 100, governor), audit_rate=audit_rate)
     engine = VAREngine(serving or router, RoutingTable.empty(200, 4, 2, router.router_id), config)
     store = MemoryRoutingStore()
     version = asyncio.run(store.publish_tables([table]))

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from aiokafka.partitioner import murmur2
 
-from pipeline.engine.context import StreamWindow
+from pipeline.engine.context import ContextWindow
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def key_partition(key: bytes, partitions: int) -> int:
 ChangelogSend = Callable[[bytes, Any], Awaitable[Any]]
 
 
-class WindowState:
+class ContextWindowTable:
     """Window lookup, write and idle sweep over a Faust table (tests pass plain dicts).
 
     ``changelog(key, value)`` sends one changelog record and returns its delivery future;
@@ -56,11 +56,11 @@ class WindowState:
         self.touched: dict[bytes, float] = {}
         self.forgotten = 0
 
-    def lookup(self, stream: str) -> StreamWindow | None:
+    def lookup(self, stream: str) -> ContextWindow | None:
         value = self.table.get(stream.encode())
-        return StreamWindow.from_list(value) if value is not None else None
+        return ContextWindow.from_list(value) if value is not None else None
 
-    async def write(self, windows: dict[str, StreamWindow]) -> None:
+    async def write(self, windows: dict[str, ContextWindow]) -> None:
         """Write each touched stream's window once (a changelog record each); returns when the
         broker acknowledged every record (raises if a send failed: nothing may be committed)."""
         now, pending = self.clock(), []
