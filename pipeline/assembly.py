@@ -13,7 +13,7 @@ learned routers everywhere:
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from pipeline.engine.budget import BudgetPolicy, split_budget
 from pipeline.engine.cache import CachePolicy
@@ -22,6 +22,9 @@ from pipeline.engine.layered import LayeredEngine
 from pipeline.engine.routers import Router, RouterSpec, build_router
 from pipeline.engine.table import RoutingTable, Thresholds
 from pipeline.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from pipeline.model.checkpoint import Checkpoint
 
 
 def is_model(settings: Settings) -> bool:
@@ -34,7 +37,7 @@ def checkpoint_path(settings: Settings) -> str | None:
 
 
 @lru_cache(maxsize=4)
-def _load(path: str | None, device: str):  # type: ignore[no-untyped-def]
+def _load(path: str | None, device: str) -> Checkpoint:
     from pipeline.model.checkpoint import CheckpointError, load_checkpoint
 
     try:
@@ -43,7 +46,7 @@ def _load(path: str | None, device: str):  # type: ignore[no-untyped-def]
         raise SettingsError(f"invalid VAR_ROUTER / --router: {exc}") from None
 
 
-def load_model(settings: Settings):  # type: ignore[no-untyped-def]
+def load_model(settings: Settings) -> Checkpoint:
     """The :class:`~pipeline.model.checkpoint.Checkpoint` of a model router (loaded once)."""
     return _load(checkpoint_path(settings), settings.device)
 

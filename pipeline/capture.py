@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.engine.events import KEY_LABELS, TIER_LABELS
+from pipeline.errors import VARError
 from pipeline.outcomes import Outcomes
 
 FORMAT = "var-routing-capture"
@@ -51,7 +52,7 @@ _ARRAYS = ("experts", "weights", "tiers", "key_kinds", "table_versions", "router
            "stream_index", "streams", "seqs", "tokens")
 
 
-class CaptureError(ValueError):
+class CaptureError(VARError, ValueError):
     """A capture that cannot be built, written or read; ``str(err)`` is a one-line reason."""
 
 

@@ -79,6 +79,9 @@ def render_frontier(result: dict[str, Any]) -> str:
 
 def plot_frontier(result: dict[str, Any], path: str) -> None:
     """Perplexity change and per-layer learned share against the budget (PNG)."""
+    from pipeline.plot import require_matplotlib
+
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

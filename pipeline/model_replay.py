@@ -42,6 +42,7 @@ from pipeline.model_report import ModelReplayReport, layer_report
 from pipeline.replay import ReplayError
 from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
+from pipeline.timeline import engine_layers_point
 
 
 @dataclass
@@ -130,8 +131,7 @@ def route_online(engine: LayeredEngine, chunks: Sequence[EventChunk], settings: 
                 raise ReplayError(f"record {int(batch.offsets[result.rejections[0].index])}: "
                                   f"{result.rejections[0].reason}")
             collector.add(result)
-            timeline.append({"tokens": engine.layers[0].counters.decisions,
-                             **{f"learned_l{l}": int(e.counters.tiers[2]) for l, e in enumerate(engine.layers)}})
+            timeline.append(engine_layers_point(engine))
             bar.update(len(batch))
     return collector, routing_s, timeline
 

@@ -13,7 +13,7 @@ from pipeline.engine.audit import audit_summary
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import TIER_LABELS, Tier, served_by_key
 from pipeline.model.determinism import LayerDeterminism
-from pipeline.model.evaluate import LMQuality
+from pipeline.model.evaluate import LMQuality, VariantQuality
 from pipeline.model.router import ModelRouter
 from pipeline.report import full_window_share, pct
 
@@ -79,7 +79,7 @@ class ModelReplayReport:
     completeness: dict[str, Any] | None = None  # --via kafka: events in, outcomes, duplicates, missing, ...
 
     @property
-    def var(self):  # type: ignore[no-untyped-def]
+    def var(self) -> VariantQuality:
         return self.quality.variants["var"]
 
     @property

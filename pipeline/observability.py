@@ -4,6 +4,9 @@ Every worker process exposes its metrics over HTTP (``VAR_METRICS_PORT``; 0 = of
 ``/metrics``. Metric names start with ``var_``; each worker has its own registry so tests can
 run several in one process. Logs are plain text or one JSON object per line
 (``VAR_LOG_FORMAT=json``) carrying the worker name and any ``extra`` context (stream, batch...).
+
+Reading a worker's metrics back (the benchmarks, the soak test, the integration tests) goes
+through :func:`scrape_samples`, which parses the exposition with ``prometheus_client.parser``.
 """
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Iterable
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.engine.audit import AuditLedger
 from pipeline.engine.events import DecisionBatch
@@ -114,6 +120,33 @@ def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1
     """Expose ``registry`` on ``host``:``port`` at /metrics (no-op for port 0)."""
     if port:
         start_http_server(port, addr=host, registry=registry)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of a scrape: ``name`` (with a histogram's ``_count``/``_sum``/``_bucket``
+    suffix), its labels and value."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition (parsed by ``prometheus_client.parser``)."""
+    return [Sample(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def scrape_samples(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> list[Sample]:
+    """:func:`parse_samples` of ``http://host:port/metrics``; OSError when it cannot be read."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as response:
+        return parse_samples(response.read().decode())
+
+
+def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0 if none)."""
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 class JsonFormatter(logging.Formatter):

@@ -47,16 +47,16 @@ still be counted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
-from pipeline.engine.audit import router_calls
 from pipeline.engine.engine import RouteResult
-from pipeline.engine.events import KEY_LABELS, TIER_LABELS, EventBatch, KeyKind, Tier
+from pipeline.engine.events import KEY_LABELS, TIER_LABELS, EventBatch
+from pipeline.engine.outcome_columns import LayerOutcomes as LayerOutcomes, Outcomes as Outcomes  # re-exported
 from pipeline.engine.pairs import previous_tokens
+from pipeline.errors import VARError
 
 OUTCOME_VERSION = 2
 LEGACY_VERSION = 1  # one layer, its fields at the top level (decoded, never written)
@@ -72,7 +72,7 @@ _TIER_TEXT = np.asarray(TIER_LABELS, dtype=object)  # code -> label, indexable b
 _KEY_TEXT = np.asarray(KEY_LABELS, dtype=object)
 
 
-class OutcomeError(ValueError):
+class OutcomeError(VARError, ValueError):
     """A message that is not a valid outcome; ``str(err)`` is the reason."""
 
 
@@ -148,110 +148,6 @@ class _LayerLists:
         return rec
 
 
-@dataclass(slots=True)
-class LayerOutcomes:
-    """One MoE layer's decisions as columns, rows aligned with :class:`Outcomes`."""
-
-    layer: int
-    experts: np.ndarray  # int64 [n, k]
-    weights: np.ndarray  # float32 [n, k]
-    confidence: np.ndarray  # float32 [n]
-    entropy: np.ndarray  # float32 [n]
-    tiers: np.ndarray  # int8 [n]
-    ctx: np.ndarray  # uint64 [n]
-    positions: np.ndarray  # int64 [n], the layer's governor position
-    table_versions: np.ndarray  # int64 [n]
-    router_ids: list[str]
-    keys: np.ndarray | None = None  # int8 [n], KeyKind (None: derived from the tiers)
-    audits: np.ndarray | None = None  # int8 [n], audit results -1 / 0 / 1 (None: none audited)
-
-    _ARRAYS = ("experts", "weights", "confidence", "entropy", "tiers", "ctx", "positions", "table_versions")
-
-    def __post_init__(self) -> None:
-        if self.audits is None:
-            self.audits = np.full(len(self.tiers), -1, np.int8)
-        if self.keys is None:
-            exact = (self.tiers == Tier.LEARNED) | (self.tiers == Tier.CACHE)
-            self.keys = np.where(exact, KeyKind.EXACT, np.where(self.tiers == Tier.PRIOR, KeyKind.PRIOR,
-                                                                KeyKind.TOKEN)).astype(np.int8)
-
-    @property
-    def key_kinds(self) -> np.ndarray:
-        assert self.keys is not None
-        return self.keys
-
-    @property
-    def audit_results(self) -> np.ndarray:
-        assert self.audits is not None
-        return self.audits
-
-    def select(self, idx: np.ndarray) -> "LayerOutcomes":
-        return LayerOutcomes(self.layer, *(getattr(self, name)[idx] for name in self._ARRAYS),
-                             [self.router_ids[i] for i in idx.tolist()], self.key_kinds[idx], self.audit_results[idx])
-
-    def learned(self) -> np.ndarray:
-        return self.tiers == Tier.LEARNED
-
-    def router_calls(self) -> np.ndarray:
-        """Rows that consumed a learned-router call at their position: learned decisions and audits."""
-        return router_calls(self.tiers, self.audit_results)
-
-    @classmethod
-    def concat(cls, parts: Sequence["LayerOutcomes"]) -> "LayerOutcomes":
-        return cls(parts[0].layer, *(np.concatenate([getattr(p, name) for p in parts]) for name in cls._ARRAYS),
-                   [r for p in parts for r in p.router_ids], np.concatenate([p.key_kinds for p in parts]),
-                   np.concatenate([p.audit_results for p in parts]))
-
-
-@dataclass(slots=True)
-class Outcomes:
-    """Outcomes as columns: one row per routed token, one :class:`LayerOutcomes` per layer."""
-
-    streams: list[str]
-    seqs: np.ndarray
-    tokens: np.ndarray
-    workers: list[str]
-    layers: list[LayerOutcomes]
-    prevs: np.ndarray | None = None  # int64 [n], the token before each token (-1: none or unknown)
-
-    def __post_init__(self) -> None:
-        if self.prevs is None:
-            self.prevs = np.full(len(self.tokens), -1, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @classmethod
-    def empty(cls) -> "Outcomes":
-        z = np.zeros(0, np.int64)
-        return cls([], z, z, [], [])
-
-    def select(self, idx: np.ndarray) -> "Outcomes":
-        """The rows ``idx`` (integer indices)."""
-        rows = idx.tolist()
-        assert self.prevs is not None
-        return Outcomes([self.streams[i] for i in rows], self.seqs[idx], self.tokens[idx],
-                        [self.workers[i] for i in rows], [layer.select(idx) for layer in self.layers], self.prevs[idx])
-
-    @classmethod
-    def concat(cls, parts: Sequence["Outcomes"]) -> "Outcomes":
-        """Rows of ``parts`` in order; they must all have the same layers (ValueError otherwise)."""
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return cls.empty()
-        shapes = {tuple(layer.layer for layer in p.layers) for p in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"cannot concatenate outcomes of different layers: {sorted(shapes)}")
-        return cls([s for p in parts for s in p.streams], np.concatenate([p.seqs for p in parts]),
-                   np.concatenate([p.tokens for p in parts]), [w for p in parts for w in p.workers],
-                   [LayerOutcomes.concat([p.layers[i] for p in parts]) for i in range(len(parts[0].layers))],
-                   np.concatenate([p.prevs for p in parts if p.prevs is not None]))
-
-
 def _field(record: dict[str, Any], name: str, kinds: tuple[type, ...], where: str = "") -> Any:
     value = record.get(name)
     if not isinstance(value, kinds) or isinstance(value, bool):
@@ -267,7 +163,7 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
     number = _field(layer, "layer", (int,), where)
     if index >= 0 and number != index:
         raise OutcomeError(f"layers[{index}] is layer {number}: layers must be listed in order 0, 1, ...")
-    per_token = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
+    per_token: dict[str, Any] = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
     for name in ("key", "audit"):
         if name in layer:
             per_token[name] = [layer[name]] if single else layer[name]

@@ -1,10 +1,11 @@
 """Draw a replay's timeline: learned share and tier mix over time, table versions marked.
 
 Input is :attr:`pipeline.report.ReplayReport.timeline` (cumulative tier counts per point, see
-:mod:`pipeline.stream.timeline`). Both panels show *per-interval* shares (the change between
+:mod:`pipeline.timeline`). Both panels show *per-interval* shares (the change between
 consecutive points), so a falling learned share is visible instead of averaged away; the x axis
 counts decisions. Dotted vertical lines mark the points where a new table version went live.
 Rendering uses matplotlib's Agg canvas directly (no pyplot, no display, no global state).
+matplotlib is optional (the ``plot`` extra): every plot calls :func:`require_matplotlib` first.
 """
 from __future__ import annotations
 
@@ -14,11 +15,22 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.engine.events import TIER_LABELS
+from pipeline.errors import VARError
 from pipeline.report import ReplayReport
 
 TIER_COLORS = {"cache": "#4c72b0", "fast": "#55a868", "learned": "#c44e52", "budget_fallback": "#8172b2",
                "prior": "#937860"}
 MAX_VERSION_LABELS = 12
+PLOT_EXTRA = "pip install 'var-routing[plot]'"
+
+
+def require_matplotlib(flag: str = "--plot") -> None:
+    """Raise a (one-line) :class:`~pipeline.errors.VARError` if matplotlib is missing: it is not
+    a runtime dependency, the ``plot`` extra installs it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise VARError(f"{flag} needs matplotlib: {PLOT_EXTRA}") from None
 
 
 def interval_shares(timeline: Sequence[dict[str, int]]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -69,6 +81,7 @@ def _mark_versions(axes: Sequence[Any], changes: list[tuple[float, int]]) -> Non
 
 def plot_timeline(report: ReplayReport, path: str | Path) -> dict[str, Any]:
     """Write the two-panel PNG to ``path``; returns :func:`timeline_summary` of the report."""
+    require_matplotlib()
     from matplotlib.figure import Figure
 
     x, versions, shares = interval_shares(report.timeline)

@@ -31,13 +31,15 @@ from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.routers import TorchRouter, build_router
 from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable, build_table
+from pipeline.errors import VARError
 from pipeline.quality import QualityAccumulator
 from pipeline.report import ReplayReport
 from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
+from pipeline.timeline import engine_point
 
 
-class ReplayError(ValueError):
+class ReplayError(VARError, ValueError):
     """A replay that cannot run (bad corpus, inconsistent table...); one-line message."""
 
 
@@ -66,24 +68,6 @@ def resolve_vocab(settings: Settings, max_token: int) -> int:
     return settings.vocab_size
 
 
-def read_table_file(path: str) -> RoutingTable:
-    """A fast-path table file; a missing or unreadable file is a one-line :class:`ReplayError`."""
-    try:
-        return RoutingTable.load(path)
-    except FileNotFoundError:
-        raise ReplayError(f"no such table file: {path}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReplayError(f"{path}: not a valid fast-path table ({exc})") from None
-
-
-def load_table(path: str, router: TorchRouter) -> RoutingTable:
-    """:func:`read_table_file`, checked against the router it will be used with."""
-    table = read_table_file(path)
-    if table.router_id != router.router_id:
-        raise ReplayError(f"{path} was built for router {table.router_id}, not {router.router_id}")
-    return table
-
-
 def offline_phase(source: CorpusSource, settings: Settings) -> tuple[Prepared, Iterator[EventChunk]]:
     """Build router and table; returns them and the iterator positioned after the training split."""
     info = source.info()
@@ -91,7 +75,7 @@ def offline_phase(source: CorpusSource, settings: Settings) -> tuple[Prepared, I
     router = build_router(router_spec(settings, vocab), settings.device)
     chunks = source.chunks(vocab)
     if settings.table_file:
-        return Prepared(router, load_table(settings.table_file, router), f"file {settings.table_file}", 0, vocab,
+        return Prepared(router, RoutingTable.load(settings.table_file, router.router_id), f"file {settings.table_file}", 0, vocab,
                         info.records, 0), chunks
     train_records = int(info.records * settings.train_fraction)
     train = iter_batches(itertools.islice(chunks, train_records), settings.batch_size)  # streamed, not held
@@ -132,7 +116,7 @@ def run_replay(source: CorpusSource, settings: Settings, progress: bool | None =
             d = result.decisions
             quality.add(result.events.streams if quality.wants_sample else [], result.events.tokens, d.experts,
                         d.weights, exact.experts, exact.weights)
-            timeline.append(_timeline_point(engine, d.table_version))
+            timeline.append(engine_point(engine, d.table_version))
             if on_batch is not None and (new_table := on_batch(result)) is not None:
                 engine.set_table(new_table)
             bar.update(len(np.unique(batch.offsets)))
@@ -145,13 +129,6 @@ def _check_rejections(result: RouteResult) -> None:
         first = result.rejections[0]
         offset = int(result.events.offsets[0]) if len(result.events) else -1
         raise ReplayError(f"event {first.index} of the batch starting at record {offset}: {first.reason}")
-
-
-def _timeline_point(engine: VAREngine, table_version: int) -> dict[str, int]:
-    point = {label: int(engine.counters.tiers[t]) for t, label in enumerate(TIER_LABELS)}
-    point["tokens"] = engine.counters.decisions
-    point["table_version"] = table_version
-    return point
 
 
 def _build_report(source: CorpusSource, settings: Settings, prepared: Prepared, engine: VAREngine,

@@ -15,7 +15,10 @@ from pipeline.engine.events import EventChunk
 
 
 class CorpusSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """A short label for reports (a file name, ``synthetic``, ...)."""
+        ...
 
     def chunks(self, vocab_size: int | None = None) -> Iterator[EventChunk]:
         """Every record, in order (validated against ``vocab_size`` when given)."""

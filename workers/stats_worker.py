@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from pipeline.engine.layered_refresher import LayeredRefresher
 from pipeline.engine.refresher import Clock, Refresh, SnapshotError
+from pipeline.errors import VARError
 from pipeline.observability import configure_logging, serve_metrics
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
 from pipeline.settings import Settings
@@ -55,13 +56,15 @@ from pipeline.stores.redis_access import RedisAccess
 from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.topics import TopicError, partition_ids
 
-from .table_sets import (StatsWorkerError, build_refresher, layer_routers, model_prior,  # noqa: F401
-                         publish_table_and_stats, publish_tables_and_stats, refresh_policy, routing_store,
-                         seed_statistics)
+from pipeline.table_sets import build_refresher, model_prior, routing_store, seed_statistics
 
 log = logging.getLogger(__name__)
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 SKIP_LOG_LIMIT = 20  # skipped messages logged one by one per refresh period; the rest are summed up
+
+
+class StatsWorkerError(VARError, RuntimeError):
+    """The worker cannot start or resume (an unreadable snapshot, a missing topic); one-line message."""
 
 
 @dataclass
@@ -105,7 +108,7 @@ class StatsWorker:
     async def start(self) -> None:
         """Restore the snapshot (if any) and position the consumer on every outcome partition."""
         try:
-            raw = await self.redis.get(self.keys.stats_snapshot)
+            raw: Any = await self.redis.get(self.keys.stats_snapshot)  # bytes | None (the client does not decode)
         except _REDIS_ERRORS as exc:
             raise StatsWorkerError(f"cannot read the stats snapshot from {RedisAccess.from_settings(self.settings).display}: {exc}") from None
         if raw is not None:
@@ -244,7 +247,7 @@ class StatsWorker:
         await self.redis.aclose()
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap: KafkaAccess | str, topic: str) -> list[int]:
     """Partition ids of ``topic`` (raises :class:`StatsWorkerError` if it does not exist)."""
     try:
         return await partition_ids(bootstrap, topic)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shared by kafka.sh / redis.sh: _stack.sh SERVICE start|stop|status [python -m pipeline.stack options]
+# Shared by kafka.sh / redis.sh: _stack.sh SERVICE start|stop|status [var stack options]
+# (VAR_PYTHON: the python to run `-m pipeline` with; default: the project venv, see setup.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 service="$1"; shift
@@ -8,4 +9,5 @@ case "${1:-}" in
   *) echo "usage: $service.sh start|stop|status [--state-dir D] [--kafka-port N] [--redis-port N] [--json]" >&2; exit 2 ;;
 esac
 shift
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "${VAR_PYTHON:-python3}" -m pipeline.stack "$action" --only "$service" "$@"
+PYTHON="${VAR_PYTHON:-$("$ROOT/deploy/local/setup.sh")}"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m pipeline stack "$action" --only "$service" "$@"

@@ -18,17 +18,17 @@ import itertools
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.corpus.synthetic import SyntheticSpec, generate
-from pipeline.engine.context import ContextWindow, build_contexts
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.engine import VAREngine
 from pipeline.engine.events import EventBatch, Tier
-from pipeline.engine.offline import collect_statistics
+from pipeline.engine.offline import collect_statistics, exact_routes
 from pipeline.engine.pairs import stats_pair_cap
 from pipeline.engine.routers import PRESETS, TorchRouter, build_router
 from pipeline.engine.table import RoutingTable, build_table
@@ -63,12 +63,9 @@ def _sync(router: TorchRouter) -> None:
 
 def run_batched(router: TorchRouter, batches: list[EventBatch], window: int) -> float:
     """Always-learned baseline; returns seconds."""
-    windows: dict[str, ContextWindow] = {}
     t0 = time.perf_counter()
-    for batch in batches:
-        ctx = build_contexts(batch, windows, window)
-        windows.update(ctx.windows)
-        router.route(ctx.contexts)
+    for _ in exact_routes(router, batches, window):
+        pass
     _sync(router)
     return time.perf_counter() - t0
 
@@ -146,7 +143,7 @@ def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
 GOALS = {"seed": 1.0, "large": 5.0}
 
 
-def render(results: list[dict[str, object]]) -> str:
+def render(results: list[dict[str, Any]]) -> str:
     lines = [f"{'size':<7}{'per-token':>12}{'batched':>12}{'VAR':>12}{'VAR/batched':>13}{'goal':>7}"
              f"{'learned':>9}  router", "-" * 92]
     for r in results:

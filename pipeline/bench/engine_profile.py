@@ -12,16 +12,16 @@ measures those.
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Callable
+from typing import Any, Callable
 
 from pipeline.assembly import build_engine, engine_config
-from pipeline.engine.context import ContextWindow, build_contexts
+from pipeline.engine.context import ContextWindow
 from pipeline.engine.events import EventBatch, EventChunk, Tier
+from pipeline.engine.offline import exact_routes
 from pipeline.engine.profile import ENGINE_STAGES, STORE_STAGES, StageClock
 from pipeline.engine.records import encode_chunk
 from pipeline.settings import Settings
-from pipeline.stores.base import MemoryRoutingStore
+from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stream.processor import InMessage, RouterProcessor
 
 from .engine_bench import EngineBenchConfig, TorchRouter, prepare_size
@@ -36,7 +36,7 @@ def batch_messages(batch: EventBatch, message_size: int, first_offset: int) -> l
     rows_by_stream: dict[int, list[int]] = {}
     for row, sid in enumerate(batch.stream_ids.tolist()):
         rows_by_stream.setdefault(sid, []).append(row)
-    messages = []
+    messages: list[InMessage] = []
     for sid, rows in rows_by_stream.items():
         name = batch.stream_names[sid]
         for i in range(0, len(rows), message_size):
@@ -48,17 +48,10 @@ def batch_messages(batch: EventBatch, message_size: int, first_offset: int) -> l
 
 def _baseline_us(router: TorchRouter, batches: list[EventBatch], window: int) -> dict[str, float]:
     """Batched always-learned: seconds of contexts and of the router call over all batches."""
-    windows: dict[str, ContextWindow] = {}
-    contexts_s = router_s = 0.0
-    for batch in batches:
-        t0 = time.perf_counter()
-        ctx = build_contexts(batch, windows, window)
-        windows.update(ctx.windows)
-        t1 = time.perf_counter()
-        router.route(ctx.contexts)
-        router_s += time.perf_counter() - t1
-        contexts_s += t1 - t0
-    return {"contexts": contexts_s, "router": router_s}
+    clock = StageClock()
+    for _ in exact_routes(router, batches, window, clock=clock):
+        pass
+    return {"contexts": clock.seconds["contexts"], "router": clock.seconds["router"]}
 
 
 async def _route_all(processor: RouterProcessor, messages: list[list[InMessage]]) -> int:
@@ -99,7 +92,7 @@ def profile_size(size: str, settings: Settings, cfg: EngineBenchConfig, message_
     }
 
 
-def render_profile(results: list[dict[str, object]]) -> str:
+def render_profile(results: list[dict[str, Any]]) -> str:
     """One column of µs/token per router size: VAR's stages, its total, and the baseline's."""
     head = "".join(f"{str(r['size']) + ' VAR':>14}{'batched':>10}" for r in results)
     lines = [f"{'stage (µs/token)':<20}{head}", "-" * (20 + 24 * len(results))]
@@ -107,14 +100,14 @@ def render_profile(results: list[dict[str, object]]) -> str:
         row = f"{stage:<20}"
         for r in results:
             var, base = r["var_us_per_token"], r["batched_us_per_token"]
-            base_v = base.get(stage)  # type: ignore[union-attr]
-            row += f"{var[stage]:>14.3f}" + (f"{base_v:>10.3f}" if base_v is not None else f"{'':>10}")  # type: ignore[index]
+            base_v = base.get(stage)
+            row += f"{var[stage]:>14.3f}" + (f"{base_v:>10.3f}" if base_v is not None else f"{'':>10}")
         lines.append(row)
     total = f"{'total':<20}"
     for r in results:
-        total += f"{r['var_total_us']:>14.3f}{sum(r['batched_us_per_token'].values()):>10.3f}"  # type: ignore[union-attr]
+        total += f"{r['var_total_us']:>14.3f}{sum(r['batched_us_per_token'].values()):>10.3f}"
     lines += ["-" * (20 + 24 * len(results)), total]
-    shares = ", ".join(f"{r['size']}: {100 * float(r['learned_fraction']):.1f}% learned" for r in results)  # type: ignore[arg-type]
+    shares = ", ".join(f"{r['size']}: {100 * float(r['learned_fraction']):.1f}% learned" for r in results)
     lines.append(f"VAR = the router worker's batch path (RouterProcessor, memory store, "
                  f"{results[0]['message_size']}-token messages); batched = contexts + one router call per batch; "
                  f"{shares}")

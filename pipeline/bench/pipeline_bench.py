@@ -16,7 +16,6 @@ Kafka timestamp, which the worker's producer sets).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import time
@@ -40,13 +39,14 @@ from pipeline.outcomes import OutcomeError, decode_outcome
 from pipeline.assembly import router_spec, thresholds
 from pipeline.settings import Settings
 from pipeline.stack.ports import free_port
-from pipeline.stream.kafka_replay import publish_initial_table, scoped_settings
+from pipeline.stream.kafka_replay import scoped_settings
+from pipeline.table_sets import publish_table_and_stats
 from pipeline.stream.producer import rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.worker_pool import WorkerPool
 
-from .pipeline_report import cpu_seconds, ratios, render, scrape, stage_costs
+from .pipeline_report import cpu_seconds, scrape, stage_costs
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def _corpus(cfg: BenchConfig, vocab: int, seed: int, train_tokens: int = 100_000
 
 def _first_tokens(chunks: list[EventChunk], tokens: int) -> list[EventChunk]:
     """The leading chunks holding about ``tokens`` tokens (at least one chunk)."""
-    out, n = [], 0
+    out: list[EventChunk] = []
+    n = 0
     for chunk in chunks:
         if out and n >= tokens:
             break
@@ -196,7 +197,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
                           base.vocab_size or 1000)
     asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     if mode == "var":
-        asyncio.run(publish_initial_table(run, tables[case.size]))
+        asyncio.run(publish_table_and_stats(run, tables[case.size], None))
     first, then = _split(list(rechunk(corpus, size)), total // size, int(rate * cfg.latency_s) // size)
     pool = WorkerPool(run, cfg.log_dir / run.app_id)
     try:
@@ -211,7 +212,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
                 return scrape(port) if case.mode != "passthrough" else {}
             except OSError as exc:
                 raise worker.failure(f"cannot read the metrics of case {case.shape} {case.size} {case.mode} ({exc})")
-        result, phase = asyncio.run(_measure(run, first, then, rate, cfg.latency_s, snapshot,
+        figures, phase = asyncio.run(_measure(run, first, then, rate, cfg.latency_s, snapshot,
                                              [w.process.pid for w in started]))
         for w in started:
             if not w.alive():
@@ -220,6 +221,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     finally:
         pool.stop_all()
     batches = metrics.get("var_batch_size_count", 0.0)
+    result: dict[str, object] = dict(figures)  # plus the entries below (of other types)
     result["redis_round_trips_per_batch"] = metrics.get("var_redis_round_trips_total", 0.0) / batches if batches else 0.0
     result["learned_share"] = metrics.get("var_learned_share", float("nan"))
     result["stage_us_per_token"] = stage_costs(phase)  # the throughput phase only
@@ -236,36 +238,14 @@ def build_tables(base: Settings, train: list[EventChunk]) -> dict:
     return tables
 
 
-def register(bsub: argparse._SubParsersAction) -> None:
-    from pipeline.cli.common import add_settings
-
-    p = bsub.add_parser("pipeline", help="passthrough ceiling vs always-learned vs VAR through Kafka (1 worker)")
-    p.add_argument("--per-token-tokens", type=int, default=BenchConfig.per_token_tokens)
-    p.add_argument("--chunked-tokens", type=int, default=BenchConfig.chunked_tokens)
-    p.add_argument("--chunk-size", type=int, default=BenchConfig.chunk_size)
-    p.add_argument("--latency-seconds", type=float, default=BenchConfig.latency_s)
-    p.add_argument("--json", action="store_true")
-    add_settings(p, ("kafka_bootstrap", "redis_url", "seed", "partitions", "take_max"))
-    p.set_defaults(handler=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    import sys
-
-    from pipeline.cli.common import UserError, print_json, settings_from
-
-    if min(args.per_token_tokens, args.chunked_tokens, args.chunk_size) < 1 or args.latency_seconds <= 0:
-        raise UserError("token counts and --chunk-size must be >= 1, --latency-seconds > 0")
-    cfg = BenchConfig(args.per_token_tokens, args.chunked_tokens, args.chunk_size, args.latency_seconds)
-    base = settings_from(args).with_(vocab_size=1000, session_timeout_s=6.0)
+def run_bench(cfg: BenchConfig, settings: Settings, say: Callable[[str], None]) -> list[dict[str, object]]:
+    """Every case of :data:`CASES` (synthetic vocabulary of 1000, 6 s session timeout); ``var bench
+    pipeline`` (pipeline/cli/bench_cmd.py) prints them (:mod:`pipeline.bench.pipeline_report`)."""
+    base = settings.with_(vocab_size=1000, session_timeout_s=6.0)
     train, corpus = _corpus(cfg, 1000, base.seed)
     tables = build_tables(base, train)
     results = []
     for case in CASES:
-        print(f"bench: {case.shape} {case.size} {case.mode} ...", file=sys.stderr)
+        say(f"{case.shape} {case.size} {case.mode} ...")
         results.append(run_case(case, base, cfg, tables, corpus))
-    if args.json:
-        print_json({"benchmark": "pipeline", "results": results, "ratios": ratios(results)})
-    else:
-        print(render(results))
-    return 0
+    return results

@@ -2,29 +2,27 @@
 from __future__ import annotations
 
 import os
-import urllib.request
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
+from typing import Any
 
 from pipeline.engine.profile import STAGES
+from pipeline.observability import Sample, scrape_samples
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The worker's metrics, parsed by prometheus_client: each sample name summed over its labels,
-    and ``stage:<name>`` for each stage of ``var_stage_seconds_total``."""
-    return parse_metrics(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+    """The worker's metrics (:func:`~pipeline.observability.scrape_samples`): each sample name
+    summed over its labels, and ``stage:<name>`` for each stage of ``var_stage_seconds_total``."""
+    return summed(scrape_samples(port))
 
 
-def parse_metrics(text: str) -> dict[str, float]:
+def summed(samples: list[Sample]) -> dict[str, float]:
     """See :func:`scrape`."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith("var_"):
-                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
-            if sample.name == "var_stage_seconds_total":
-                out[f"stage:{sample.labels['stage']}"] = float(sample.value)
+    for sample in samples:
+        if sample.name.startswith("var_"):
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        if sample.name == "var_stage_seconds_total":
+            out[f"stage:{sample.labels['stage']}"] = sample.value
     return out
 
 
@@ -48,7 +46,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def ratios(results: list[dict[str, object]]) -> dict[str, float]:
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     rate = {(r["shape"], r["size"], r["mode"]): float(r["tokens_per_s"]) for r in results}
     out = {}
     if ("per-token", "seed", "passthrough") in rate:
@@ -61,7 +59,7 @@ def ratios(results: list[dict[str, object]]) -> dict[str, float]:
     return out
 
 
-def render(results: list[dict[str, object]]) -> str:
+def render(results: list[dict[str, Any]]) -> str:
     lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
              f"{'redis/batch':>12}{'learned':>9}{'cores w/b':>11}", "-" * 98]
     for r in results:
@@ -79,7 +77,7 @@ def render(results: list[dict[str, object]]) -> str:
     return "\n".join(lines + ["", render_stages(results)])
 
 
-def render_stages(results: list[dict[str, object]]) -> str:
+def render_stages(results: list[dict[str, Any]]) -> str:
     """Worker µs/token per stage (throughput phase) for each case that routed."""
     routed = [r for r in results if r.get("stage_us_per_token")]
     if not routed:
@@ -89,6 +87,6 @@ def render_stages(results: list[dict[str, object]]) -> str:
     lines = ["worker time per stage, µs/token (throughput phase; 'between batches' is time in Faust "
              "receiving, or waiting)", f"{'stage':<18}" + "".join(f"{n:>{width}}" for n in names)]
     for stage in STAGES:
-        lines.append(f"{stage:<18}" + "".join(f"{r['stage_us_per_token'][stage]:>{width}.2f}" for r in routed))  # type: ignore[index]
-    lines.append(f"{'total':<18}" + "".join(f"{sum(r['stage_us_per_token'].values()):>{width}.2f}" for r in routed))  # type: ignore[union-attr]
+        lines.append(f"{stage:<18}" + "".join(f"{r['stage_us_per_token'][stage]:>{width}.2f}" for r in routed))
+    lines.append(f"{'total':<18}" + "".join(f"{sum(r['stage_us_per_token'].values()):>{width}.2f}" for r in routed))
     return "\n".join(lines)

@@ -12,13 +12,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 
@@ -129,7 +128,7 @@ def scale_streams(base: Settings, cfg: ScalingConfig, progress: Callable[[str], 
     train, corpus = _corpus(bench, s.vocab_size or 1000, s.seed)
     table = build_tables(s, train)["seed"]
     tokens = [t for c in corpus for t in c.tokens][:cfg.stream_tokens]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for streams in cfg.streams:
         progress(f"streams: {streams:,}")
         got = asyncio.run(_route_streams(s, table, spread(tokens, streams)))
@@ -158,6 +157,9 @@ def render_scaling(result: dict[str, list[dict[str, object]]]) -> str:
 
 def plot_scaling(result: dict[str, list[dict[str, object]]], path: str) -> None:
     """Two panels: tokens/s by worker count; µs/token, windows and cache keys by stream count."""
+    from pipeline.plot import require_matplotlib
+
+    require_matplotlib()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -180,59 +182,14 @@ def plot_scaling(result: dict[str, list[dict[str, object]]], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _counts(text: str, flag: str) -> tuple[int, ...]:
-    from pipeline.cli.common import UserError
-
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} needs at least one count, each >= 1")
-    return values
-
-
-def register(bsub: argparse._SubParsersAction) -> None:
-    from pipeline.cli.common import add_settings
-
-    p = bsub.add_parser("scaling", help="throughput by worker count (Kafka) and cost, windows and Redis keys "
-                        "by stream count")
-    p.add_argument("--workers", default="1,2,4", help="router worker counts (default 1,2,4)")
-    p.add_argument("--streams", default="10,1000,100000", help="stream counts (default 10,1000,100000)")
-    p.add_argument("--worker-tokens", type=int, default=ScalingConfig.worker_tokens,
-                   help="chunked tokens per worker-count run")
-    p.add_argument("--stream-tokens", type=int, default=ScalingConfig.stream_tokens,
-                   help="per-token messages per stream-count run")
-    p.add_argument("--only", choices=("workers", "streams"), help="run one of the two parts")
-    p.add_argument("--plot", metavar="PNG", help="also write a two-panel plot")
-    p.add_argument("--json", action="store_true")
-    add_settings(p, ("kafka_bootstrap", "redis_url", "seed"))
-    p.set_defaults(handler=run_scaling)
-
-
-def run_scaling(args: argparse.Namespace) -> int:
-    import sys
-
-    from pipeline.cli.common import UserError, print_json, settings_from
-
-    if min(args.worker_tokens, args.stream_tokens) < 1:
-        raise UserError("--worker-tokens and --stream-tokens must be >= 1")
-    cfg = ScalingConfig(args.worker_tokens, args.stream_tokens, workers=_counts(args.workers, "--workers"),
-                        streams=_counts(args.streams, "--streams"))
-    base = settings_from(args).with_(vocab_size=1000, session_timeout_s=6.0)
-    say = (lambda msg: print(f"bench: {msg}", file=sys.stderr)) if not args.json else (lambda msg: None)
+def run_scaling(cfg: ScalingConfig, settings: Settings, only: str | None,
+                say: Callable[[str], None]) -> dict[str, list[dict[str, object]]]:
+    """Both parts, or ``only`` one (synthetic vocabulary of 1000, 6 s session timeout); ``var bench
+    scaling`` (pipeline/cli/bench_cmd.py) prints them with :func:`render_scaling`."""
+    base = settings.with_(vocab_size=1000, session_timeout_s=6.0)
     result: dict[str, list[dict[str, object]]] = {}
-    if args.only != "streams":
+    if only != "streams":
         result["workers"] = scale_workers(base, cfg, say)
-    if args.only != "workers":
+    if only != "workers":
         result["streams"] = scale_streams(base, cfg, say)
-    if args.plot:
-        try:
-            plot_scaling(result, args.plot)
-        except ImportError:
-            raise UserError("--plot needs matplotlib (pip install matplotlib)") from None
-    if args.json:
-        print_json({"benchmark": "scaling", **result})
-    else:
-        print(render_scaling(result))
-    return 0
+    return result

@@ -12,23 +12,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 from pipeline.engine.context import corpus_context_hashes
-from pipeline.engine.events import EventChunk
 from pipeline.outcomes import Outcomes
 
 from .poison import Poison
 
 Key = tuple[str, int]
-__all__ = ["RunChecks", "check_deadletters", "check_outcomes", "corpus_context_hashes", "layer_context_hashes"]
-
-
-def layer_context_hashes(chunks: Iterable[EventChunk], windows: Sequence[int]) -> dict[Key, tuple[int, ...]]:
-    """(stream, seq) -> the context hash of every layer (``windows``: each layer's receptive field)."""
-    chunks = list(chunks)
-    per_layer = [corpus_context_hashes(chunks, w) for w in windows]
-    return {key: tuple(layer[key] for layer in per_layer) for key in per_layer[0]}
+__all__ = ["RunChecks", "check_deadletters", "check_outcomes", "corpus_context_hashes"]
 
 
 @dataclass

@@ -222,11 +222,12 @@ def run_scenario(scenario: Scenario, base: Settings, services: ChaosServices, co
                                      partitions=opts.partitions, replication_factor=services.replication_factor),
                           run_id, corpus.prepared.vocab_size)
     asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
-    from workers.stats_worker import publish_table_and_stats
+    from pipeline.table_sets import publish_table_and_stats
 
     asyncio.run(publish_table_and_stats(run, corpus.prepared.table, corpus.prepared.stats))
     poison = poison_set(scenario.poison, corpus.prepared.vocab_size, opts.seed) if scenario.poison else []
-    good = [((c.stream.encode(), encode_chunk(c)), len(c)) for c in rechunk(corpus.chunks, opts.message_size)]
+    good: list[tuple[tuple[bytes | None, bytes], int]] = [((c.stream.encode(), encode_chunk(c)), len(c))
+                                                         for c in rechunk(corpus.chunks, opts.message_size)]
     expected = _expected(corpus, poison, run.context_window)
     log_dir = opts.work_dir / "logs" / f"{scenario.name}-{opts.message_size}-{run_id}"
     fleet = _Fleet(WorkerPool(run, log_dir))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import orjson
 
+from pipeline.observability import scrape_samples, total
 from pipeline.corpus.synthetic import SyntheticSpec, chain_model, chunked, interleave, stream_blocks, stream_id
 from pipeline.engine.events import EventChunk
 from pipeline.engine.records import encode_chunk
@@ -90,10 +90,9 @@ def _rss_mb(pid: int) -> float:
 
 def _windows(port: int) -> float:
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        return total(scrape_samples(port, timeout_s=2.0), "var_stream_windows")
     except OSError:
         return float("nan")
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("var_stream_windows{"))
 
 
 async def _count(run: Settings, opts: SoakOptions, result: SoakResult, done: asyncio.Event) -> None:
@@ -155,7 +154,7 @@ def run_soak(base: Settings, opts: SoakOptions, services: ChaosServices) -> Soak
     prepared, _ = offline_phase(train, settings)
     run = scoped_settings(settings, uuid.uuid4().hex[:8], opts.vocab_size)
     asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
-    from workers.stats_worker import publish_table_and_stats
+    from pipeline.table_sets import publish_table_and_stats
 
     asyncio.run(publish_table_and_stats(run, prepared.table, prepared.stats))
     total = -(-opts.tokens // opts.session_tokens) * opts.session_tokens

@@ -23,22 +23,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--profile", action="store_true",
                      help="instead: microseconds per token of each stage of the router worker's batch path")
     eng.add_argument("--message-size", type=int, default=16, help="--profile: tokens per token message (default 16)")
-    add_settings(eng, ("router", "top_k", "context_window", "seed", "device", "budget", "budget_window", "governor",
-                       "train_fraction",
-                       "batch_size", "cache_size", "cache_scope", "min_frequency", "max_entropy", "static_below"))
+    # --sizes sets the router's hidden size and experts; the bench builds its own tables
+    add_settings(eng, ("train_fraction",), groups=("routing", "engine"), without=("hidden", "experts", "table_file"))
     eng.set_defaults(handler=run_engine)
     _register_pipeline(bsub)
 
 
 def _register_pipeline(bsub: argparse._SubParsersAction) -> None:
     try:
-        from pipeline.bench import pipeline_bench
+        from pipeline.bench.pipeline_bench import BenchConfig
+        from pipeline.bench.scaling_bench import ScalingConfig
     except ImportError:  # only where the Kafka client is not installed (e.g. a GPU box running bench engine)
         return
-    from pipeline.bench import scaling_bench
-
-    pipeline_bench.register(bsub)
-    scaling_bench.register(bsub)
+    p = bsub.add_parser("pipeline", help="passthrough ceiling vs always-learned vs VAR through Kafka (1 worker)")
+    p.add_argument("--per-token-tokens", type=int, default=BenchConfig.per_token_tokens)
+    p.add_argument("--chunked-tokens", type=int, default=BenchConfig.chunked_tokens)
+    p.add_argument("--chunk-size", type=int, default=BenchConfig.chunk_size)
+    p.add_argument("--latency-seconds", type=float, default=BenchConfig.latency_s)
+    p.add_argument("--json", action="store_true")
+    add_settings(p, ("seed", "partitions", "take_max"), groups=("services",))
+    p.set_defaults(handler=run_pipeline)
+    s = bsub.add_parser("scaling", help="throughput by worker count (Kafka) and cost, windows and Redis keys "
+                        "by stream count")
+    s.add_argument("--workers", default="1,2,4", help="router worker counts (default 1,2,4)")
+    s.add_argument("--streams", default="10,1000,100000", help="stream counts (default 10,1000,100000)")
+    s.add_argument("--worker-tokens", type=int, default=ScalingConfig.worker_tokens,
+                   help="chunked tokens per worker-count run")
+    s.add_argument("--stream-tokens", type=int, default=ScalingConfig.stream_tokens,
+                   help="per-token messages per stream-count run")
+    s.add_argument("--only", choices=("workers", "streams"), help="run one of the two parts")
+    s.add_argument("--plot", metavar="PNG", help="also write a two-panel plot")
+    s.add_argument("--json", action="store_true")
+    add_settings(s, ("seed",), groups=("services",))
+    s.set_defaults(handler=run_scaling)
 
 
 def run_engine(args: argparse.Namespace) -> int:
@@ -90,4 +107,51 @@ def _run_model(args: argparse.Namespace, settings) -> int:
         print_json(result)
     else:
         print(render_model(result))
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from pipeline.bench.pipeline_bench import BenchConfig, run_bench
+    from pipeline.bench.pipeline_report import ratios, render
+
+    if min(args.per_token_tokens, args.chunked_tokens, args.chunk_size) < 1 or args.latency_seconds <= 0:
+        raise UserError("token counts and --chunk-size must be >= 1, --latency-seconds > 0")
+    cfg = BenchConfig(args.per_token_tokens, args.chunked_tokens, args.chunk_size, args.latency_seconds)
+    results = run_bench(cfg, settings_from(args), lambda msg: print(f"bench: {msg}", file=sys.stderr))
+    if args.json:
+        print_json({"benchmark": "pipeline", "results": results, "ratios": ratios(results)})
+    else:
+        print(render(results))
+    return 0
+
+
+def _counts(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} needs at least one count, each >= 1")
+    return values
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from pipeline.bench.scaling_bench import ScalingConfig, plot_scaling, render_scaling, run_scaling as scale
+
+    if min(args.worker_tokens, args.stream_tokens) < 1:
+        raise UserError("--worker-tokens and --stream-tokens must be >= 1")
+    if args.plot:
+        from pipeline.plot import require_matplotlib
+
+        require_matplotlib()  # before the runs, not after them
+    cfg = ScalingConfig(args.worker_tokens, args.stream_tokens, workers=_counts(args.workers, "--workers"),
+                        streams=_counts(args.streams, "--streams"))
+    say = (lambda msg: print(f"bench: {msg}", file=sys.stderr)) if not args.json else (lambda msg: None)
+    result = scale(cfg, settings_from(args), args.only, say)
+    if args.plot:
+        plot_scaling(result, args.plot)
+    if args.json:
+        print_json({"benchmark": "scaling", **result})
+    else:
+        print(render_scaling(result))
     return 0

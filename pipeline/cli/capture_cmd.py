@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--streams", default=None, help="comma-separated stream names (default: all)")
     export.add_argument("--json", action="store_true", help="print the report as JSON")
     add_progress_flag(export)
-    add_settings(export, ("kafka_bootstrap",))
+    add_settings(export, groups=("kafka",))
     export.set_defaults(handler=run_export)
     replay = csub.add_parser("replay", help="force a capture's routing through the MoE LM and report perplexity")
     replay.add_argument("capture", metavar="FILE", help="capture file written by 'var capture export'")

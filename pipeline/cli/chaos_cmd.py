@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", type=Path, default=Path(".var/chaos"), help="corpus cache and worker logs")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_progress_flag(p)
-    add_settings(p, ("router", "context_window", "seed", "budget", "budget_window", "session_timeout_s", "log_level"))
+    add_settings(p, ("session_timeout_s", "log_level"), groups=("routing", "engine"))
     p.set_defaults(handler=run)
     _register_soak(sub)
 

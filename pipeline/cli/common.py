@@ -8,22 +8,53 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from pipeline.corpus.synthetic import SyntheticSpec
-from pipeline.settings import Settings, add_arguments, setting_fields
+from pipeline.errors import VARError
+from pipeline.settings import GROUPS, Settings, cli_flag, setting_fields, setting_type
 from pipeline.sources import CorpusSource, FileSource, SyntheticSource
 
-ROUTING_SETTINGS = ("router", "vocab_size", "hidden", "experts", "top_k", "context_window", "seed", "device")
-ENGINE_SETTINGS = ("cache_ttl_s", "cache_size", "cache_min_confidence", "cache_scope", "min_frequency", "max_entropy",
-                   "static_below", "pair_min_count", "pair_max_entropy", "pair_cap", "table_file", "budget",
-                   "budget_window", "budget_split", "budget_layer_max", "governor", "audit_rate", "batch_size")
+# The setting groups (pipeline/settings.py GROUPS) each kind of worker process reads. `var worker`
+# and `var stats worker` take these; `var stack up` and `var replay --via kafka`, which start such
+# workers, take them too (less what a launcher sets per worker itself), so no command drifts.
+ROUTER_WORKER = ("routing", "engine", "kafka", "redis", "topics", "router_worker", "process", "instance")
+STATS_WORKER = ("routing", "budgeting", "tables", "kafka", "redis", "topics", "stats_worker", "process", "instance")
+LAUNCHER_OWN = ("services", "instance")  # the addresses, names and metrics ports a launcher gives its workers
 DEFAULT_SYNTHETIC_VOCAB = 1000
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit status 2."""
+class UserError(VARError):
+    """A problem the user can fix in how ``var`` was called; printed as one line, exit status 2."""
 
 
-def add_settings(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
-    add_arguments(parser, tuple(names))
+def setting_names(groups: Iterable[str] = (), names: Iterable[str] = (),
+                  without: Iterable[str] = ()) -> tuple[str, ...]:
+    """The settings (in declaration order) in any of ``groups`` or named in ``names``, except those
+    named in ``without`` or in a group named there."""
+    wanted, named, skip = set(groups), set(names), set(without)
+    known = {f.name for f in setting_fields()}
+    unknown = sorted((wanted - set(GROUPS)) | (named - known) | (skip - set(GROUPS) - known))
+    if unknown:
+        raise ValueError(f"unknown setting groups or names {unknown}")
+    return tuple(f.name for f in setting_fields()
+                 if (f.name in named or wanted & set(f.metadata["groups"]))
+                 and f.name not in skip and not skip & set(f.metadata["groups"]))
+
+
+def add_settings(parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Iterable[str] = (), *,
+                 groups: Iterable[str] = (), without: Iterable[str] = ()) -> None:
+    """Add the flags of the settings :func:`setting_names` selects; an unset flag stays ``None``, so
+    the environment or the default applies (:func:`settings_from`)."""
+    by_name = {f.name: f for f in setting_fields()}
+    for name in setting_names(groups, names, without):
+        f = by_name[name]
+        flag = cli_flag(f)
+        if flag is None:
+            continue
+        help_text = f"{f.metadata['help']} [{f.metadata['env']}, default {f.default}]"
+        if setting_type(name) is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text, choices=f.metadata["choices"],
+                                metavar=name.upper())
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:

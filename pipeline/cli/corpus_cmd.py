@@ -47,11 +47,11 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_record_text(args: argparse.Namespace) -> int:
-    from pipeline.corpus.realtext import record_text
+    from pipeline.corpus.realtext import StreamBy, record_text
 
     if args.chunk_size < 1:
         raise UserError("--chunk-size must be >= 1")
-    stream_by = args.stream_by or ("document" if args.sources else "scene")
+    stream_by: StreamBy = args.stream_by or ("document" if args.sources else "scene")
     sources = expand_sources(args.sources)
     try:
         stats = record_text(args.out, sources or None, stream_by, args.chunk_size, progress=show_progress(args))

@@ -5,7 +5,7 @@ import argparse
 
 from pipeline.sources import FileSource, TextSource
 
-from .common import ENGINE_SETTINGS, UserError, add_progress_flag, add_settings, print_json, settings_from, \
+from .common import UserError, add_progress_flag, add_settings, print_json, settings_from, \
     show_progress
 
 
@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", default="0.05,0.10,0.15,0.25,0.50", help="comma-separated budgets (shares, 0-1)")
     p.add_argument("--plot", metavar="PNG", help="draw the frontier to this PNG")
     p.add_argument("--json", action="store_true")
-    add_settings(p, ("router", "device", "train_fraction", "quality_bound_pct")
-                 + tuple(s for s in ENGINE_SETTINGS if s != "budget"))
+    # a model router (its checkpoint fixes the rest of the routing group); --budgets replaces --budget
+    add_settings(p, ("router", "device", "train_fraction", "quality_bound_pct"), groups=("engine",),
+                 without=("budget",))
     add_progress_flag(p)
     p.set_defaults(handler=run)
 
@@ -36,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.assembly import is_model
     from pipeline.frontier import plot_frontier, render_frontier, run_frontier
+    from pipeline.plot import require_matplotlib
 
     budgets = parse_budgets(args.budgets)
+    if args.plot:
+        require_matplotlib()  # before the sweep (minutes), not after it
     settings = settings_from(args)
     if args.router is None:
         settings = dataclasses.replace(settings, router="model")

@@ -1,45 +1,61 @@
 """The ``var`` command line: one entry point, one subcommand per capability.
 
 Every user-facing failure -- a missing file, a malformed corpus line, an invalid setting, a
-service that will not start -- is printed as ONE line ``var: error: ...`` on stderr with exit
-status 2, never a traceback.
+service that will not start -- is a :class:`pipeline.errors.VARError`, printed as ONE line
+``var: error: ...`` on stderr with exit status 2, never a traceback. Its details (a broker's log
+tail, a tool's output), if any, are logged and printed only with ``--verbose``.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable, Sequence
 
-from pipeline.corpus.jsonl import CorpusError
-from pipeline.engine.records import RecordError
-from pipeline.replay import ReplayError
-from pipeline.settings import SettingsError
+from pipeline.errors import VARError
 
 from . import (bench_cmd, capture_cmd, chaos_cmd, config_cmd, corpus_cmd, frontier_cmd, model_cmd, outcomes_cmd, produce_cmd, replay_cmd, stack_cmd,
                stats_cmd, verify_cmd, worker_cmd)
-from .common import UserError
 
 EXIT_USER_ERROR = 2
-_USER_ERRORS: tuple[type[BaseException], ...] = (UserError, CorpusError, RecordError, ReplayError, SettingsError)
 _MODULES = (replay_cmd, frontier_cmd, corpus_cmd, model_cmd, produce_cmd, worker_cmd, outcomes_cmd, stats_cmd, bench_cmd, chaos_cmd, stack_cmd,
             verify_cmd, capture_cmd, config_cmd)
+_VERBOSE_HELP = "on an error, also print its details (e.g. the log tail of a service that did not start)"
+log = logging.getLogger("pipeline.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="var", description="VAR: Verifiable Adaptive Routing for Mixture-of-Experts models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _MODULES:
         module.register(sub)
+    _add_verbose(sub)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.stack.errors import StackError
-    from pipeline.stream.topics import TopicError
-    from pipeline.stream.worker_pool import WorkerFailed
+def _add_verbose(sub: argparse._SubParsersAction) -> None:
+    """``--verbose`` after any subcommand too (``var stack up --verbose``); unset it keeps the
+    value given before the subcommand."""
+    for parser in {id(p): p for p in sub.choices.values()}.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _add_verbose(nested[0])
+        else:
+            parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
 
-    return _USER_ERRORS + (StackError, TopicError, WorkerFailed)
+
+def report_error(exc: VARError, verbose: bool) -> None:
+    """``var: error: <one line>`` on stderr; the details are logged, and printed with ``verbose``."""
+    line = str(exc)
+    if exc.details:
+        log.debug("%s: %s\n%s", type(exc).__name__, line, exc.details)
+        if not verbose:
+            line += " (--verbose: details)"
+    print(f"var: error: {line}", file=sys.stderr)
+    if exc.details and verbose:
+        print(exc.details, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args) or 0
-    except _user_errors() as exc:
-        print(f"var: error: {exc}", file=sys.stderr)
+    except VARError as exc:
+        report_error(exc, args.verbose)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("var: interrupted", file=sys.stderr)

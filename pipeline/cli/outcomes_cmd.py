@@ -20,13 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tail.add_argument("--max", type=int, default=None, help="stop after this many messages")
     tail.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without messages")
     tail.add_argument("--json", action="store_true", help="print raw JSON values")
-    add_settings(tail, ("kafka_bootstrap", "topic_outcomes", "topic_deadletter"))
+    add_settings(tail, ("topic_outcomes", "topic_deadletter"), groups=("kafka",))
     tail.set_defaults(handler=run_tail)
     export = osub.add_parser("export", help="write the outcomes, certificates and table sets of a run to a "
                                             "directory (for `var verify DIR/outcomes.jsonl`)")
     export.add_argument("--out", required=True, help="directory to write")
     add_range(export)
-    add_settings(export, ("kafka_bootstrap", "redis_url", "namespace", "topic_outcomes", "topic_certificates"))
+    add_settings(export, ("topic_outcomes", "topic_certificates"), groups=("kafka", "redis"))
     export.set_defaults(handler=run_export)
 
 

@@ -17,8 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message-size", type=int, default=1, help="tokens per message (1 = per-token messages)")
     p.add_argument("--rate", type=float, default=None, help="limit to this many tokens per second")
     add_progress_flag(p)
-    add_settings(p, ("kafka_bootstrap", "topic_tokens", "topic_outcomes", "topic_deadletter", "partitions",
-                     "vocab_size", "seed"))
+    add_settings(p, ("vocab_size", "seed"), groups=("kafka", "topics"))
     add_synthetic_arguments(p)
     p.set_defaults(handler=run)
 

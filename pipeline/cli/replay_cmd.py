@@ -18,9 +18,8 @@ from pipeline.sources import CorpusSource, TextSource
 from pipeline.replay import run_replay
 from pipeline.report import render_text
 
-from .common import (ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_progress_flag, add_settings,
+from .common import (ROUTER_WORKER, STATS_WORKER, UserError, add_progress_flag, add_settings,
                      add_synthetic_arguments, corpus_source, print_json, settings_from, show_progress)
-from .worker_cmd import SERVICE_SETTINGS
 
 if TYPE_CHECKING:
     from pipeline.report import ReplayReport
@@ -53,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "own Kafka request timeout)")
     kafka.add_argument("--rate", type=float, default=None, help="produce at most this many tokens per second")
     kafka.add_argument("--log-dir", default=".var/logs", help="worker logs (default .var/logs/RUN)")
-    add_settings(p, ROUTING_SETTINGS + ENGINE_SETTINGS + ("train_fraction", "quality_sample", "quality_bound_pct") + SERVICE_SETTINGS)
+    # the replay itself, and (--via kafka) the router and stats workers it starts
+    add_settings(p, groups=("replay", *ROUTER_WORKER, *STATS_WORKER))
     add_synthetic_arguments(p)
     p.set_defaults(handler=run)
 
@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     source = corpus_source(args, settings)
     if is_model(settings):
         return _run_model(args, settings, source)
+    if args.plot:
+        from pipeline.plot import require_matplotlib
+
+        require_matplotlib()  # before the replay, not after it
     if args.via == "kafka":
         report = _run_kafka(args, settings, source)
     else:

@@ -26,21 +26,15 @@ from pipeline.engine.refresher import SnapshotError, refresh_table, version_repo
 from pipeline.engine.routers import build_router
 from pipeline.engine.table import RoutingTable
 from pipeline.assembly import router_spec
-from pipeline.replay import read_table_file, resolve_vocab
+from pipeline.replay import resolve_vocab
 from pipeline.settings import Settings, redact_url
 from pipeline.sources import FileSource
 from pipeline.stream.kafka_access import KafkaAccess
 
-from .common import ROUTING_SETTINGS, UserError, add_settings, print_json, settings_from
+from .common import STATS_WORKER, UserError, add_settings, print_json, settings_from
 
 SHOW_VERSIONS = 5  # table versions whose predicted vs observed learned share `show` lists
-FAST_PATH_SETTINGS = ("min_frequency", "max_entropy", "static_below", "adaptive", "adaptive_target")
-REDIS_SETTINGS = ("redis_url", "namespace")
-WORKER_SETTINGS = ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + (
-    "kafka_bootstrap", "topic_tokens", "topic_outcomes", "topic_deadletter", "partitions", "stats_group",
-    "refresh_every", "refresh_interval_s", "stats_decay", "audit_min_agreement", "table_grace_s", "take_max",
-    "take_within_s", "worker_name", "metrics_port", "log_level", "log_format")
-
+BUILD_GROUPS = ("routing", "budgeting", "tables", "redis")  # the offline phase of the stats worker, and publishing
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="fast-path statistics: build a table offline, run the refresher, show tables")
@@ -52,17 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--seed-stats", action="store_true",
                        help="with --publish: store the statistics as the stats worker's start (if it has none)")
     build.add_argument("--version", type=int, default=1, help="version number in the file (default 1)")
-    add_settings(build, ROUTING_SETTINGS + FAST_PATH_SETTINGS + REDIS_SETTINGS + ("table_grace_s", "batch_size"))
+    add_settings(build, ("batch_size",), groups=BUILD_GROUPS)
     build.set_defaults(handler=run_build)
     worker = ssub.add_parser("worker", help="run the stats refresher: outcomes topic -> new table versions")
-    add_settings(worker, WORKER_SETTINGS)
+    add_settings(worker, groups=STATS_WORKER)
     worker.set_defaults(handler=run_worker)
     show = ssub.add_parser("show", help="print a table's version, size, thresholds and top tokens")
     show.add_argument("--file", help="table file (default: the current table in Redis)")
     show.add_argument("--top", type=int, default=10, help="how many of the most frequent tokens to list")
     show.add_argument("--layer", type=int, default=0, help="MoE layer of the published table set (default 0)")
     show.add_argument("--json", action="store_true")
-    add_settings(show, ROUTING_SETTINGS + REDIS_SETTINGS)
+    add_settings(show, groups=("routing", "redis"))
     show.set_defaults(handler=run_show)
 
 
@@ -72,7 +66,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise UserError("give --out FILE and/or --publish")
     if args.seed_stats and not args.publish:
         raise UserError("--seed-stats needs --publish")
-    from workers.stats_worker import publish_table_and_stats, refresh_policy
+    from pipeline.table_sets import publish_table_and_stats, refresh_policy
 
     settings = settings_from(args)
     source = FileSource(args.corpus)
@@ -112,17 +106,18 @@ def _run_redis(coro: Any) -> Any:
 def run_worker(args: argparse.Namespace) -> int:
     from pipeline.stream.app import worker_name
     from pipeline.stream.topics import ensure_topics, pipeline_topics
-    from workers.stats_worker import StatsWorkerError, build_refresher, run_stats_worker
+    from pipeline.table_sets import TableSetError, build_refresher
+    from workers.stats_worker import StatsWorkerError, run_stats_worker
 
     settings = settings_from(args)
     try:
         build_refresher(settings)  # fails early without a vocabulary size
-    except StatsWorkerError as exc:
+    except TableSetError as exc:
         raise UserError(str(exc)) from None
     asyncio.run(ensure_topics(KafkaAccess.from_settings(settings), pipeline_topics(settings), settings.replication_factor))
     try:
         run_stats_worker(settings, worker_name(settings))
-    except StatsWorkerError as exc:
+    except (StatsWorkerError, TableSetError) as exc:
         raise UserError(str(exc)) from None
     return 0
 
@@ -179,7 +174,7 @@ async def _load_current(settings: Settings, layer: int = 0) -> tuple[RoutingTabl
                             f"tables of {len(ids)} routers in namespace {settings.namespace}; "
                             "give the router settings (--vocab-size ...) to pick one")
         keys = RedisKeys(settings.namespace, ids[0])
-        version = await client.get(keys.table_pointer)
+        version: Any = await client.get(keys.table_pointer)  # bytes | None (the client does not decode)
         layers = await _layers(client, keys, int(version)) if version is not None else 0
         if layers and not 0 <= layer < layers:
             raise UserError(f"--layer {layer}: the table set of {ids[0]} has layers 0-{layers - 1}")
@@ -190,7 +185,8 @@ async def _load_current(settings: Settings, layer: int = 0) -> tuple[RoutingTabl
             raise UserError(f"cannot read the table from {access.display}: {exc}") from None
         if tables is None:
             raise UserError(f"no table published for router {ids[0]} in namespace {settings.namespace}")
-        return tables[layer], _snapshot_summary(await client.get(keys.stats_snapshot), layer)
+        snapshot: Any = await client.get(keys.stats_snapshot)  # bytes | None
+        return tables[layer], _snapshot_summary(snapshot, layer)
     finally:
         await client.aclose()
 
@@ -225,7 +221,7 @@ def audit_rows(headers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_show(args: argparse.Namespace) -> int:
     snapshot = None
     if args.file:
-        table = read_table_file(args.file)
+        table = RoutingTable.load(args.file)
     else:
         settings = settings_from(args)
         table, snapshot = _run_redis(_load_current(settings, args.layer))

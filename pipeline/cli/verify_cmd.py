@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
-from .common import ENGINE_SETTINGS, ROUTING_SETTINGS, UserError, add_progress_flag, add_settings, print_json, \
+from .common import UserError, add_progress_flag, add_settings, print_json, \
     settings_from, show_progress
 
 EXIT_VIOLATION = 1
-SERVICE_SETTINGS = ("kafka_bootstrap", "redis_url", "namespace", "topic_outcomes", "topic_certificates")
 
 
 def add_range(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_range(p)
     add_progress_flag(p)
-    add_settings(p, ROUTING_SETTINGS + tuple(n for n in ENGINE_SETTINGS if n.startswith("budget")) + SERVICE_SETTINGS
-                 + ("audit_min_agreement",))
+    # rebuilds the routers, the budget caps and the audit verdicts from its own settings
+    add_settings(p, ("topic_outcomes", "topic_certificates", "audit_min_agreement"),
+                 groups=("routing", "budgeting", "kafka", "redis"))
     p.set_defaults(handler=run_verify)
 
 
@@ -71,7 +72,7 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_VIOLATION
 
 
-def _bar(enabled: bool):  # type: ignore[no-untyped-def]
+def _bar(enabled: bool) -> Any:  # a tqdm bar, or None
     if not enabled:
         return None
     from tqdm import tqdm

@@ -9,23 +9,25 @@ vocabulary, sequence numbers that do not increase within a stream -- raises
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import sys
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
 from pipeline.engine.events import EventBatch, EventChunk
 from pipeline.engine.records import RecordError, encode_chunk, parse_record_bytes
+from pipeline.errors import VARError
 
 PathLike = str | os.PathLike[str]
 _WRITE_BATCH = 4096  # records joined per write() call
 
 
-class CorpusError(ValueError):
+class CorpusError(VARError, ValueError):
     """A corpus file that cannot be read; ``str(err)`` names the file and line."""
 
 
@@ -49,7 +51,7 @@ def _is_gzip(path: PathLike) -> bool:
 
 
 @contextmanager
-def _open_for_reading(path: PathLike) -> Iterator[IO[bytes]]:
+def _open_for_reading(path: PathLike) -> Iterator[io.BufferedIOBase]:
     name = os.fspath(path)
     try:
         raw = open(name, "rb")
@@ -61,7 +63,7 @@ def _open_for_reading(path: PathLike) -> Iterator[IO[bytes]]:
         yield gzip.GzipFile(fileobj=raw, mode="rb") if _is_gzip(name) else raw
 
 
-def _numbered_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
+def _numbered_lines(handle: io.BufferedIOBase, name: str) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines with their 1-based line numbers; decompression errors become CorpusError."""
     lineno = 0
     try:
@@ -139,7 +141,7 @@ def write_corpus(path: PathLike, chunks: Iterable[EventChunk], progress: bool = 
 
 
 @contextmanager
-def _open_for_writing(path: str, compress: bool) -> Iterator[IO[bytes]]:
+def _open_for_writing(path: str, compress: bool) -> Iterator[io.BufferedIOBase]:
     with open(path, "wb") as raw:
         if not compress:
             yield raw
@@ -148,7 +150,7 @@ def _open_for_writing(path: str, compress: bool) -> Iterator[IO[bytes]]:
             yield packed
 
 
-def _flush(out: IO[bytes], pending: list[bytes]) -> int:
+def _flush(out: io.BufferedIOBase, pending: list[bytes]) -> int:
     count = len(pending)
     if count:
         out.write(b"\n".join(pending) + b"\n")

@@ -84,7 +84,8 @@ def token_agreement(stats: TokenStats) -> np.ndarray:
     """Estimated top-1 agreement ``a_t`` of each token's fast-path route (see module docstring)."""
     primary = np.argmax(stats.expert_weight, axis=1)
     hits = stats.top1[np.arange(stats.vocab_size), primary]
-    return (hits + 1.0 / stats.num_experts) / (stats.routed + 1.0)
+    agreement: np.ndarray = (hits + 1.0 / stats.num_experts) / (stats.routed + 1.0)
+    return agreement
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,8 @@ def _entropy_candidates(entropy: np.ndarray, grid: int) -> np.ndarray:
     if len(entropy) == 0:
         return np.zeros(0)
     levels = np.unique(np.quantile(entropy, np.linspace(0.0, 1.0, max(2, grid))))
-    return np.nextafter(levels, np.inf)
+    bounds: np.ndarray = np.nextafter(levels, np.inf)
+    return bounds
 
 
 def _sweep_frequency(freq: np.ndarray, share: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, ...]:

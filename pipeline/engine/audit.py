@@ -46,17 +46,20 @@ def audit_selected(keys: np.ndarray, positions: np.ndarray, rate: float) -> np.n
     if rate >= 1.0:
         return np.ones(len(keys), bool)
     h = mix64(np.asarray(keys, np.uint64) ^ mix64(np.asarray(positions).astype(np.uint64) ^ AUDIT_SALT))
-    return h < np.uint64(min(int(rate * 2.0 ** 64), 2 ** 64 - 1))
+    selected: np.ndarray = h < np.uint64(min(int(rate * 2.0 ** 64), 2 ** 64 - 1))
+    return selected
 
 
 def same_expert_sets(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """bool [n]: row ``i`` of ``a`` and ``b`` ([n, k] expert ids) hold the same set of experts."""
-    return (np.sort(a, axis=1) == np.sort(b, axis=1)).all(axis=1)
+    same: np.ndarray = (np.sort(a, axis=1) == np.sort(b, axis=1)).all(axis=1)
+    return same
 
 
 def router_calls(tiers: np.ndarray, audits: np.ndarray) -> np.ndarray:
     """bool [n]: the decisions that consumed a learned-router call at their position (the budget)."""
-    return (tiers == Tier.LEARNED) | (audits >= 0)
+    calls: np.ndarray = (tiers == Tier.LEARNED) | (audits >= 0)
+    return calls
 
 
 def wilson(agree: float, n: float, z: float = 1.96) -> tuple[float, float]:
@@ -87,7 +90,7 @@ class AuditLedger:
     keep: int = KEEP_AUDIT_VERSIONS
     counts: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # -> [audited, agreed]
 
-    def observe(self, layer: int, versions: np.ndarray, audits: np.ndarray) -> int:
+    def observe(self, layer: int, versions: np.ndarray | np.integer[Any] | int, audits: np.ndarray) -> int:
         """Count the audit results ``audits`` (int8, -1 = none) of decisions of ``layer`` made under
         table ``versions`` (int [n], or one int); returns how many were audited."""
         done = audits >= 0

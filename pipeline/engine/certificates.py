@@ -35,6 +35,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import orjson
 
+from pipeline.errors import VARError
+
 from .audit import router_calls
 from .events import KEY_LABELS, TIER_LABELS, DecisionBatch, KeyKind, Tier
 from .table import RoutingTable
@@ -44,7 +46,7 @@ CERTIFICATE_FORMAT = "var-certificate/1"
 ZERO_DIGEST = "0" * 64
 
 
-class CertificateError(ValueError):
+class CertificateError(VARError, ValueError):
     """A record that is not a valid certificate; ``str(err)`` is the reason."""
 
 

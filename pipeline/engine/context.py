@@ -13,7 +13,7 @@ source offset is not after the offset that last advanced the window, it is a *re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def _accepted_sorted(batch: EventBatch, g: _Groups) -> np.ndarray:
     last_seq = np.asarray([w.last_seq for w in g.starts], dtype=np.int64)
     new_group = np.concatenate(([True], g.group[1:] != g.group[:-1]))
     prev = np.where(new_group, last_seq[g.group], np.concatenate(([0], seqs[:-1])))
-    ok = seqs > prev
+    ok: np.ndarray = seqs > prev
     if ok.all():
         return ok
     for gi in np.unique(g.group[~ok]).tolist():  # rare: exact running max for offending streams
@@ -181,3 +181,11 @@ def corpus_context_hashes(chunks: Iterable[EventChunk], window: int) -> dict[tup
             past.append(token)
     hashes = context_hash(np.asarray(rows, dtype=np.int64).reshape(len(rows), window - 1))
     return dict(zip(keys, hashes.tolist()))
+
+
+def layer_context_hashes(chunks: Iterable[EventChunk], windows: Sequence[int]
+                         ) -> dict[tuple[str, int], tuple[int, ...]]:
+    """(stream, seq) -> the context hash of every layer (``windows``: each layer's receptive field)."""
+    chunks = list(chunks)
+    per_layer = [corpus_context_hashes(chunks, w) for w in windows]
+    return {key: tuple(layer[key] for layer in per_layer) for key in per_layer[0]}

@@ -33,7 +33,8 @@ from .budget import BudgetGovernor, BudgetPolicy, BudgetLedger
 from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
 from .context import ContextResult, ContextWindow, build_contexts
 from .events import DecisionBatch, EventBatch, KeyKind, Tier, tier_key_counts
-from .route_types import DecisionRows, EngineCounters, RoutePlan, RouteResult
+from .route_types import DecisionRows, EngineCounters
+from .route_types import RoutePlan as RoutePlan, RouteResult as RouteResult  # re-exported: the engine's API
 from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
 from .pairs import previous_tokens
@@ -185,7 +186,7 @@ class VAREngine:
         slot[found] = np.arange(len(found))
         row_slot = np.where(plan.inverse >= 0, slot[plan.inverse], -1)
         hit = row_slot >= 0
-        hits = decode_decisions([cached[u] for u in found], self.router.spec.top_k)
+        hits = decode_decisions([value for value in cached if value is not None], self.router.spec.top_k)  # = found
         take = row_slot[hit]
         out.fill(hit, hits.experts[take], hits.weights[take], hits.confidence[take], hits.entropy[take], Tier.CACHE)
         return hit

@@ -21,9 +21,10 @@ from typing import Mapping, MutableMapping, Sequence
 import numpy as np
 
 from .context import Rejection, ContextWindow, build_contexts
-from .engine import RoutePlan, RouteResult, VAREngine
+from .engine import VAREngine
 from .events import EventBatch
 from .profile import StageClock, lap
+from .route_types import RoutePlan, RouteResult
 from .table import RoutingTable
 
 

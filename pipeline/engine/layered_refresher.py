@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import orjson
 
-from .engine import RouteResult
-from .refresher import Refresh, RefreshCounters, SnapshotError, StatsRefresher, read_snapshot
+from .refresher import Refresh, RefreshCounters, StatsRefresher
+from .route_types import RouteResult
+from .snapshot import SnapshotError, read_snapshot
 from .stats import TokenStats
 
 if TYPE_CHECKING:
-    from pipeline.outcomes import Outcomes
+    from .outcome_columns import Outcomes
 
 SET_FORMAT = "var-stats-set/1"
 _SET_MAGIC = b"VARSTSET"

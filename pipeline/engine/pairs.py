@@ -18,6 +18,7 @@ first token of a stream has no previous token (PAD) and therefore no pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -52,6 +53,14 @@ def pair_ids(prev: np.ndarray, tokens: np.ndarray, vocab_size: int) -> np.ndarra
 
 class PairStats:
     """Bounded per-pair statistics (see module docstring). ``cap == 0`` keeps no pairs."""
+
+    # set in __init__ by name (_FLOAT: float32 [rows], _MATRIX: float32 [rows, experts])
+    frequency: np.ndarray
+    routed: np.ndarray
+    entropy_sum: np.ndarray
+    confidence_sum: np.ndarray
+    expert_weight: np.ndarray
+    top1: np.ndarray
 
     def __init__(self, vocab_size: int, num_experts: int, cap: int) -> None:
         if cap < 0:
@@ -175,7 +184,7 @@ class PairStats:
         return out
 
     @classmethod
-    def from_arrays(cls, data, vocab_size: int, num_experts: int, cap: int) -> "PairStats":
+    def from_arrays(cls, data: Mapping[str, Any], vocab_size: int, num_experts: int, cap: int) -> "PairStats":
         """Inverse of :meth:`arrays` (``data``: a mapping such as an open npz); empty if absent."""
         stored_cap = int(data["pair_cap"]) if "pair_cap" in data else cap
         stats = cls(vocab_size, num_experts, stored_cap)
@@ -222,11 +231,13 @@ class PairView:
         """Estimated top-1 agreement of each row's route (the estimator of :mod:`.adaptive`)."""
         primary = np.argmax(self.expert_weight[rows], axis=1)
         hits = self.top1[rows, primary].astype(np.float64)
-        return (hits + 1.0 / num_experts) / (self.routed[rows] + 1.0)
+        agreement: np.ndarray = (hits + 1.0 / num_experts) / (self.routed[rows] + 1.0)
+        return agreement
 
     def mean_entropy(self, rows: np.ndarray) -> np.ndarray:
         """float64, so that comparing with a (float) threshold is exact wherever it is done."""
-        return self.entropy_sum[rows].astype(np.float64) / self.routed[rows]
+        entropy: np.ndarray = self.entropy_sum[rows].astype(np.float64) / self.routed[rows]
+        return entropy
 
 
 @dataclass(slots=True)

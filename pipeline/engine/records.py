@@ -14,20 +14,22 @@ number (files) or dead-letter the message (Kafka) without losing good records.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
+
+from pipeline.errors import VARError
 
 from .events import EventChunk
 
 SCHEMA_VERSION = 1
 
 
-class RecordError(ValueError):
+class RecordError(VARError, ValueError):
     """A record that is not a valid token event; ``str(err)`` is the reason."""
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

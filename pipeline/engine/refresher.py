@@ -46,15 +46,17 @@ import numpy as np
 from .adaptive import AdaptiveChoice, Prediction, choose_thresholds, predict
 from .audit import AuditLedger
 from .audit_evidence import TokenAudits, ban_tokens
-from .engine import RouteResult
 from .events import TIER_LABELS, Tier
 from .pairs import previous_tokens, stats_pair_cap
-from .snapshot import SnapshotError, encode_snapshot, read_snapshot, version_report
+from .route_types import RouteResult
+from .snapshot import encode_snapshot
+from .snapshot import SnapshotError as SnapshotError, read_snapshot as read_snapshot  # re-exported
+from .snapshot import version_report as version_report  # re-exported
 from .stats import TokenStats
 from .table import RoutingTable, Thresholds, build_table
 
 if TYPE_CHECKING:  # the message format lives outside the core; only its columns are used here
-    from pipeline.outcomes import Outcomes
+    from .outcome_columns import Outcomes
 
 KEEP_VERSIONS = 64
 Clock = Callable[[], float]
@@ -169,7 +171,8 @@ class StatsRefresher:
         return self._accumulate(result.events.tokens, previous_tokens(result.contexts), d.tiers, d.experts,
                                 d.weights, d.confidence, d.entropy, versions)
 
-    def _accumulate(self, tokens, prev, tiers, experts, weights, confidence, entropy, versions) -> int:
+    def _accumulate(self, tokens: np.ndarray, prev: np.ndarray | None, tiers: np.ndarray, experts: np.ndarray,
+                    weights: np.ndarray, confidence: np.ndarray, entropy: np.ndarray, versions: np.ndarray) -> int:
         learned = tiers == Tier.LEARNED
         self.stats.observe(tokens, prev, learned, experts, weights, confidence, entropy)
         self._count_tiers(tiers, versions)

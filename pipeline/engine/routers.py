@@ -134,6 +134,12 @@ class ContextWindowGate(nn.Module):
     copies of ``E_ctx``, then ``E_tok``), so the whole mix is ONE ``embedding_bag`` call.
     """
 
+    # buffers (register_buffer)
+    stacked: torch.Tensor
+    offsets: torch.Tensor
+    gate: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, spec: RouterSpec) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(spec.seed)
@@ -156,6 +162,11 @@ class ContextWindowGate(nn.Module):
 
 class SeedGate(nn.Module):
     """The proof of concept's gate: Linear(token embedding) + semantic-cluster bias."""
+
+    # buffers (register_buffer)
+    tok_emb: torch.Tensor
+    gate: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, spec: RouterSpec) -> None:
         super().__init__()
@@ -218,7 +229,8 @@ class TorchRouter:
         ctx = np.where(contexts < 0, self.spec.vocab_size, contexts).astype(np.int64, copy=False)
         with torch.inference_mode():
             out = self.module(torch.from_numpy(ctx).to(self.device))
-            return out.float().cpu().numpy()
+            logits: np.ndarray = out.float().cpu().numpy()
+            return logits
 
     def route(self, contexts: np.ndarray, with_logits: bool = False) -> RouterOutput:
         """Route every row of ``contexts`` ([n, W] int64) in ONE batched forward pass."""

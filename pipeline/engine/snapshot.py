@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 import orjson
 
+from pipeline.errors import VARError
+
 from .events import TIER_LABELS, Tier
 from .stats import TokenStats
 
@@ -20,7 +22,7 @@ SNAPSHOT_FORMAT = "var-stats-snapshot/1"
 _MAGIC = b"VARSTATS"
 
 
-class SnapshotError(ValueError):
+class SnapshotError(VARError, ValueError):
     """A stats snapshot that cannot be restored here; ``str(err)`` is the reason."""
 
 

@@ -20,6 +20,7 @@ PAD = -1) and rows without one count for their token only.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,8 @@ class TokenStats:
         total = self.expert_weight.sum(axis=0)
         if total.sum() <= 0:
             return np.full(self.num_experts, 1.0 / self.num_experts)
-        return total / total.sum()
+        prior: np.ndarray = total / total.sum()
+        return prior
 
     @property
     def total_frequency(self) -> float:
@@ -145,7 +147,8 @@ class TokenStats:
     def to_bytes(self) -> bytes:
         """Serialise (compressed npz); inverse of :meth:`from_bytes`."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{name: getattr(self, name) for name in self._ARRAYS}, **self.pairs.arrays())
+        pairs: dict[str, Any] = self.pairs.arrays()  # Any: savez_compressed's keywords include allow_pickle
+        np.savez_compressed(buf, **{name: getattr(self, name) for name in self._ARRAYS}, **pairs)
         return buf.getvalue()
 
     @classmethod

@@ -61,10 +61,12 @@ class Thresholds:
         """Boolean mask over the vocabulary (token entries)."""
         evidence = stats.routed > 0
         by_stats = (stats.frequency > self.min_frequency) & (stats.mean_entropy() < self.max_entropy)
-        return evidence & (by_stats | self.static(stats.vocab_size))
+        eligible: np.ndarray = evidence & (by_stats | self.static(stats.vocab_size))
+        return eligible
 
     def static(self, vocab_size: int) -> np.ndarray:
-        return np.arange(vocab_size) < self.static_below
+        static: np.ndarray = np.arange(vocab_size) < self.static_below
+        return static
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (an infinite entropy bound is written as ``null``)."""
@@ -74,7 +76,8 @@ class Thresholds:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Thresholds":
         inf = {"max_entropy", "pair_max_entropy"}
-        return cls(**{k: (math.inf if v is None and k in inf else v) for k, v in data.items()})
+        values: dict[str, Any] = {k: (math.inf if v is None and k in inf else v) for k, v in data.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +190,24 @@ class RoutingTable:
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> "RoutingTable":
-        return cls.from_bytes(Path(path).read_bytes())
+    def load(cls, path: str | Path, router_id: str | None = None) -> "RoutingTable":
+        """The one table-file loader: the table in ``path``, checked against ``router_id`` when
+        given. Every failure (missing, unreadable, not a table, another router's) is a one-line
+        :class:`~pipeline.engine.table_codec.TableError` naming the file."""
+        from .table_codec import TableError
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise TableError(f"no such table file: {path}") from None
+        except OSError as exc:
+            raise TableError(f"{path}: cannot read the table file ({exc.strerror})") from None
+        try:
+            table = cls.from_bytes(raw)
+        except TableError as exc:
+            raise TableError(f"{path}: {exc}") from None
+        if router_id is not None and table.router_id != router_id:
+            raise TableError(f"{path} was built for router {table.router_id}, not {router_id}")
+        return table
 
 
 def _top_k_routes(weight_sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from pipeline.errors import VARError
+
 from .pairs import PairRoutes
 from .table import RoutingTable, Thresholds
+
+
+class TableError(VARError, ValueError):
+    """Bytes or a file that are not a usable fast-path table; ``str(err)`` is one line."""
 
 TABLE_FORMAT = "var-fastpath-table/2"
 LEGACY_FORMAT = "var-fastpath-table/1"
@@ -81,7 +87,7 @@ def _decode_v2(raw: bytes) -> RoutingTable:
     start = len(_MAGIC) + 4
     header = orjson.loads(raw[start:start + length])
     if header.get("format") != TABLE_FORMAT:
-        raise ValueError(f"not a fast-path table (format {header.get('format')!r}, expected {TABLE_FORMAT!r})")
+        raise TableError(f"not a fast-path table (format {header.get('format')!r}, expected {TABLE_FORMAT!r})")
     arrays = _read_arrays(memoryview(raw)[start + length:], header["arrays"])
     table = _empty(header)
     ids = arrays["token_ids"].astype(np.int64)
@@ -94,7 +100,7 @@ def _decode_v2(raw: bytes) -> RoutingTable:
 
 def _decode_v1(data: dict[str, Any]) -> RoutingTable:
     if data.get("format") != LEGACY_FORMAT:
-        raise ValueError(f"not a fast-path table (format {data.get('format')!r}, expected {TABLE_FORMAT!r})")
+        raise TableError(f"not a fast-path table (format {data.get('format')!r}, expected {TABLE_FORMAT!r})")
     table = _empty(data)
     for token, eligible, experts, weights, conf, ent, freq in data["tokens"]:
         table.known[token], table.eligible[token] = True, bool(eligible)
@@ -104,16 +110,16 @@ def _decode_v1(data: dict[str, Any]) -> RoutingTable:
 
 
 def decode_table(raw: bytes) -> RoutingTable:
-    """Inverse of :func:`encode_table` (also reads version 1); ValueError if not a table."""
+    """Inverse of :func:`encode_table` (also reads version 1); :class:`TableError` if not a table."""
     try:
         if raw.startswith(_MAGIC):
             return _decode_v2(raw)
         data = orjson.loads(raw)
     except (orjson.JSONDecodeError, struct.error, KeyError, TypeError) as exc:
-        raise ValueError(f"not a fast-path table ({type(exc).__name__}: {exc})") from None
+        raise TableError(f"not a fast-path table ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
-        raise ValueError("not a fast-path table (not an object)")
+        raise TableError("not a fast-path table (not an object)")
     try:
         return _decode_v1(data)
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"not a fast-path table ({type(exc).__name__}: {exc})") from None
+        raise TableError(f"not a fast-path table ({type(exc).__name__}: {exc})") from None

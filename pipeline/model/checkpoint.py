@@ -15,13 +15,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pipeline.errors import VARError
+
 from .moe import MoEConfig, MoELM
 
 FORMAT = "var-moe-lm/1"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "moe-lm.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VARError, ValueError):
     """A checkpoint that cannot be read; ``str(err)`` is a one-line reason."""
 
 

@@ -12,7 +12,7 @@ traffic (twice the default table cap). Statistics without pairs (an older file) 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -48,7 +48,8 @@ def compute_stats(checkpoint: Checkpoint, streams: Sequence[np.ndarray],
 
 
 def save_stats(stats: Sequence[TokenStats], path: str | Path, digest: str) -> None:
-    blobs = {f"layer{l}": np.frombuffer(s.to_bytes(), np.uint8) for l, s in enumerate(stats)}
+    # Any: savez's keywords include allow_pickle
+    blobs: dict[str, Any] = {f"layer{l}": np.frombuffer(s.to_bytes(), np.uint8) for l, s in enumerate(stats)}
     with open(path, "wb") as handle:
         np.savez(handle, digest=np.asarray(digest), **blobs)
 

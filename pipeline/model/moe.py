@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import nn
@@ -242,14 +242,14 @@ class MoELM(nn.Module):
         a1 = self.cfg.attn_window - 1
         x, mask, rope = self._inputs(contexts[:, -self.cfg.receptive_field(layer):])
         for l in range(layer + 1):
-            block = self.blocks[l]
+            block = cast(Block, self.blocks[l])  # ModuleList items are typed as Module
             x = block.mix(x, mask, rope)
             keep = (layer - l) * a1 + 1  # positions still needed above this layer
             x, mask = x[:, -keep:], mask[:, :, -keep:, -keep:]
             rope = (rope[0][-keep:], rope[1][-keep:])
             h = block.norm2(x)
             if l == layer:
-                return block.ffn.gate(h[:, -1])  # [n, E]
+                return cast(MoEFeedForward, block.ffn).gate(h[:, -1])  # [n, E] (gates: MoE layers only)
             x = x + block.ffn(h, None)[0]
         raise AssertionError("unreachable")
 

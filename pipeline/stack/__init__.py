@@ -1,7 +1,7 @@
 """Project-owned launcher for a real local stack: Apache Kafka 3.9.2 (KRaft, from Maven Central
 jars) and Redis (Debian's redis-server), both on 127.0.0.1.
 
-Entry points: ``LocalStack`` (CLI ``var stack`` / ``python -m pipeline.stack``), the single
+Entry points: ``LocalStack`` (CLI ``var stack``: ``pipeline/cli/stack_cmd.py``), the single
 services ``KafkaBroker`` and ``RedisServer``, and pytest helpers in ``pipeline.stack.testing``.
 """
 from __future__ import annotations

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import shutil
 
+from pipeline.errors import VARError
 
-class StackError(RuntimeError):
+
+class StackError(VARError, RuntimeError):
     """A failure the user can act on.
 
-    ``message`` is one line (what the CLI prints); ``details`` (optional, e.g. the last lines of
-    a log file) is appended to ``str(error)`` so tracebacks and pytest reports show it too.
+    ``message`` (= ``str(error)``) is one line, what the CLI prints; ``details`` (optional, e.g.
+    the last lines of a log file) is printed by ``var --verbose`` and shown as a note in
+    tracebacks and pytest reports (see :class:`pipeline.errors.VARError`).
     """
-
-    def __init__(self, message: str, details: str | None = None) -> None:
-        self.message = message
-        self.details = details
-        super().__init__(message if not details else f"{message}\n{details}")
 
 
 TOOL_HINTS: dict[str, str] = {

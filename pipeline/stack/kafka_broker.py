@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
-import hashlib
 import os
 import re
 import shlex
@@ -23,13 +21,12 @@ from pathlib import Path
 
 from . import process
 from .errors import StackError, require_tool
+from .kafka_jars import RESOURCES, TOOL_JVM_FLAGS, default_lib_dir, ensure_jars, read_text
 from .ports import LOCALHOST, is_port_free, is_port_open
 from .process import ProcessInfo
 from .secure import ROLES, StackSecrets, scram_format_args, secure_broker_config
 from .service import Service
 
-KAFKA_VERSION = "3.9.2"
-RESOURCES = Path(__file__).resolve().parent / "kafka"
 DEFAULT_HEAP = "512m"
 STARTED_LINE = "Kafka Server started"
 # kafka-run-class.sh's flags plus C1-only JIT (-XX:TieredStopAtLevel=1).  Measured on 2 cores
@@ -43,18 +40,6 @@ G1_FLAGS = (
     "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
     "-XX:+ExplicitGCInvokesConcurrent",
 )
-# The storage tool is a short-lived JVM: C1 and SerialGC start it fastest.
-TOOL_JVM_FLAGS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
-
-
-def default_lib_dir() -> Path:
-    """Shared jar cache: ``$VAR_KAFKA_LIB`` or ``~/.cache/var/kafka-<version>/lib``."""
-    override = os.environ.get("VAR_KAFKA_LIB")
-    if override:
-        return Path(override).expanduser().resolve()
-    return Path.home() / ".cache" / "var" / f"kafka-{KAFKA_VERSION}" / "lib"
-
-
 def new_cluster_id() -> str:
     """A Kafka cluster id (url-safe base64 of a random UUID, no padding, not starting with '-')."""
     while True:
@@ -146,27 +131,8 @@ class KafkaBroker(Service):
         return self.home / "data"
 
     def ensure_jars(self) -> Path:
-        """Make sure the broker classpath is in ``lib_dir``; a no-op when it is complete.
-
-        Completeness is a marker file holding the pom's hash, written only after Maven copied
-        every jar, so an interrupted download (or a changed pom) is redone.  A file lock
-        serialises concurrent callers.  Returns ``lib_dir``.
-        """
-        require_tool("java")
-        pom = RESOURCES / "pom.xml"
-        digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-        marker = self.lib_dir / ".complete"
-        if _read(marker) == digest:
-            return self.lib_dir
-        mvn = require_tool("mvn")
-        self.lib_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lib_dir.parent / ".lib.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if _read(marker) != digest:
-                shutil.rmtree(self.lib_dir, ignore_errors=True)
-                _maven_copy(mvn, pom, self.lib_dir)
-                marker.write_text(digest)
-        return self.lib_dir
+        """:func:`~pipeline.stack.kafka_jars.ensure_jars` of this broker's ``lib_dir``."""
+        return ensure_jars(self.lib_dir)
 
     def render(self) -> str:
         """This broker's server.properties text (what a fresh start writes)."""
@@ -249,7 +215,7 @@ class KafkaBroker(Service):
 
     def formatted_cluster_id(self) -> str | None:
         """The cluster id in ``data/meta.properties`` (written by format), or None if unformatted."""
-        for line in (_read(self.data_dir / "meta.properties") or "").splitlines():
+        for line in (read_text(self.data_dir / "meta.properties") or "").splitlines():
             if line.startswith("cluster.id="):
                 return line.split("=", 1)[1].strip()
         return None
@@ -274,7 +240,7 @@ class KafkaBroker(Service):
     def _check_formatted(self) -> None:
         if self.formatted_cluster_id() is None:
             raise StackError(f"no formatted kafka data dir in {self.data_dir}: start it fresh first")
-        if _read(self.config_path) != self.render().strip():
+        if read_text(self.config_path) != self.render().strip():
             raise StackError(f"{self.config_path} differs from this broker's settings (ports, node id, ...)")
 
     def _format(self, java: str) -> None:
@@ -300,8 +266,9 @@ class KafkaBroker(Service):
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
             output = result.stdout + result.stderr
-            for role in ROLES if self.secrets else ():
-                output = output.replace(self.secrets.password("kafka", role), "***")
+            if self.secrets:
+                for role in ROLES:
+                    output = output.replace(self.secrets.password("kafka", role), "***")
             raise StackError(f"kafka {what} failed (exit {result.returncode})", output)
 
     def _started(self, log_offset: int) -> bool:
@@ -310,25 +277,3 @@ class KafkaBroker(Service):
             if STARTED_LINE.encode() not in log.read():
                 return False
         return is_port_open(LOCALHOST, self.port)
-
-
-def _maven_copy(mvn: str, pom: Path, lib_dir: Path) -> None:
-    """Resolve the runtime classpath of ``pom`` from Maven Central into ``lib_dir``."""
-    argv = [
-        mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom), "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DoutputDirectory={lib_dir}",
-    ]
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0 or not any(lib_dir.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
-        output = (result.stdout + result.stderr).strip().splitlines()[-30:]
-        raise StackError(
-            f"maven could not fetch the Kafka {KAFKA_VERSION} jars (exit {result.returncode})",
-            "\n".join(output),
-        )
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None

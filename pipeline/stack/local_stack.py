@@ -11,7 +11,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, TypeGuard
 
 from pipeline.settings import Settings
 
@@ -216,7 +216,7 @@ def _info(rec: Record) -> ProcessInfo:
     return ProcessInfo(rec["pid"], rec.get("start_ticks"))
 
 
-def _alive(rec: Record | None) -> bool:
+def _alive(rec: Record | None) -> TypeGuard[Record]:
     return rec is not None and process.is_alive(_info(rec))
 
 

@@ -1,8 +1,14 @@
-"""Detached background processes: spawn, identify, wait for readiness, stop (by PID only).
+"""The one process supervisor: start, identify, wait for readiness, stop (by PID only).
 
-A process is identified by its PID *and* its start time (field 22 of ``/proc/<pid>/stat``),
-so a PID that the kernel reused for an unrelated program is never signalled.  Processes are
-started in their own session, so they outlive the Python process that started them.
+Every child process of the project -- the stack's Kafka and Redis, local router and stats
+workers (:mod:`pipeline.stream.worker_pool`) -- is started by :func:`start_child`: in its own
+session (so it outlives the Python process that started it and a terminal's Ctrl-C does not
+reach it), stdin closed, stdout and stderr appended to a log file. :func:`terminate` stops one:
+SIGTERM, a grace period, then SIGKILL.
+
+A detached service is identified by its PID *and* its start time (field 22 of
+``/proc/<pid>/stat``), so a PID that the kernel reused for an unrelated program is never
+signalled (:class:`ProcessInfo`, :func:`stop`).
 """
 from __future__ import annotations
 
@@ -77,25 +83,50 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> ProcessInfo:
+    """:func:`start_child`, detached: the PID is written to ``pid_file`` (one line, the PID only)
+    when given, and the child is known from then on by PID and start time only.
+    """
+    child = start_child(argv, log_path, env, cwd)
+    _CHILDREN[child.pid] = child
+    if pid_file is not None:
+        pid_file.write_text(f"{child.pid}\n")
+    return ProcessInfo(child.pid, start_ticks_of(child.pid))
+
+
+def start_child(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a new session; stdout and stderr are appended to ``log_path``.
 
-    ``env`` holds variables added to (or overriding) the current environment.  The PID is
-    written to ``pid_file`` (one line, the PID only) when given.
+    ``env`` holds variables added to (or overriding) the current environment. A program that
+    cannot be started is a one-line :class:`StackError`.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     try:
         with open(log_path, "ab") as log:
-            child = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=full_env, cwd=cwd, start_new_session=True,
-            )
+            return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=full_env, cwd=cwd, start_new_session=True)
     except OSError as exc:
         raise StackError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-    _CHILDREN[child.pid] = child
-    if pid_file is not None:
-        pid_file.write_text(f"{child.pid}\n")
-    return ProcessInfo(child.pid, start_ticks_of(child.pid))
+
+
+def terminate(children: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> list[bool]:
+    """SIGTERM every running child at once, wait up to ``timeout_s`` in all, then SIGKILL what is
+    left; per child, True if it exited by itself (or had already)."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    clean = []
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+            clean.append(True)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+            clean.append(False)
+    return clean
 
 
 def read_pid_file(pid_file: Path) -> ProcessInfo | None:

@@ -10,7 +10,7 @@ worker begins with; it is rebuilt, never stored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import redis.asyncio as aioredis
 
@@ -34,7 +34,7 @@ class RedisTableArchive:
 
     async def raw(self, version: int) -> list[bytes | None]:
         names = [self.keys.archived_table(version, layer) for layer in range(self.layers)]
-        raws = await self.client.mget(names)
+        raws: list[Any] = await self.client.mget(names)  # bytes | None (the client does not decode)
         if any(r is None for r in raws):
             raws = await self.client.mget(self.keys.tables(version, self.layers))
         return list(raws)

@@ -48,7 +48,7 @@ class RedisKeys:
     def decision(self, key: int, layer: int = 0) -> str:
         return f"{self.decision_prefix(layer)}{key:016x}"
 
-    def decisions(self, keys: "np.ndarray | list[int]", layer: int = 0) -> list[str]:
+    def decisions(self, keys: "np.ndarray | Sequence[int]", layer: int = 0) -> list[str]:
         """:meth:`decision` for many keys at once (one hex conversion for the whole batch)."""
         prefix = self.decision_prefix(layer)
         hexed = np.asarray(keys, dtype=">u8").tobytes().hex()

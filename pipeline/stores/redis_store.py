@@ -133,7 +133,7 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
         """Every layer's table of ``version`` (one MGET); None if one is missing (or unreadable,
         logged); raises :class:`StoreUnavailable` on an outage or timeout, or while backing off."""
         names = self.keys.tables(version, self.layers)
-        raws = await self._attempt("load_tables", lambda: self.client.mget(names))
+        raws: list[Any] = await self._attempt("load_tables", lambda: self.client.mget(names))  # bytes | None
         return parse_tables(raws, version)
 
     async def publish_tables(self, tables: Sequence[RoutingTable]) -> int:

@@ -119,7 +119,7 @@ class RouterAgent:
         """Route, publish, write windows, mark finished -- or rewind and re-fetch on failure."""
         try:
             out = BatchOutput(outcomes=[(m.key, m.value) for m in admitted]) if self.processor is None \
-                else await self._route(admitted)  # type: ignore[misc]
+                else await self._route(admitted)
             await self._publish_certified(out)
             lap(self.profile, "kafka send")
             await self.windows.write(out.windows)

@@ -31,19 +31,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, cast
 
 import faust
 from redis.exceptions import RedisError
 
 from pipeline.engine.profile import StageClock
-from pipeline.assembly import build_engine, build_routers, engine_config, is_model, model_vocab
+from pipeline.assembly import build_engine, build_routers
 from pipeline.observability import RouterMetrics, configure_logging, serve_metrics
 from pipeline.settings import Settings
-from pipeline.stores.keys import RedisKeys, table_set_id
-from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import REFRESH_S, register
+from pipeline.table_sets import require_vocab, routing_store
 
 from .agent import RouterAgent, Topics
 from .batch_metrics import record_batch
@@ -62,21 +61,6 @@ IDLE_SEAL_S = 2.0  # seal the open certificate ranges after this long without a 
 
 def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def require_vocab(settings: Settings) -> int:
-    """The vocabulary: a model router's own (a different VAR_VOCAB_SIZE is an error), else the setting."""
-    from pipeline.cli.common import UserError
-
-    if is_model(settings):
-        vocab = model_vocab(settings)
-        assert vocab is not None
-        if settings.vocab_size not in (None, vocab):
-            raise UserError(f"VAR_VOCAB_SIZE={settings.vocab_size} but the model router's vocabulary is {vocab}")
-        return vocab
-    if settings.vocab_size is None:
-        raise UserError("router workers need the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
-    return settings.vocab_size
 
 
 def broker_url(bootstrap: str) -> str:
@@ -153,9 +137,7 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
     the store's pointer names a table set) and its Redis store of as many layers."""
     routers = build_routers(settings, require_vocab(settings))
     engine = build_engine(settings, routers)
-    keys = RedisKeys(settings.namespace, table_set_id([r.router_id for r in routers]))
-    store = RedisRoutingStore(RedisAccess.from_settings(settings), keys, engine_config(settings).cache.ttl_s, len(routers),
-                              settings.redis_timeout_s)
+    store = routing_store(settings, [r.router_id for r in routers], timeout_s=settings.redis_timeout_s)
     # Outcomes name the worker *process* (name/incarnation): a restarted worker starts its governor
     # positions at 0 again, and the budget check must not mix the two runs.
     incarnation = f"{name}/{uuid.uuid4().hex[:6]}"
@@ -169,7 +151,7 @@ def create_app(settings: Settings) -> RouterApp:
     processor, store = build_processor(settings, name)
     processor.engine.attach_profile(StageClock())  # a few clock reads per batch: always on
     app = faust.App(settings.app_id, **faust_settings(settings))
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
     # offsets it did not deliver; the agent commits what it routed (see consumer_control).
     tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, acks=False, **raw)
@@ -179,8 +161,10 @@ def create_app(settings: Settings) -> RouterApp:
     # for keys (the changelog key == the message key); values are JSON lists. The table keeps the
     # name "windows": it names the changelog topic ("<app_id>-windows-changelog"), so renaming it
     # would orphan every deployed worker's state.
-    window_table = app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
-                             use_partitioner=True)
+    # cast: app.Table() is typed as TableT, which lacks the serializers faust.Table has
+    window_table = cast("faust.Table[bytes, Any]",
+                        app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
+                                  use_partitioner=True))
     metrics = RouterMetrics(name)
     offsets = KafkaOffsets(KafkaAccess.from_settings(settings), settings.app_id, settings.topic_tokens)
 
@@ -233,7 +217,8 @@ def create_app(settings: Settings) -> RouterApp:
         except (RedisError, OSError) as exc:  # Redis down: the registration simply expires
             log.debug("worker registration failed: %r", exc)
 
-    @app.on_partitions_revoked.connect
+    # ignore: faust types receivers as taking any positional arguments; this signal sends (sender, revoked)
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set, **_: Any) -> None:
         # Faust waits only for messages of topics with acks, so wait for the batch in progress
         # here; then commit what the agent finished, so the next owner starts exactly there.
@@ -244,7 +229,9 @@ def create_app(settings: Settings) -> RouterApp:
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
+        # ignore: StreamT lacks take_events; the agent is handed a faust.Stream, which has it
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+                settings.take_max, within=settings.take_within_s):
             started = time.perf_counter()
             out = await agent.handle(current_messages(events, app.consumer_generation_id))
             if out is None or settings.router_mode == "passthrough":
@@ -258,7 +245,7 @@ def create_app(settings: Settings) -> RouterApp:
     return RouterApp(app, processor, store, metrics, agent)
 
 
-def current_messages(events: list, generation: int | None) -> list[InMessage]:
+def current_messages(events: Sequence[Any], generation: int | None) -> list[InMessage]:
     """The batch's messages in (partition, offset) order, without stale or repeated ones.
 
     Events fetched before a rebalance (an older consumer generation) are dropped: after the

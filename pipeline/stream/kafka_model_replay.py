@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.chaos.checks import layer_context_hashes
+from pipeline.engine.context import layer_context_hashes
 from pipeline.assembly import layer_budgets
 from pipeline.engine.audit import AGREED, audit_summary
 from pipeline.engine.events import TIER_LABELS, EventBatch, Tier, served_by_key, tier_key_counts
@@ -48,15 +48,15 @@ from pipeline.model_report import LayerReport, ModelReplayReport
 from pipeline.outcomes import Outcomes
 from pipeline.replay import ReplayError
 from pipeline.report import full_window_share
+from pipeline.timeline import layers_timeline
 from pipeline.settings import Settings
 from pipeline.sources import CorpusSource
 
 from .collector import Collected
 from .kafka_access import KafkaAccess
-from .kafka_replay import (KafkaReplayOptions, align, budget_ledger, completeness_section, context_mismatches,
-                           route_through_pipeline, scoped_settings)
+from .kafka_replay import KafkaReplayOptions, route_through_pipeline, scoped_settings
 from .published import load_published
-from .timeline import layers_timeline
+from .replay_checks import align, budget_ledger, completeness_section, context_mismatches
 from .topics import ensure_topics, pipeline_topics
 
 
@@ -101,7 +101,7 @@ def layer_reports(outcomes: Outcomes, everything: Outcomes, routers: Sequence[Mo
 
 
 async def _publish(run: Settings, prepared: ModelPrepared) -> int:
-    from workers.table_sets import publish_tables_and_stats
+    from pipeline.table_sets import publish_tables_and_stats
 
     version, _ = await publish_tables_and_stats(run, prepared.tables, prepared.stats)
     return version

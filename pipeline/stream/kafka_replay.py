@@ -17,16 +17,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from pipeline.assembly import is_model
-from pipeline.corpus.jsonl import iter_batches
-from pipeline.engine.budget import BudgetLedger
-from pipeline.engine.context import ContextWindow, build_contexts, corpus_context_hashes
+from pipeline.engine.context import corpus_context_hashes
 from pipeline.engine.events import EventChunk, TIER_LABELS, Tier
 from pipeline.engine.table import RoutingTable
 from pipeline.outcomes import Outcomes
@@ -35,14 +32,14 @@ from pipeline.replay import Prepared, ReplayError, offline_phase
 from pipeline.report import ReplayReport
 from pipeline.settings import Settings, redact_url
 from pipeline.sources import CorpusSource
-from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_access import RedisAccess
-from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stores.registry import router_mismatch, running_workers
+from pipeline.table_sets import publish_table_and_stats
 
 from .collector import Collected, collect
 from .continuity import KafkaOffsets
-from .timeline import outcome_timeline
+from .replay_checks import align, budget_ledger, completeness_section, context_mismatches, exact_reference
+from pipeline.timeline import outcome_timeline
 from .kafka_access import KafkaAccess
 from .producer import produce_chunks, rechunk
 from .published import load_published, wait_for_tables
@@ -80,19 +77,11 @@ def scoped_settings(settings: Settings, run_id: str, vocab_size: int) -> Setting
         namespace=f"{settings.namespace}-{run_id}", vocab_size=vocab_size)
 
 
-async def publish_initial_table(settings: Settings, table: RoutingTable) -> int:
-    store = RedisRoutingStore(RedisAccess.from_settings(settings), RedisKeys(settings.namespace, table.router_id), settings.cache_ttl_s)
-    try:
-        return await store.publish_table(table)
-    finally:
-        await store.close()
-
-
 async def _watch_workers(pool: WorkerPool, stop: asyncio.Event) -> None:
     """Stop collecting as soon as every router worker has exited (a crash, not a hang)."""
-    routers = [w for w in pool.workers if w.name.startswith("router")]
+    routers = {w.name for w in pool.workers if w.name.startswith("router")}
     while not stop.is_set():
-        if routers and all(not w.alive() for w in routers):
+        if routers and routers <= {w.name for w in pool.dead()}:
             stop.set()
             return
         await asyncio.sleep(0.5)
@@ -171,77 +160,6 @@ def route_through_pipeline(chunks: list[EventChunk], run: Settings, opts: KafkaR
     return got, start, exits
 
 
-def completeness_section(got: Collected, have: np.ndarray, context_mismatches: int, run_id: str) -> dict[str, object]:
-    """The completeness fields of a replay through Kafka: ``have`` marks the produced events that
-    got an outcome; ``complete`` also needs no invalid outcome and no context mismatch (the
-    caller adds ``worker_exits`` and clears ``complete`` when a worker exited)."""
-    events_in = len(have)
-    return {"events_in": events_in, "outcomes_out": got.distinct, "duplicates": got.duplicates,
-            "missing": events_in - int(have.sum()), "invalid_outcomes": got.invalid,
-            "deadletters": len(got.deadletters), "context_mismatches": context_mismatches,
-            "complete": bool(have.all()) and got.invalid == 0 and context_mismatches == 0, "run_id": run_id,
-            **({"stalled": {"outcomes_read_end": got.unread, "tokens_committed_end": got.unrouted}}
-               if got.unread is not None else {})}
-
-
-def exact_reference(prepared: Prepared, chunks: list[EventChunk], settings: Settings) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(streams, seqs, tokens, experts, weights) of the learned router for every event, in order."""
-    windows: dict[str, ContextWindow] = {}
-    parts = []
-    for batch in iter_batches(chunks, settings.batch_size):
-        ctx = build_contexts(batch, windows, settings.context_window)
-        windows.update(ctx.windows)
-        out = prepared.router.route(ctx.contexts)
-        parts.append((batch.streams, batch.seqs, batch.tokens, out.experts, out.weights))
-    streams = [s for p in parts for s in p[0]]
-    return streams, *(np.concatenate([p[i] for p in parts]) for i in range(1, 5))  # type: ignore[return-value]
-
-
-def context_mismatches(expected: Mapping[tuple[str, int], int | tuple[int, ...]], parts: list[Outcomes]) -> int:
-    """Outcomes (duplicates included) whose context hashes -- one per layer -- are not the corpus's
-    for that event (``expected``: per event, the hash of each layer, or one int for one layer)."""
-    wrong = 0
-    for p in parts:
-        contexts = zip(*(layer.ctx.tolist() for layer in p.layers))
-        for s, q, c in zip(p.streams, p.seqs.tolist(), contexts):
-            want = expected.get((s, q))
-            wrong += (want if isinstance(want, tuple) else (want,)) != c
-    return wrong
-
-
-def align(outcomes: Outcomes, streams: list[str], seqs: np.ndarray) -> np.ndarray:
-    """For each reference event, the row of its outcome (-1 if none)."""
-    names = {s: i for i, s in enumerate(dict.fromkeys(streams))}
-    ref = np.fromiter((names[s] for s in streams), np.int64, len(streams)) * (1 << 40) + seqs
-    got = np.fromiter((names.get(s, -1) for s in outcomes.streams), np.int64, len(outcomes)) * (1 << 40) + outcomes.seqs
-    order = np.argsort(got)
-    pos = np.searchsorted(got[order], ref)
-    pos = np.minimum(pos, max(0, len(got) - 1))
-    hit = (len(got) > 0) & (got[order][pos] == ref) if len(got) else np.zeros(len(ref), bool)
-    return np.where(hit, order[pos] if len(got) else -1, -1)
-
-
-def budget_ledger(all_outcomes: Outcomes, window: int, layer: int = 0) -> tuple[int, list[int], list[int]]:
-    """Per worker, ``layer``'s learned-router calls (learned decisions and audits) in its decision
-    order (from its ``pos``): max sliding window, blocks, sizes (every layer has its own governor,
-    so each is checked on its own)."""
-    best, blocks, sizes = 0, [], []
-    if not len(all_outcomes):
-        return best, blocks, sizes
-    workers = np.asarray(all_outcomes.workers, dtype=object)
-    for name in sorted(set(all_outcomes.workers)):
-        mine = workers == name
-        pos, learned = all_outcomes.layers[layer].positions[mine], all_outcomes.layers[layer].router_calls()[mine]
-        flags = np.zeros(int(pos.max()) + 1 if len(pos) else 0, dtype=bool)
-        flags[pos] = learned
-        ledger = BudgetLedger(window)
-        ledger.record(flags)
-        best = max(best, ledger.max_sliding)
-        blocks.extend(ledger.block_learned)
-        sizes.extend(ledger.block_sizes())
-    return best, blocks, sizes
-
-
 def _held_out(source: CorpusSource, settings: Settings, opts: KafkaReplayOptions) -> tuple[Prepared, list[EventChunk]]:
     prepared, rest = offline_phase(source, settings)
     if opts.cold:
@@ -270,8 +188,6 @@ def run_kafka_replay(source: CorpusSource, settings: Settings, opts: KafkaReplay
         if problem:
             raise ReplayError(problem)
     if not opts.cold:
-        from workers.stats_worker import publish_table_and_stats
-
         prepared.table.version, _ = asyncio.run(publish_table_and_stats(run, prepared.table, prepared.stats))
     got, start, exits = route_through_pipeline(chunks, run, opts, progress)
     report = build_kafka_report(source, run, prepared, chunks, got, start, wall_start, opts)

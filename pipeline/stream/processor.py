@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class BatchOutput:
-    outcomes: list[tuple[bytes, bytes]] = field(default_factory=list)
+    outcomes: Sequence[tuple[bytes | None, bytes]] = field(default_factory=list)  # key None: passthrough, keyless
     deadletters: list[DeadLetter] = field(default_factory=list)
     certificates: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, record)
     windows: dict[str, ContextWindow] = field(default_factory=dict)

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def wait_for_tables(run: Settings, pool: WorkerPool, timeout_s: float = 180.0) -> None:
     """Until the stats worker has published a table set (raises WorkerFailed if it died)."""
-    from workers.table_sets import layer_routers, routing_store
+    from pipeline.table_sets import layer_routers, routing_store
 
     store_ids = [router_id for _, router_id in layer_routers(run)]
 
@@ -42,7 +42,7 @@ def wait_for_tables(run: Settings, pool: WorkerPool, timeout_s: float = 180.0) -
 
 async def load_published(settings: Settings, router_ids: list[str], version: int) -> list[RoutingTable] | None:
     """Table-set ``version`` of these layers as the routers read it (``None`` if unreachable)."""
-    from workers.table_sets import routing_store
+    from pipeline.table_sets import routing_store
 
     store = routing_store(settings, router_ids, timeout_s=5.0)
     try:

@@ -12,6 +12,7 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from pipeline.errors import VARError
 from pipeline.settings import Settings
 
 from .kafka_access import KafkaAccess, kafka_access
@@ -19,7 +20,7 @@ from .kafka_access import KafkaAccess, kafka_access
 _TOPIC_ALREADY_EXISTS = 36
 
 
-class TopicError(RuntimeError):
+class TopicError(VARError, RuntimeError):
     """Topics cannot be created or have the wrong shape; one-line message."""
 
 

@@ -3,7 +3,8 @@
 Each worker is a separate OS process running ``python -m pipeline worker`` (or the stats
 worker) with the settings passed through the environment -- exactly what a compose service
 gets. Used by ``var replay --via kafka --workers N``, ``var stack up --workers N`` and the
-integration tests (which also kill -9 workers to test take-over).
+integration tests (which also kill -9 workers to test take-over). Processes are started and
+stopped by the project's one supervisor, :mod:`pipeline.stack.process`.
 """
 from __future__ import annotations
 
@@ -11,22 +12,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import VARError
 from pipeline.settings import Settings, settings_env
+from pipeline.stack.process import start_child, terminate
 from pipeline.stack.secure import read_env_file
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(VARError, RuntimeError):
     """A worker process exited or never became ready; one line naming its log."""
 
 
 @dataclass
 class WorkerProcess:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     log_path: Path
 
     def alive(self) -> bool:
@@ -92,14 +94,9 @@ class WorkerPool:
     def start(self, name: str, command: tuple[str, ...] = ("worker",),
               settings: Settings | None = None) -> WorkerProcess:
         """Start ``python -m pipeline COMMAND`` with the pool's settings (or ``settings``)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        handle = open(log_path, "ab")
         env = worker_env(settings or self.settings, name, "stats" if command[0] == "stats" else "router")
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", *command], env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-        handle.close()
+        process = start_child([sys.executable, "-m", "pipeline", *command], log_path, env)
         worker = WorkerProcess(name, process, log_path)
         self.workers.append(worker)
         return worker
@@ -115,29 +112,12 @@ class WorkerPool:
 
     def stop(self, worker: WorkerProcess, timeout_s: float = 30.0) -> bool:
         """SIGTERM: the worker leaves the group cleanly; False if it had to be SIGKILLed."""
-        if worker.alive():
-            worker.process.send_signal(signal.SIGTERM)
-            try:
-                worker.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait(5)
-                return False
-        return True
+        return terminate([worker.process], timeout_s)[0]
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every live worker, then SIGKILL whatever did not exit in time."""
-        for w in self.workers:
-            if w.alive():
-                w.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for w in self.workers:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                w.process.wait(remaining)
-            except subprocess.TimeoutExpired:
-                w.process.kill()
-                w.process.wait(5)
+        terminate([w.process for w in self.workers], timeout_s)
 
     def dead(self) -> list[WorkerProcess]:
+        """The workers that have exited (crashed, killed or stopped)."""
         return [w for w in self.workers if not w.alive()]

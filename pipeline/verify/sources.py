@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline.engine.certificates import Certificate, CertificateError, decode_certificate
+from pipeline.errors import VARError
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome
 from pipeline.stream.kafka_access import KafkaAccess, kafka_access
 from pipeline.stream.topics import TopicError, partition_ids, refusal
@@ -27,7 +28,7 @@ T = TypeVar("T")
 KAFKA_PREFIX = "kafka:"
 
 
-class VerifyInputError(ValueError):
+class VerifyInputError(VARError, ValueError):
     """An input ``var verify`` cannot read; one line."""
 
 

@@ -20,7 +20,9 @@ from pipeline.replay import Prepared, offline_phase
 from pipeline.settings import Settings
 from pipeline.sources import SyntheticSource
 from pipeline.stream.collector import Collected, collect
-from pipeline.stream.kafka_replay import exact_reference, publish_initial_table, scoped_settings
+from pipeline.stream.kafka_replay import scoped_settings
+from pipeline.table_sets import publish_table_and_stats
+from pipeline.stream.replay_checks import exact_reference
 from pipeline.stream.producer import produce_chunks, rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.worker_pool import WorkerPool
@@ -69,7 +71,7 @@ def make_harness(kafka: str, redis: str, tmp_path: Path, spec: SyntheticSpec, **
     prepared, rest = offline_phase(SyntheticSource(spec), base)
     settings = scoped_settings(base, uuid.uuid4().hex[:8], prepared.vocab_size)
     asyncio.run(ensure_topics(kafka, pipeline_topics(settings)))
-    prepared.table.version = asyncio.run(publish_initial_table(settings, prepared.table))
+    prepared.table.version, _ = asyncio.run(publish_table_and_stats(settings, prepared.table, None))
     return Harness(settings, prepared, list(rest), WorkerPool(settings, tmp_path / "logs"))
 
 

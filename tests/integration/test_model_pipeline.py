@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from pipeline.assembly import build_routers, model_vocab
-from pipeline.chaos.checks import layer_context_hashes
+from pipeline.engine.context import layer_context_hashes
 from pipeline.corpus.realtext import text_chunks
 from pipeline.corpus.works import work_path
 from pipeline.engine.layered_refresher import read_layer_snapshots
@@ -30,7 +30,8 @@ from pipeline.outcomes import Outcomes
 from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys, table_set_id
 from pipeline.stream.collector import Collected, collect
-from pipeline.stream.kafka_replay import budget_ledger, context_mismatches, scoped_settings
+from pipeline.stream.kafka_replay import scoped_settings
+from pipeline.stream.replay_checks import budget_ledger, context_mismatches
 from pipeline.stream.producer import produce_chunks
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.worker_pool import WorkerPool

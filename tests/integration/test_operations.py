@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from pipeline.observability import scrape_samples, total
 from pipeline.corpus.synthetic import SyntheticSpec
 from pipeline.stack.ports import free_port
 from pipeline.stack.redis_server import RedisServer
@@ -23,26 +23,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's metrics as {'name{labels}': value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("var_"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
-
-def metric(samples: dict[str, float], prefix: str) -> float:
-    return sum(v for k, v in samples.items() if k.startswith(prefix))
-
-
 def wait_for_metrics(port: int, timeout_s: float = 60.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return scrape(port)
+            return scrape_samples(port)
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -58,17 +43,17 @@ def test_metrics_endpoint_counters_move(kafka_bootstrap, redis_url, tmp_path):
     try:
         before = wait_for_metrics(port)
         got = asyncio.run(_produce_and_collect(h, message_size=8))
-        after = scrape(port)
+        after = scrape_samples(port)
     finally:
         h.pool.stop_all()
     assert got.distinct == h.tokens
-    assert metric(before, "var_decisions_total") == 0
-    assert metric(after, "var_decisions_total") == h.tokens
-    assert metric(after, 'var_decisions_total{tier="fast"') > 0
-    assert metric(after, "var_batch_size_count") > 0 and metric(after, "var_route_batch_seconds_count") > 0
-    assert metric(after, "var_redis_round_trips_total") >= metric(after, "var_batch_size_count")
-    assert metric(after, "var_table_version") == h.prepared.table.version
-    assert 0 < metric(after, "var_learned_share") <= 1
+    assert total(before, "var_decisions_total") == 0
+    assert total(after, "var_decisions_total") == h.tokens
+    assert total(after, "var_decisions_total", tier="fast") > 0
+    assert total(after, "var_batch_size_count") > 0 and total(after, "var_route_batch_seconds_count") > 0
+    assert total(after, "var_redis_round_trips_total") >= total(after, "var_batch_size_count")
+    assert total(after, "var_table_version") == h.prepared.table.version
+    assert 0 < total(after, "var_learned_share") <= 1
     log_line = (tmp_path / "logs" / "router-0.log").read_text().splitlines()[0]
     assert json.loads(log_line)["worker"] == "router-0"
     tail = subprocess.run([sys.executable, "-m", "pipeline", "outcomes", "tail", "--from-beginning", "--max", "2",
@@ -111,15 +96,15 @@ def test_redis_outage_degrades_but_loses_nothing(kafka_bootstrap, tmp_path):
             return await task
 
         got = asyncio.run(run())
-        samples = scrape(port)
+        samples = scrape_samples(port)
     finally:
         h.pool.stop_all()
         redis.stop()
     assert got.distinct == h.tokens, h.worker_logs()
     check_contexts(h, got.outcomes())
-    assert metric(samples, "var_redis_degraded_total") > 0
-    assert metric(samples, "var_table_version") == h.prepared.table.version  # kept the in-memory table
-    assert metric(samples, "var_learned_share_window_max") <= h.settings.budget
+    assert total(samples, "var_redis_degraded_total") > 0
+    assert total(samples, "var_table_version") == h.prepared.table.version  # kept the in-memory table
+    assert total(samples, "var_learned_share_window_max") <= h.settings.budget
 
 
 def test_local_stack_runs_the_compose_topology(tmp_path):

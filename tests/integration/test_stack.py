@@ -105,7 +105,7 @@ def test_local_stack_up_status_down_from_another_process(tmp_path: Path) -> None
     assert stack.up(kafka_port=0, redis_port=0) == status  # idempotent: running services are kept
 
     down = subprocess.run(
-        [sys.executable, "-m", "pipeline.stack", "down", "--state-dir", str(stack.state_dir)],
+        [sys.executable, "-m", "pipeline", "stack", "down", "--state-dir", str(stack.state_dir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert down.returncode == 0, down.stderr

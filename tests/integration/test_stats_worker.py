@@ -41,10 +41,11 @@ from pipeline.stores.keys import RedisKeys
 from pipeline.stream.collector import Collected, collect
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.stream.producer import produce_chunks, produce_raw, rechunk
-from pipeline.stream.timeline import outcome_timeline
+from pipeline.timeline import outcome_timeline
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.worker_pool import WorkerPool
-from workers.stats_worker import build_refresher, refresh_policy
+from pipeline.observability import scrape_samples, total
+from pipeline.table_sets import build_refresher, refresh_policy
 
 pytestmark = pytest.mark.integration
 
@@ -253,14 +254,6 @@ def garbage(router_id: str) -> list[tuple[bytes | None, bytes]]:
     return [(GARBAGE_STREAM.encode(), value) for value in bad]
 
 
-def scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith("var_stats_")}
-
-
 def free_port() -> int:
     import socket
 
@@ -298,11 +291,12 @@ def test_malformed_outcomes_are_skipped_and_the_worker_keeps_publishing(loop):
     assert len(skipped) == len(bad), log
     for reason in GARBAGE_REASONS:
         assert any(reason in line for line in skipped), (reason, skipped)
-    metrics = scrape(port)
-    name = 'var_stats_skipped_total{reason="%s",worker="stats"}'
-    assert metrics[name % "malformed"] == len(bad) - 2 and metrics[name % "rejected"] == 2, metrics
-    assert metrics['var_stats_outcomes_total{worker="stats"}'] >= loop.tokens - loop.settings.refresh_every
-    assert metrics['var_stats_table_version{worker="stats"}'] > version_at_garbage
+    metrics = scrape_samples(port)
+    skipped = {reason: total(metrics, "var_stats_skipped_total", reason=reason, worker="stats")
+               for reason in ("malformed", "rejected")}
+    assert skipped == {"malformed": len(bad) - 2, "rejected": 2}, metrics
+    assert total(metrics, "var_stats_outcomes_total", worker="stats") >= loop.tokens - loop.settings.refresh_every
+    assert total(metrics, "var_stats_table_version", worker="stats") > version_at_garbage
 
 
 def test_stats_build_publishes_and_show_reads_redis(redis_url, tmp_path, capsys, monkeypatch):

@@ -25,8 +25,8 @@ from pipeline.engine.records import encode_chunk
 from pipeline.model.router import model_router_id
 from pipeline.outcomes import decode_outcome
 from pipeline.settings import Settings
-from pipeline.stores.base import MemoryRoutingStore
-from pipeline.stream.app import require_vocab
+from pipeline.stores.memory_store import MemoryRoutingStore
+from pipeline.table_sets import require_vocab
 from pipeline.stream.processor import InMessage, RouterProcessor
 
 TOKENS_PER_STREAM = 96  # the first 96 tokens of each of 3 scenes, in records of 16 tokens

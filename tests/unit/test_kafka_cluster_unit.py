@@ -1,6 +1,7 @@
 """Unit tests of the multi-node cluster configs and broker restart/kill plumbing; no Java is started."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 import socket
 import struct
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stack import kafka_broker
+from pipeline.stack import kafka_jars
 from pipeline.stack.errors import StackError
 from pipeline.stack.kafka_broker import KafkaBroker, render_config
 from pipeline.stack.kafka_cluster import KafkaCluster, metadata_broker_ids
@@ -32,8 +33,8 @@ def _complete_lib(tmp_path: Path) -> Path:
     """A jar dir whose completeness marker matches the pom, so ensure_jars needs no Maven."""
     lib = tmp_path / "lib"
     lib.mkdir()
-    pom = (kafka_broker.RESOURCES / "pom.xml").read_bytes()
-    (lib / ".complete").write_text(kafka_broker.hashlib.sha256(pom).hexdigest())
+    pom = (kafka_jars.RESOURCES / "pom.xml").read_bytes()
+    (lib / ".complete").write_text(hashlib.sha256(pom).hexdigest())
     return lib
 
 

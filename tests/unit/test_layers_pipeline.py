@@ -22,7 +22,7 @@ from pipeline.engine.refresher import RefreshPolicy, StatsRefresher
 from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.table import RoutingTable, Thresholds, build_table
 from pipeline.outcomes import OutcomeError, Outcomes, decode_outcome, tokens_per_record
-from pipeline.stores.base import MemoryRoutingStore
+from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stores.keys import RedisKeys, table_set_id
 from pipeline.stream.processor import InMessage, RouterProcessor
 

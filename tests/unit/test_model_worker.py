@@ -12,11 +12,11 @@ from pipeline.engine.context import corpus_context_hashes
 from pipeline.engine.records import encode_chunk
 from pipeline.outcomes import Outcomes, decode_outcome
 from pipeline.settings import Settings
-from pipeline.stores.base import MemoryRoutingStore
+from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stores.keys import table_set_id
-from pipeline.stream.app import require_vocab
+from pipeline.table_sets import require_vocab
 from pipeline.stream.processor import InMessage, RouterProcessor
-from workers.stats_worker import build_refresher
+from pipeline.table_sets import build_refresher
 
 
 def test_a_model_worker_routes_every_layer_and_the_stats_worker_learns_each():
@@ -48,7 +48,7 @@ def test_a_model_worker_routes_every_layer_and_the_stats_worker_learns_each():
 
 
 def test_model_tables_are_calibrated_to_the_budget_synthetic_ones_follow_the_settings():
-    from workers.table_sets import refresh_policy
+    from pipeline.table_sets import refresh_policy
 
     assert refresh_policy(Settings(router="model", budget=0.12)).adaptive_target == 0.12
     assert refresh_policy(Settings(router="context")).adaptive_target is None

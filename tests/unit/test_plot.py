@@ -12,7 +12,7 @@ from pipeline.outcomes import LayerOutcomes, Outcomes
 from pipeline.plot import interval_shares, plot_timeline, timeline_summary, version_changes
 from pipeline.quality import QualityResult
 from pipeline.report import ReplayReport
-from pipeline.stream.timeline import outcome_timeline
+from pipeline.timeline import outcome_timeline
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.table import RoutingTable, Thresholds, build_table
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.outcomes import decode_outcome, Outcomes
-from pipeline.stores.base import MemoryRoutingStore
+from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stream.continuity import OffsetContinuity
 from pipeline.stream.processor import InMessage, RouterProcessor
 

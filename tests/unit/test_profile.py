@@ -87,7 +87,8 @@ def test_bench_engine_profile_reports_every_stage(capsys):
 def test_worker_stage_counters_scrape_into_microseconds_per_token():
     from prometheus_client import generate_latest
 
-    from pipeline.bench.pipeline_report import parse_metrics, stage_costs
+    from pipeline.bench.pipeline_report import stage_costs, summed
+    from pipeline.observability import parse_samples
     from pipeline.observability import RouterMetrics
 
     metrics = RouterMetrics("w-1")
@@ -95,7 +96,7 @@ def test_worker_stage_counters_scrape_into_microseconds_per_token():
     metrics.tier("learned").inc(400)
     metrics.observe_stages({"router": 0.002, "kafka send": 0.001})
     metrics.observe_stages({"router": 0.003, "kafka send": 0.001})  # running totals: +1 ms router
-    costs = stage_costs(parse_metrics(generate_latest(metrics.registry).decode()))
+    costs = stage_costs(summed(parse_samples(generate_latest(metrics.registry).decode())))
     assert list(costs) == list(STAGES)
     assert costs["router"] == pytest.approx(3.0) and costs["kafka send"] == pytest.approx(1.0)
     assert costs["parse"] == 0.0

@@ -266,7 +266,8 @@ def test_worker_skips_malformed_and_foreign_outcomes_and_still_advances_offsets(
     import redis.asyncio as aioredis
 
     from pipeline.stats_metrics import StatsMetrics
-    from workers.stats_worker import StatsWorker, build_refresher
+    from pipeline.table_sets import build_refresher
+    from workers.stats_worker import StatsWorker
 
     settings = Settings.load(env={}, cli={}).with_(vocab_size=100)
     r = build_refresher(settings)

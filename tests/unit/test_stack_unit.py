@@ -1,6 +1,7 @@
 """Unit tests of the stack launcher that need no Kafka or Redis (pipeline/stack)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stack import cli, kafka_broker, redis_server
+from pipeline.cli.main import main as var_main
+from pipeline.stack import kafka_jars, redis_server
 from pipeline.stack.errors import StackError, require_tool
 from pipeline.stack.kafka_broker import KafkaBroker, new_cluster_id, render_config
 from pipeline.stack.local_stack import LocalStack, pick_port
@@ -106,7 +108,7 @@ def test_ensure_jars_is_a_noop_with_a_complete_marker_and_needs_maven_without(mo
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "mvn" else f"/usr/bin/{name}")
     with pytest.raises(StackError, match="mvn not found"):
         broker.ensure_jars()
-    digest = kafka_broker.hashlib.sha256((kafka_broker.RESOURCES / "pom.xml").read_bytes()).hexdigest()
+    digest = hashlib.sha256((kafka_jars.RESOURCES / "pom.xml").read_bytes()).hexdigest()
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / ".complete").write_text(digest)
     assert broker.ensure_jars() == tmp_path / "lib"  # no Maven needed
@@ -168,18 +170,20 @@ def test_local_stack_processes_are_recorded_and_stopped(tmp_path) -> None:
 
 
 def test_cli_status_with_nothing_recorded_exits_3(tmp_path, capsys) -> None:
-    assert cli.main(["status", "--state-dir", str(tmp_path)]) == 3
+    assert var_main(["stack", "status", "--state-dir", str(tmp_path)]) == 3
     assert capsys.readouterr().out.strip() == "no services recorded"
 
 
-def test_cli_user_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("verbose", [[], ["--verbose"]])
+def test_cli_user_error_is_one_line_exit_2_details_with_verbose(tmp_path, capsys, monkeypatch, verbose) -> None:
     def fail(*args, **kwargs):
-        raise StackError("port 9092 on 127.0.0.1 is already in use (choose another port)", "log tail")
+        raise StackError("port 9092 on 127.0.0.1 is already in use (choose another port)", "log tail\nline 2")
 
     monkeypatch.setattr(LocalStack, "up", fail)
-    assert cli.main(["up", "--state-dir", str(tmp_path)]) == 2
+    assert var_main(["stack", "up", "--state-dir", str(tmp_path), *verbose]) == 2
     err = capsys.readouterr().err
-    assert err == "var stack: error: port 9092 on 127.0.0.1 is already in use (choose another port)\n"
+    line = "var: error: port 9092 on 127.0.0.1 is already in use (choose another port)"
+    assert err == (f"{line}\nlog tail\nline 2\n" if verbose else f"{line} (--verbose: details)\n")
 
 
 def test_testing_helpers_use_services_named_by_the_environment(monkeypatch, tmp_path) -> None:

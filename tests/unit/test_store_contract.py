@@ -11,7 +11,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pipeline.engine.cache import CachePolicy
 from pipeline.stack.ports import free_port
-from pipeline.stores.base import DegradedMode, MemoryRoutingStore, StoreUnavailable
+from pipeline.stores.base import DegradedMode, StoreUnavailable
+from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stores.keys import RedisKeys
 from pipeline.stores.redis_store import RedisRoutingStore
 from tests.store_contract import StoreContract, sample_table

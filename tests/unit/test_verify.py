@@ -17,7 +17,7 @@ from pipeline.engine.offline import collect_statistics
 from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.table import RoutingTable, Thresholds, build_table
 from pipeline.outcomes import Outcomes, decode_outcome
-from pipeline.stores.base import MemoryRoutingStore
+from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stream.certify import WorkerCertifier
 from pipeline.stream.processor import RouterProcessor
 from pipeline.verify.run import VerifyInputs, verify

@@ -1,5 +1,6 @@
 """The table sets of the stats worker's routers: which layers, their refreshers, their store, and
 publishing offline tables (``var stats build --publish``, replays, chaos runs) with their statistics.
+Below the workers: router workers, the stats worker and the replays all build their table sets here.
 
 Every router worker and the stats worker derive the same layers from the same settings
 (:func:`layer_routers`), hence the same Redis keys (:func:`routing_store`).
@@ -7,6 +8,7 @@ Every router worker and the stats worker derive the same layers from the same se
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -16,14 +18,16 @@ from pipeline.engine.refresher import Clock, RefreshPolicy, StatsRefresher
 from pipeline.engine.routers import RouterSpec
 from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import RoutingTable
+from pipeline.errors import VARError
 from pipeline.settings import Settings, SettingsError
 from pipeline.stores.keys import RedisKeys, table_set_id
 from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.redis_store import RedisRoutingStore
 
 
-class StatsWorkerError(RuntimeError):
-    """The worker cannot start (e.g. a snapshot for another configuration); one-line message."""
+class TableSetError(VARError, RuntimeError):
+    """Settings that name no usable table set (no vocabulary, statistics or tables of other
+    routers); one-line message."""
 
 
 def refresh_policy(settings: Settings, budget: float | None = None) -> RefreshPolicy:
@@ -37,17 +41,27 @@ def refresh_policy(settings: Settings, budget: float | None = None) -> RefreshPo
                          thresholds(settings), target, settings.audit_min_agreement)
 
 
-def layer_routers(settings: Settings) -> list[tuple[RouterSpec, str]]:
-    """(spec, router id) of every layer the router workers route, in layer order: the model's
-    layers (its own vocabulary), or the one synthetic router (settings must name the vocabulary)."""
+def require_vocab(settings: Settings) -> int:
+    """The vocabulary every worker routes: a model router's own (a different VAR_VOCAB_SIZE is an
+    error), else the setting, which must then be given. Raises :class:`TableSetError`."""
     if is_model(settings):
         vocab = model_vocab(settings)
+        assert vocab is not None
         if settings.vocab_size not in (None, vocab):
-            raise StatsWorkerError(f"VAR_VOCAB_SIZE={settings.vocab_size} but the model router's vocabulary is {vocab}")
-        return [(r.spec, r.router_id) for r in build_routers(settings, vocab or 0)]
+            raise TableSetError(f"VAR_VOCAB_SIZE={settings.vocab_size} but the model router's vocabulary is {vocab}")
+        return vocab
     if settings.vocab_size is None:
-        raise StatsWorkerError("the stats worker needs the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
-    spec = router_spec(settings, settings.vocab_size)
+        raise TableSetError("workers need the vocabulary size: set VAR_VOCAB_SIZE or --vocab-size")
+    return settings.vocab_size
+
+
+def layer_routers(settings: Settings) -> list[tuple[RouterSpec, str]]:
+    """(spec, router id) of every layer the router workers route, in layer order: the model's
+    layers, or the one synthetic router (see :func:`require_vocab`)."""
+    vocab = require_vocab(settings)
+    if is_model(settings):
+        return [(r.spec, r.router_id) for r in build_routers(settings, vocab)]
+    spec = router_spec(settings, vocab)
     return [(spec, spec.router_id)]
 
 
@@ -56,7 +70,7 @@ def build_refresher(settings: Settings, clock: Clock = time.monotonic) -> Layere
     try:
         layers = layer_routers(settings)
     except SettingsError as exc:
-        raise StatsWorkerError(str(exc)) from None
+        raise TableSetError(str(exc)) from None
     budgets = layer_budgets(settings, len(layers))
     return LayeredRefresher([StatsRefresher(spec.vocab_size, spec.num_experts, spec.top_k, router_id,
                                             refresh_policy(settings, budget), clock)
@@ -66,7 +80,7 @@ def build_refresher(settings: Settings, clock: Clock = time.monotonic) -> Layere
 def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Redis | None = None,
                   timeout_s: float | None = None) -> RedisRoutingStore:
     """The Redis store of these layers' table set (the router workers' keys)."""
-    extra = {"timeout_s": timeout_s} if timeout_s is not None else {}
+    extra: dict[str, Any] = {"timeout_s": timeout_s} if timeout_s is not None else {}
     return RedisRoutingStore(RedisAccess.from_settings(settings), RedisKeys(settings.namespace, table_set_id(router_ids)),
                              settings.cache_ttl_s, len(router_ids), grace_s=settings.table_grace_s, client=client,
                              archive_ttl_s=settings.table_archive_ttl_s, **extra)
@@ -75,7 +89,7 @@ def routing_store(settings: Settings, router_ids: list[str], client: aioredis.Re
 def seed_statistics(refresher: LayeredRefresher, stats: list[TokenStats], version: int = 0) -> None:
     """Start every layer's statistics from ``stats`` (copies), e.g. a model's training text."""
     if len(stats) != len(refresher.layers):
-        raise StatsWorkerError(f"got statistics of {len(stats)} layers for {len(refresher.layers)}")
+        raise TableSetError(f"got statistics of {len(stats)} layers for {len(refresher.layers)}")
     for layer, layer_stats in zip(refresher.layers, stats):
         layer.stats = layer_stats.copy()
         layer.counters.last_version = max(layer.counters.last_version, version)
@@ -114,7 +128,7 @@ async def publish_tables_and_stats(settings: Settings, tables: list[RoutingTable
             return version, False
         refresher = build_refresher(settings)
         if refresher.router_ids != [t.router_id for t in tables] or len(stats) != len(tables):
-            raise StatsWorkerError(f"tables of routers {[t.router_id for t in tables]} do not match the "
+            raise TableSetError(f"tables of routers {[t.router_id for t in tables]} do not match the "
                                    f"settings' routers {refresher.router_ids}")
         seed_statistics(refresher, stats, version)
         for layer, layer_stats in zip(refresher.layers, stats):
