@@ -104,7 +104,7 @@ def _run_redis(coro: Any) -> Any:
 
 # --- worker ------------------------------------------------------------------------------
 def run_worker(args: argparse.Namespace) -> int:
-    from pipeline.stream.app import worker_name
+    from pipeline.stream.faust_config import worker_name
     from pipeline.stream.topics import ensure_topics, pipeline_topics
     from pipeline.table_sets import TableSetError, build_refresher
     from workers.stats_worker import StatsWorkerError, run_stats_worker

@@ -1,55 +1,32 @@
-"""Kafka's own console producer and consumer, run from the broker's jars (``kafka_broker.py``).
+"""Kafka's own console producer and consumer, run from the broker's jars (:mod:`.kafka_jars`).
 
-The console producer (``kafka.tools.ConsoleProducer``) is in the broker's core jar. Kafka 3.9 moved
-the console consumer to the ``kafka-tools`` module (``org.apache.kafka.tools.consumer.ConsoleConsumer``,
-``libs/kafka-tools-<version>.jar`` in the distribution), which the broker's classpath does not hold:
-that one jar is fetched from Maven Central next to the broker's jars, once, and put on the classpath
-after them. Its other dependencies are all on the broker's classpath already.
+The console producer (``kafka.tools.ConsoleProducer``) is in the broker's core jar; Kafka 3.9 moved
+the console consumer to the ``kafka-tools`` module (``org.apache.kafka.tools.consumer.ConsoleConsumer``),
+which ``kafka/pom.xml`` includes, as the distribution's ``libs/`` does.
 """
 from __future__ import annotations
 
-import fcntl
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import StackError, require_tool
-from .kafka_broker import KafkaBroker
-from .kafka_jars import KAFKA_VERSION, RESOURCES, TOOL_JVM_FLAGS, default_lib_dir
+from .kafka_jars import RESOURCES, TOOL_JVM_FLAGS, default_lib_dir, ensure_jars
 
 PRODUCER = "kafka.tools.ConsoleProducer"
 CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
-TOOLS_ARTIFACT = f"org.apache.kafka:kafka-tools:{KAFKA_VERSION}"
-DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"  # as pinned in kafka/pom.xml
 # What the consumer prints between fields, between headers, and for a null key or header value:
 # ASCII control characters, which JSON values never hold unescaped.
 FIELD_SEP, HEADER_SEP, NULL_LITERAL = "\x1f", "\x1e", "\x1a"
 
 
 def tool_classpath(lib_dir: Path | str | None = None) -> str:
-    """The classpath of the console tools: the broker's jars (fetched by ``KafkaBroker.ensure_jars``
-    when missing) and the ``kafka-tools`` jar of the same release, in a ``tools`` folder beside them."""
+    """The classpath of the console tools: the broker's jars (``kafka/pom.xml`` includes
+    ``kafka-tools``), fetched by :func:`~pipeline.stack.kafka_jars.ensure_jars` when missing."""
     lib = Path(lib_dir).resolve() if lib_dir else default_lib_dir()
-    KafkaBroker(lib.parent, lib_dir=lib).ensure_jars()
-    tools = lib.parent / "tools"
-    jar = tools / f"kafka-tools-{KAFKA_VERSION}.jar"
-    if not jar.is_file():
-        tools.mkdir(parents=True, exist_ok=True)
-        with open(tools / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not jar.is_file():  # copied to a temporary name first: an interrupted copy is redone
-                part = tools / "partial"
-                argv = [require_tool("mvn"), "-q", "-B", "-Dstyle.color=never", f"{DEPENDENCY_PLUGIN}:copy",
-                        f"-Dartifact={TOOLS_ARTIFACT}", f"-DoutputDirectory={part}"]
-                result = subprocess.run(argv, capture_output=True, text=True)
-                if result.returncode != 0 or not (part / jar.name).is_file():
-                    raise StackError(f"maven could not fetch {TOOLS_ARTIFACT} (exit {result.returncode})",
-                                     "\n".join((result.stdout + result.stderr).splitlines()[-30:]))
-                (part / jar.name).replace(jar)
-                shutil.rmtree(part, ignore_errors=True)
-    return f"{lib / '*'}:{tools / '*'}"
+    ensure_jars(lib)
+    return str(lib / "*")
 
 
 def run_tool(main_class: str, args: Iterable[str], stdin: bytes | None = None, timeout_s: float = 120.0,

@@ -21,16 +21,10 @@ it, they are recognised by offset and skipped.
 """
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import shutil
-import socket
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence, cast
 
 import faust
@@ -51,74 +45,12 @@ from .consumer_control import ConsumerControl
 from .continuity import KafkaOffsets, OffsetContinuity
 from .kafka_access import KafkaAccess
 from .processor import InMessage, RouterProcessor
-from .producer import MAX_REQUEST_BYTES
 from .context_windows import ContextWindowTable
+from .faust_config import faust_settings, worker_name
 from .worker_pool import WorkerFailed
 
 log = logging.getLogger(__name__)
 IDLE_SEAL_S = 2.0  # seal the open certificate ranges after this long without a batch
-
-
-def worker_name(settings: Settings) -> str:
-    return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def broker_url(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
-
-
-def faust_settings(settings: Settings) -> dict[str, Any]:
-    """Faust app settings for a router worker (one broker or many; memory store)."""
-    return {
-        "broker": broker_url(settings.kafka_bootstrap),
-        **KafkaAccess.from_settings(settings).faust_options(),
-        "store": "memory://",
-        "topic_partitions": settings.partitions,
-        "topic_replication_factor": settings.replication_factor,
-        "table_standby_replicas": 0,
-        "web_enabled": False,
-        "consumer_auto_offset_reset": "earliest",
-        "broker_session_timeout": settings.session_timeout_s,
-        "broker_heartbeat_interval": min(3.0, settings.session_timeout_s / 4),
-        "broker_rebalance_timeout": max(20.0, 2 * settings.session_timeout_s),
-        "broker_request_timeout": max(90.0, settings.session_timeout_s * 2),
-        "broker_commit_interval": 1.0,
-        # No linger: the agent enqueues a batch's records, then awaits their acks, twice per batch
-        # (outcomes, then windows) -- a linger only added its length to both waits.
-        "producer_linger": 0.0,
-        "producer_max_request_size": MAX_REQUEST_BYTES,  # the same limit as the token producers
-        # Bounded fetch rounds: a seek waits for the records already fetched to drain.
-        "broker_max_poll_records": 2000,
-        "datadir": str(worker_datadir()),
-    }
-
-
-def worker_datadir(base: Path | None = None, pid: int | None = None) -> Path:
-    """This process's Faust data directory (the memory store writes little there).
-
-    ``<tmp>/var-worker-<pid>``: removed when the process exits normally, and directories left
-    by processes that no longer exist (kill -9) are removed when the next worker starts.
-    """
-    base = Path(base or tempfile.gettempdir())
-    pid = os.getpid() if pid is None else pid
-    for old in base.glob("var-worker-*"):
-        suffix = old.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and int(suffix) != pid and not _pid_alive(int(suffix)):
-            shutil.rmtree(old, ignore_errors=True)
-    path = base / f"var-worker-{pid}"
-    path.mkdir(exist_ok=True)
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -146,7 +78,10 @@ def build_processor(settings: Settings, name: str) -> tuple[RouterProcessor, Red
 
 
 def create_app(settings: Settings) -> RouterApp:
-    """Build the router worker's Faust app (not started); the batch logic is :class:`RouterAgent`."""
+    """Build the router worker's Faust app (not started); the batch logic is :class:`RouterAgent`,
+    which tests drive without a broker. Here it is only wired to Faust: topics and the
+    context-window table (:func:`_router_agent`), the timers (:func:`_add_timers`) and the agent
+    that hands it each micro-batch (:func:`_add_route`)."""
     name = worker_name(settings)
     processor, store = build_processor(settings, name)
     processor.engine.attach_profile(StageClock())  # a few clock reads per batch: always on
@@ -155,6 +90,15 @@ def create_app(settings: Settings) -> RouterApp:
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
     # offsets it did not deliver; the agent commits what it routed (see consumer_control).
     tokens = app.topic(settings.topic_tokens, partitions=settings.partitions, acks=False, **raw)
+    metrics = RouterMetrics(name)
+    agent = _router_agent(app, settings, processor, raw)
+    _add_timers(app, settings, agent, processor, store, metrics, name)
+    _add_route(app, tokens, settings, agent, metrics)
+    return RouterApp(app, processor, store, metrics, agent)
+
+
+def _router_agent(app: faust.App, settings: Settings, processor: RouterProcessor, raw: dict[str, Any]) -> RouterAgent:
+    """The :class:`RouterAgent` over this app's output topics, context-window table and consumer."""
     topics = {name: app.topic(name, **raw) for name in
               (settings.topic_outcomes, settings.topic_deadletter, settings.topic_certificates)}
     # Each stream's context window, changelog-backed. key_type=bytes makes Faust use the raw codec
@@ -165,27 +109,30 @@ def create_app(settings: Settings) -> RouterApp:
     window_table = cast("faust.Table[bytes, Any]",
                         app.Table("windows", default=None, partitions=settings.partitions, key_type=bytes,
                                   use_partitioner=True))
-    metrics = RouterMetrics(name)
-    offsets = KafkaOffsets(KafkaAccess.from_settings(settings), settings.app_id, settings.topic_tokens)
 
     async def changelog(key: bytes, value: Any) -> Any:
         return await window_table.changelog_topic.send(key=key, value=value,
                                                        key_serializer=window_table.key_serializer,
                                                        value_serializer=window_table.value_serializer)
 
-    context_windows = ContextWindowTable(window_table, settings.partitions, settings.stream_idle_s, changelog=changelog)
-
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes] | None) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
 
+    offsets = KafkaOffsets(KafkaAccess.from_settings(settings), settings.app_id, settings.topic_tokens)
     routing = settings.router_mode != "passthrough"
     key = settings.certificate_key.encode() if settings.certificate_key else None
-    agent = RouterAgent(processor if routing else None,
-                        OffsetContinuity(offsets.start, offsets.end), ConsumerControl(app, settings.topic_tokens),
-                        context_windows, send,
-                        Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens,
-                               settings.topic_certificates),
-                        certifier=WorkerCertifier(processor.worker, processor.engine.layers, key) if routing else None)
+    return RouterAgent(processor if routing else None,
+                       OffsetContinuity(offsets.start, offsets.end), ConsumerControl(app, settings.topic_tokens),
+                       ContextWindowTable(window_table, settings.partitions, settings.stream_idle_s, changelog=changelog),
+                       send, Topics(settings.topic_outcomes, settings.topic_deadletter, settings.topic_tokens,
+                                    settings.topic_certificates),
+                       certifier=WorkerCertifier(processor.worker, processor.engine.layers, key) if routing else None)
+
+
+def _add_timers(app: faust.App, settings: Settings, agent: RouterAgent, processor: RouterProcessor,
+                store: RedisRoutingStore, metrics: RouterMetrics, name: str) -> None:
+    """Stall watch and lag gauges, the commit of the routed frontier, idle-stream sweeps, the
+    worker's registration in Redis, and the rebalance hook."""
 
     @app.timer(interval=1.0)
     async def watch_for_stalls() -> None:
@@ -202,8 +149,8 @@ def create_app(settings: Settings) -> RouterApp:
     @app.timer(interval=max(1.0, min(30.0, settings.stream_idle_s / 4)))
     async def forget_idle_streams() -> None:
         if not agent.control.quiet():
-            context_windows.sweep(agent.control.assigned())
-        metrics.streams.set(len(context_windows))
+            agent.windows.sweep(agent.control.assigned())
+        metrics.streams.set(len(agent.windows))
 
     @app.task
     async def announce_at_start() -> None:
@@ -219,13 +166,18 @@ def create_app(settings: Settings) -> RouterApp:
 
     # ignore: faust types receivers as taking any positional arguments; this signal sends (sender, revoked)
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def on_revoked(sender: Any, revoked: set, **_: Any) -> None:
+    async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
         # Faust waits only for messages of topics with acks, so wait for the batch in progress
         # here; then commit what the agent finished, so the next owner starts exactly there.
         # (The eager protocol revokes *every* partition; nothing is dropped from the table.)
         await agent.idle.wait()
         await agent.publish_certificates(flush=True)
         await agent.commit(during_rebalance=True)
+
+
+def _add_route(app: faust.App, tokens: Any, settings: Settings, agent: RouterAgent, metrics: RouterMetrics) -> None:
+    """The Faust agent: micro-batches of the token topic (``take_max`` / ``take_within_s``) to
+    :meth:`RouterAgent.handle`, then the batch's metrics."""
 
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
@@ -234,15 +186,13 @@ def create_app(settings: Settings) -> RouterApp:
                 settings.take_max, within=settings.take_within_s):
             started = time.perf_counter()
             out = await agent.handle(current_messages(events, app.consumer_generation_id))
-            if out is None or settings.router_mode == "passthrough":
+            if out is None or agent.processor is None:
                 continue
             try:
-                record_batch(metrics, processor, out, len(events), time.perf_counter() - started,
+                record_batch(metrics, agent.processor, out, len(events), time.perf_counter() - started,
                              agent.continuity.gaps)
             except Exception:  # metrics are never worth a routing failure
                 log.exception("updating metrics failed")
-
-    return RouterApp(app, processor, store, metrics, agent)
 
 
 def current_messages(events: Sequence[Any], generation: int | None) -> list[InMessage]:

@@ -16,7 +16,7 @@ from pipeline.chaos.scenarios import ACTIONS, CI_RUNS, SCENARIOS
 from pipeline.engine.context import ContextWindow
 from pipeline.engine.records import encode_chunk
 from pipeline.outcomes import Outcomes, decode_outcome
-from pipeline.stream.app import worker_datadir
+from pipeline.stream.faust_config import worker_datadir
 from pipeline.stream.processor import InMessage
 from pipeline.stream.producer import oversized_deadletter
 from pipeline.stream.context_windows import ContextWindowTable, key_partition
