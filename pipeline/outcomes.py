@@ -155,6 +155,19 @@ def _field(record: dict[str, Any], name: str, kinds: tuple[type, ...], where: st
     return value
 
 
+def _numbers(per_token: dict[str, Any], name: str, dtype: Any, where: str) -> np.ndarray:
+    """``per_token[name]`` as a ``dtype`` array, if it holds only JSON numbers (integers where
+    ``dtype`` is an integer type) -- numpy alone would turn null into NaN and "0.5" into 0.5."""
+    values = per_token[name]
+    integers = bool(np.issubdtype(dtype, np.integer))
+    kind = np.asarray(values).dtype.kind
+    # numpy reads [1, 2**63] as float64: a flat list of (64-bit hash) integers is checked by type
+    flat_ints = integers and all(type(v) is int for v in values)
+    if not (flat_ints or kind in ("iu" if integers else "iuf")):
+        raise OutcomeError(f"field {where + name!r} must hold {'integers' if integers else 'numbers'}")
+    return np.asarray(values, dtype)
+
+
 def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes:
     """One layer object (or a version-1 record) into columns for ``n`` tokens."""
     if not isinstance(layer, dict):
@@ -163,7 +176,10 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
     number = _field(layer, "layer", (int,), where)
     if index >= 0 and number != index:
         raise OutcomeError(f"layers[{index}] is layer {number}: layers must be listed in order 0, 1, ...")
-    per_token: dict[str, Any] = {name: ([layer.get(name)] if single else layer.get(name)) for name in PER_TOKEN}
+    missing = [name for name in PER_TOKEN if name not in layer]
+    if missing:
+        raise OutcomeError(f"missing field {where + missing[0]!r}")
+    per_token: dict[str, Any] = {name: ([layer[name]] if single else layer[name]) for name in PER_TOKEN}
     for name in ("key", "audit"):
         if name in layer:
             per_token[name] = [layer[name]] if single else layer[name]
@@ -175,9 +191,9 @@ def _decode_layer(layer: Any, index: int, single: bool, n: int) -> LayerOutcomes
         keys = (np.asarray([_KEY_CODE[k] for k in per_token["key"]], dtype=np.int8) if "key" in per_token
                 else None)
         audits = np.asarray(per_token["audit"], np.int8) if "audit" in per_token else None
-        experts, weights = np.asarray(per_token["experts"], np.int64), np.asarray(per_token["weights"], np.float32)
-        columns = (np.asarray(per_token["confidence"], np.float32), np.asarray(per_token["entropy"], np.float32),
-                   tiers, np.asarray(per_token["ctx"], np.uint64))
+        experts, weights = _numbers(per_token, "experts", np.int64, where), _numbers(per_token, "weights", np.float32, where)
+        columns = (_numbers(per_token, "confidence", np.float32, where), _numbers(per_token, "entropy", np.float32, where),
+                   tiers, _numbers(per_token, "ctx", np.uint64, where))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise OutcomeError(f"bad per-token values in {where or 'the outcome'} ({type(exc).__name__}: {exc})") from None
     if experts.ndim != 2 or experts.shape != weights.shape:

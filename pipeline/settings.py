@@ -292,16 +292,6 @@ def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Settings)
 
 
-def markdown_table() -> str:
-    """The README configuration table (one row per setting)."""
-    rows = ["| setting | env var | flag | default | meaning |", "|---|---|---|---|---|"]
-    for f in setting_fields():
-        flag = cli_flag(f)
-        rows.append(f"| {f.name} | `{f.metadata['env']}` | {f'`{flag}`' if flag else ''} | `{f.default}` "
-                    f"| {f.metadata['help']} |")
-    return "\n".join(rows)
-
-
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in another process (unset: None)."""
     env = {}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.settings import markdown_table
+from pipeline.cli.config_cmd import markdown_table
 
 START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pipeline.settings import markdown_table, redact_url, secret_fields, setting_fields
+from pipeline.settings import cli_flag, redact_url, secret_fields, setting_fields
 
 from .common import add_settings, print_json, settings_from
 
@@ -32,3 +32,13 @@ def run(args: argparse.Namespace) -> int:
         for f in setting_fields():
             print(f"{f.name:<24} {values[f.name]!s:<28} ({f.metadata['env']})")
     return 0
+
+
+def markdown_table() -> str:
+    """The README configuration table (one row per setting)."""
+    rows = ["| setting | env var | flag | default | meaning |", "|---|---|---|---|---|"]
+    for f in setting_fields():
+        flag = cli_flag(f)
+        rows.append(f"| {f.name} | `{f.metadata['env']}` | {f'`{flag}`' if flag else ''} | `{f.default}` "
+                    f"| {f.metadata['help']} |")
+    return "\n".join(rows)

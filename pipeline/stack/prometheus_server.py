@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import StackError, require_tool
+from .errors import StackError
+from .packages import ensure_package
 from .ports import LOCALHOST, check_port
 from .process import ProcessInfo
 from .service import Service
@@ -34,27 +34,9 @@ JOBS = ("router", "stats", "prometheus")
 
 
 def ensure_installed() -> str:
-    """Path of ``prometheus``; installs Debian's package with apt-get when it is missing.
-
-    Tries ``apt-get install`` first without, then with ``apt-get update``.  Raises a one-line
-    StackError when apt-get is missing, when not running as root, or when the install fails.
-    """
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        raise StackError("prometheus not found and apt-get is unavailable: install Prometheus 2 yourself")
-    if os.geteuid() != 0:
-        raise StackError("prometheus not found: run `sudo apt-get install -y --no-install-recommends prometheus`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
-    result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
-        result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise StackError("apt-get install prometheus failed", (result.stdout + result.stderr)[-2000:])
-    return require_tool("prometheus")
+    """Path of ``prometheus`` (Debian's package, installed when missing: :func:`ensure_package`)."""
+    debian = "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None
+    return ensure_package("prometheus", "prometheus", debian, "Prometheus 2")
 
 
 def write_targets(directory: Path, job: str, addresses: Sequence[str]) -> Path:

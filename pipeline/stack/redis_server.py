@@ -4,14 +4,11 @@ Secured (``secrets`` given): TLS only (no plain-text port) with the stack's cert
 ACL file of :mod:`pipeline.stack.secure` (default user off; admin, router and stats users)."""
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
-from .errors import StackError, require_tool
+from .packages import ensure_package
 from .ports import LOCALHOST
 from .process import ProcessInfo
 from .secure import StackSecrets
@@ -37,27 +34,8 @@ def ping(port: int, host: str = LOCALHOST, timeout: float = 0.5, secrets: StackS
 
 
 def ensure_installed() -> str:
-    """Path of ``redis-server``; installs Debian's package with apt-get when it is missing.
-
-    Tries ``apt-get install`` first without, then with ``apt-get update``.  Raises StackError
-    when apt-get is missing, when not running as root, or when the install fails.
-    """
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        raise StackError("redis-server not found and apt-get is unavailable: install Redis 7 yourself")
-    if os.geteuid() != 0:
-        raise StackError("redis-server not found: run `sudo apt-get install -y redis-server`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
-    result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
-        result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise StackError("apt-get install redis-server failed", (result.stdout + result.stderr)[-2000:])
-    return require_tool("redis-server")
+    """Path of ``redis-server`` (Debian's package, installed when missing: :func:`ensure_package`)."""
+    return ensure_package("redis-server", "redis-server", None, "Redis 7")
 
 
 class RedisServer(Service):

@@ -192,6 +192,13 @@ def test_version_2_outcomes_decode_into_per_layer_columns():
     (with_layer(1, router_id=None), "'layers[1].router_id' missing"),
     (dict(GOOD, v=3), "not a version-2"),
     (dict(GOOD, tokens=[7, -1]), "tokens must be integers >= 0"),
+    ({**GOOD, "layers": [{k: v for k, v in GOOD["layers"][0].items() if k != "confidence"}, GOOD["layers"][1]]},
+     "missing field 'layers[0].confidence'"),
+    (with_layer(1, entropy=[0.1, None]), "'layers[1].entropy' must hold numbers"),
+    (with_layer(0, weights=[["0.5", "0.5"], [0.5, 0.5]]), "'layers[0].weights' must hold numbers"),
+    (with_layer(0, ctx=[1, 2.5]), "'layers[0].ctx' must hold integers"),
+    (with_layer(1, experts=[[1.5, 2], [0, 1]]), "'layers[1].experts' must hold integers"),
+    (with_layer(1, confidence=[True, False]), "'layers[1].confidence' must hold numbers"),
 ])
 def test_the_decoder_is_strict_with_one_line_reasons(record, reason):
     with pytest.raises(OutcomeError) as err:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli.main import main as var_main
-from pipeline.stack import kafka_jars, redis_server
+from pipeline.stack import kafka_jars, packages, redis_server
 from pipeline.stack.errors import StackError, require_tool
 from pipeline.stack.kafka_broker import KafkaBroker, new_cluster_id, render_config
 from pipeline.stack.local_stack import LocalStack, pick_port
@@ -119,8 +119,8 @@ def test_redis_install_errors(monkeypatch) -> None:
     with pytest.raises(StackError, match="apt-get is unavailable"):
         redis_server.ensure_installed()
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
-    monkeypatch.setattr(redis_server.os, "geteuid", lambda: 1000)
-    with pytest.raises(StackError, match="sudo apt-get install -y redis-server"):
+    monkeypatch.setattr(packages.os, "geteuid", lambda: 1000)
+    with pytest.raises(StackError, match="sudo apt-get install -y --no-install-recommends redis-server"):
         redis_server.ensure_installed()
 
 
@@ -139,8 +139,8 @@ def test_redis_install_retries_after_apt_update(monkeypatch) -> None:
         return {"apt-get": "/usr/bin/apt-get"}.get(name) or ("/usr/bin/redis-server" if installed else None)
 
     monkeypatch.setattr(shutil, "which", fake_which)
-    monkeypatch.setattr(redis_server.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(redis_server.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
     assert redis_server.ensure_installed() == "/usr/bin/redis-server"
     assert calls == [["apt-get", "install"], ["apt-get", "update"], ["apt-get", "install"]]
 
