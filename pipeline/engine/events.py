@@ -174,10 +174,6 @@ class DecisionBatch:
     def key_kinds(self) -> np.ndarray:
         return self.keys if self.keys is not None else np.zeros(len(self.tiers), np.int8)
 
-    def key_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.key_kinds().astype(np.int64), minlength=len(KeyKind))
-        return {label: int(counts[k]) for k, label in enumerate(KEY_LABELS)}
-
     def tier_counts(self) -> dict[str, int]:
         counts = np.bincount(self.tiers.astype(np.int64), minlength=len(Tier))
         return {label: int(counts[t]) for t, label in enumerate(TIER_LABELS)}

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import orjson
 
 from .refresher import Refresh, RefreshCounters, StatsRefresher
-from .route_types import RouteResult
 from .snapshot import SnapshotError, read_snapshot
 from .stats import TokenStats
 
@@ -72,12 +71,6 @@ class LayeredRefresher:
     def observe(self, outcomes: "Outcomes") -> list[int]:
         """Count checked outcomes at every layer; returns each layer's rows used as evidence."""
         return [refresher.observe(outcomes, layer) for layer, refresher in enumerate(self.layers)]
-
-    def observe_results(self, results: Sequence[RouteResult]) -> list[int]:
-        """Count one batch's per-layer engine results directly (the in-process loop)."""
-        if len(results) != len(self.layers):
-            raise ValueError(f"got {len(results)} layer results for {len(self.layers)} layers")
-        return [refresher.observe_result(result) for refresher, result in zip(self.layers, results)]
 
     def advance(self, offsets: Mapping[int, int]) -> None:
         for refresher in self.layers:

@@ -116,10 +116,6 @@ class KafkaCluster:
         """SIGKILL node ``i`` and reap it; True if it ran.  Its data dir stays as the crash left it."""
         return self._node(i).kill()
 
-    def stop_node(self, i: int) -> bool:
-        """Stop node ``i`` cleanly (SIGTERM, controlled shutdown); True if it ran."""
-        return self._node(i).stop()
-
     def start_node(self, i: int) -> ProcessInfo:
         """Start node ``i`` again on its data dir; return when it started and every running node's
         metadata lists every running broker.  Raises StackError if it cannot (e.g. no quorum)."""

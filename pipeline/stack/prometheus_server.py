@@ -77,13 +77,6 @@ class PrometheusServer(Service):
         """Base URL, ``http://127.0.0.1:<port>``."""
         return f"http://{LOCALHOST}:{self.port}"
 
-    def set_targets(self, job: str, addresses: Sequence[str]) -> None:
-        """Replace the targets of ``job`` (router or stats); a running server picks them up within seconds."""
-        if job not in self.targets:
-            raise StackError(f"unknown Prometheus job {job!r}: the config has {list(self.targets)}")
-        self.targets[job] = list(addresses)
-        write_targets(self.home / "targets", job, addresses)
-
     def argv(self, binary: str = "prometheus") -> list[str]:
         """The server's command line."""
         return [binary, f"--config.file={self.home / 'prometheus.yml'}", f"--storage.tsdb.path={self.home / 'data'}",
