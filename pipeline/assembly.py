@@ -21,6 +21,7 @@ from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.layered import LayeredEngine
 from pipeline.engine.routers import Router, RouterSpec, build_router
 from pipeline.engine.table import RoutingTable, Thresholds
+from pipeline.engine.warm_up import warm_up
 from pipeline.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -112,7 +113,9 @@ def layer_budgets(settings: Settings, layers: int) -> list[float]:
 def build_engine(settings: Settings, routers: Sequence[Router],
                  tables: Sequence[RoutingTable] | None = None) -> LayeredEngine:
     """One :class:`VAREngine` per router (layer), each with its router's receptive field and
-    its layer's budget (:func:`layer_budgets`)."""
+    its layer's budget (:func:`layer_budgets`). The compiled kernels are loaded first
+    (:func:`~pipeline.engine.warm_up.warm_up`), so the first batch does not wait for them."""
+    warm_up()
     tables = list(tables) if tables is not None else empty_tables(routers)
     budgets = layer_budgets(settings, len(routers))
     return LayeredEngine([VAREngine(r, t, engine_config(settings, layer, r.spec.window, budgets[layer]))

@@ -111,7 +111,7 @@ def prepare_size(size: str, settings: Settings, cfg: EngineBenchConfig,
 
 
 def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
-               progress: Callable[[str], None] = lambda _: None) -> dict[str, object]:
+               progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Benchmark one router size; returns tokens/s per candidate, ratios and VAR's tier mix."""
     s, router, table, online = prepare_size(size, settings, cfg, progress)
     tokens = sum(len(b) for b in online)
@@ -128,7 +128,7 @@ def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
     c = engine.counters
     rates = {"per_token": per_token_n / per_token_s, "batched": _median_rate(batched, tokens),
              "var": _median_rate(var, tokens)}
-    return {
+    result: dict[str, Any] = {
         "size": size, "router_id": router.router_id, "device": s.device, "tokens": tokens,
         "tokens_per_s": rates,
         "ratio_var_vs_batched": rates["var"] / rates["batched"],
@@ -138,9 +138,17 @@ def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
         "max_window_learned_fraction": engine.ledger.max_window_fraction,
         "fast_path_tokens": table.size,
     }
+    result["goal_ratio"] = goal(result)
+    return result
 
 
-GOALS = {"seed": 1.0, "large": 5.0}
+def goal(result: dict[str, Any]) -> float:
+    """The speed goal of one router size (issue 12): VAR at least as fast as the batched router
+    on the seed-size router; on the large one, 0.8 of the ceiling 1 / learned share (the router
+    dominates, so VAR's bookkeeping may cost at most a fifth of that ceiling)."""
+    if result["size"] == "seed":
+        return 1.0
+    return 0.8 / max(float(result["learned_fraction"]), 1e-9)
 
 
 def render(results: list[dict[str, Any]]) -> str:
@@ -148,10 +156,10 @@ def render(results: list[dict[str, Any]]) -> str:
              f"{'learned':>9}  router", "-" * 92]
     for r in results:
         rates = r["tokens_per_s"]
-        goal = GOALS.get(str(r["size"]), 0.0)
+        target = goal(r)
         lines.append(
             f"{r['size']:<7}{rates['per_token']:>12,.0f}{rates['batched']:>12,.0f}{rates['var']:>12,.0f}"
-            f"{r['ratio_var_vs_batched']:>12.2f}x{'>=' + format(goal, 'g') + 'x':>7}"
+            f"{r['ratio_var_vs_batched']:>12.2f}x{'>=' + format(target, '.2g') + 'x':>7}"
             f"{100 * r['learned_fraction']:>8.1f}%  {r['router_id']} ({r['device']})")
     lines.append("tokens/s; per-token = the seed's one router call per token (sampled); batched = always the "
                  "learned router, one call per micro-batch")

@@ -64,6 +64,15 @@ async def _route_all(processor: RouterProcessor, messages: list[list[InMessage]]
     return routed
 
 
+def _warm_up(s: Settings, router: TorchRouter, table: Any, messages: list[list[InMessage]],
+             batches: list[EventBatch]) -> None:
+    """Both paths once on a throwaway engine, so that one-time start-up (loading the compiled
+    kernels, torch's first calls) is not charged to a stage."""
+    warm = RouterProcessor(build_engine(s, [router], [table]), MemoryRoutingStore(engine_config(s).cache), "warm-up")
+    asyncio.run(_route_all(warm, messages))
+    _baseline_us(router, batches, s.context_window)
+
+
 def profile_size(size: str, settings: Settings, cfg: EngineBenchConfig, message_size: int,
                  progress: Callable[[str], None] = lambda _: None) -> dict[str, object]:
     """Per-stage µs/token of VAR on one router size, and the batched baseline's, same events."""
@@ -77,6 +86,7 @@ def profile_size(size: str, settings: Settings, cfg: EngineBenchConfig, message_
         offset += len(messages[-1])
     tokens = sum(len(b) for b in online)
     progress(f"{size}: profiling {tokens:,} tokens in {offset:,} messages")
+    _warm_up(s, router, table, messages[:2], online[:2])
     clock = StageClock()
     engine.attach_profile(clock)
     routed = asyncio.run(_route_all(processor, messages))

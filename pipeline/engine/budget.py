@@ -22,10 +22,11 @@ all sliding windows, so a report can show that the cap held.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,8 @@ class BudgetGovernor:
 
     def __init__(self, policy: BudgetPolicy) -> None:
         self.policy = policy
-        self._recent: deque[int] = deque()
+        self._ring = np.zeros(max(policy.cap, 1), np.int64)  # admitted positions still in the window
+        self._state = np.zeros(2, np.int64)  # [head, count] of the ring
         self.admitted = 0
         self.denied = 0
 
@@ -92,25 +94,12 @@ class BudgetGovernor:
         if not self.policy.enabled or n == 0:
             self.admitted += n
             return np.ones(n, dtype=bool)
-        recent, window, cap = self._recent, self.policy.window, self.policy.cap
-        horizon = int(positions[0]) - window
-        while recent and recent[0] <= horizon:
-            recent.popleft()
-        if len(recent) + n <= cap:  # all fit even if nothing expires
-            recent.extend(positions.tolist())
-            self.admitted += n
-            return np.ones(n, dtype=bool)
-        admitted = np.zeros(n, dtype=bool)
-        for i, position in enumerate(positions.tolist()):
-            horizon = position - window
-            while recent and recent[0] <= horizon:
-                recent.popleft()
-            if len(recent) < cap:
-                recent.append(position)
-                admitted[i] = True
-        self.admitted += int(admitted.sum())
-        self.denied += n - int(admitted.sum())
-        return admitted
+        granted: np.ndarray = kernels.admit(np.asarray(positions, np.int64), self._ring, self._state,
+                                            self.policy.window, self.policy.cap)
+        admitted = int(granted.sum())
+        self.admitted += admitted
+        self.denied += n - admitted
+        return granted
 
 
 class BudgetLedger:

@@ -67,9 +67,14 @@ def encode_decisions(experts: np.ndarray, weights: np.ndarray, confidence: np.nd
     return [raw[i : i + size] for i in range(0, n * size, size)]
 
 
+def decode_records(values: Sequence[bytes], top_k: int) -> np.ndarray:
+    """The packed values as one read-only structured array (fields as in :func:`decision_dtype`)."""
+    return np.frombuffer(b"".join(values), dtype=decision_dtype(top_k))
+
+
 def decode_decisions(values: Sequence[bytes], top_k: int) -> DecisionArrays:
     """Inverse of :func:`encode_decisions` for values of one ``top_k``."""
-    records = np.frombuffer(b"".join(values), dtype=decision_dtype(top_k))
+    records = decode_records(values, top_k)
     return DecisionArrays(records["experts"].astype(np.int64), records["weights"].copy(),
                           records["confidence"].copy(), records["entropy"].copy())
 
@@ -86,45 +91,63 @@ class DecisionCache(Protocol):
         ...
 
 
+def _last_lookup(keys: Sequence[int], hits: set[int]) -> Callable[[int], int]:
+    """Sort key: the position of a hit's last occurrence in ``keys`` (a scan per hit when there
+    are few hits, one index of all keys otherwise)."""
+    if len(hits) <= 32:
+        backwards = list(keys)[::-1]
+        return lambda key: -backwards.index(key)
+    return dict(zip(keys, range(len(keys)))).__getitem__
+
+
 class MemoryDecisionCache:
     """In-process cache: LRU eviction beyond ``max_entries``, TTL on an injectable clock.
 
     A hit refreshes the entry's LRU position (not its expiry): decisions expire ``ttl_s``
-    after they were written, whatever their use.
+    after they were written, whatever their use. Values and expiry times are kept in two maps
+    so that a batch's lookups and writes run in C (``map``, set operations, ``update``); Python
+    loops only over the hits and the evictions.
     """
 
     def __init__(self, policy: CachePolicy = CachePolicy(), clock: Clock = time.monotonic) -> None:
         self.policy = policy
         self.clock = clock
-        self._entries: OrderedDict[int, tuple[float, bytes]] = OrderedDict()
+        self._values: OrderedDict[int, bytes] = OrderedDict()  # LRU order, oldest first
+        self._expiry: dict[int, float] = {}
         self.evictions = 0
         self.expirations = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._values)
 
     def get_many(self, keys: Sequence[int]) -> list[bytes | None]:
-        entries = self._entries
-        found = list(map(entries.get, keys))
-        now = self.clock()
-        result: list[bytes | None] = [None] * len(found)
-        for i, entry in enumerate(found):
-            if entry is None:
-                continue
-            if entry[0] <= now:
-                if entries.pop(keys[i], None) is not None:
-                    self.expirations += 1
-                continue
-            entries.move_to_end(keys[i])
-            result[i] = entry[1]
+        values = self._values
+        result: list[bytes | None] = list(map(values.get, keys))
+        hits = values.keys() & keys
+        if not hits:
+            return result
+        now, expiry = self.clock(), self._expiry
+        expired = {key for key in hits if expiry[key] <= now}
+        live = hits - expired if expired else hits
+        for key in sorted(live, key=_last_lookup(keys, live)) if len(live) > 1 else live:
+            values.move_to_end(key)  # refreshed in the order of their last lookups
+        if expired:
+            for key in expired:
+                del values[key], expiry[key]
+            self.expirations += len(expired)
+            result = [None if key in expired else value for key, value in zip(keys, result)]
         return result
 
     def put_many(self, keys: Sequence[int], values: Sequence[bytes]) -> None:
         expires_at = self.clock() + self.policy.ttl_s
-        entries = self._entries
-        for key, value in zip(keys, values):
-            entries[key] = (expires_at, value)
-            entries.move_to_end(key)
+        entries, fresh = self._values, dict.fromkeys(keys, expires_at)
+        if len(fresh) < len(keys) or entries.keys() & fresh:  # rewrites move to the end in order
+            for key, value in zip(keys, values):
+                entries[key] = value
+                entries.move_to_end(key)
+        else:
+            entries.update(zip(keys, values))
+        self._expiry.update(fresh)
         for _ in range(len(entries) - self.policy.max_entries):
-            entries.popitem(last=False)
+            del self._expiry[entries.popitem(last=False)[0]]
             self.evictions += 1

@@ -24,18 +24,18 @@ in-memory dict here, Redis in the pipeline -- is called once per batch, between 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from .audit import AGREED, DISAGREED, audit_selected, router_calls, same_expert_sets
 from .budget import BudgetGovernor, BudgetPolicy, BudgetLedger
-from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_decisions, encode_decisions
+from . import kernels
+from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_records, encode_decisions
 from .context import ContextResult, ContextWindow, build_contexts
-from .events import DecisionBatch, EventBatch, KeyKind, Tier, tier_key_counts
+from .events import DecisionBatch, EventBatch, KeyKind, Tier
 from .route_types import DecisionRows, EngineCounters
 from .route_types import RoutePlan as RoutePlan, RouteResult as RouteResult  # re-exported: the engine's API
-from .hashing import cache_key, context_hash
 from .routers import Router, RouterOutput
 from .pairs import previous_tokens
 from .profile import StageClock, lap
@@ -112,33 +112,39 @@ class VAREngine:
         (a multi-layer engine builds them once for its widest layer; see :mod:`.layered`)."""
         events = batch.select(ctx.accepted) if ctx.rejections else batch
         contexts = ctx.contexts[:, ctx.contexts.shape[1] - self.context_window:]
-        hashes = context_hash(contexts[:, :-1])
-        keys = cache_key(hashes, events.tokens, self.config.layer)
+        hashes, keys = kernels.context_keys(contexts, key_salt(self.config.layer))
         lap(self.profile, "hashing")
-        inverse = np.full(len(keys), -1, dtype=np.int64)
         looked = (np.ones(len(keys), bool) if self.config.cache_scope == "all"
                   else ~self.resolve(contexts, events.tokens).eligible)
-        unique, inverse[looked] = np.unique(keys[looked], return_inverse=True)
+        unique, inverse = kernels.first_occurrences(keys, looked)
         lap(self.profile, "cache lookup")
         return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
                          ctx.rejections)
 
     def complete(self, plan: RoutePlan, cached: Sequence[bytes | None]) -> RouteResult:
-        """Assign tiers and produce decisions, given the cache lookups for ``plan.unique_keys``."""
+        """Assign tiers and produce decisions, given the cache lookups for ``plan.unique_keys``.
+
+        Three compiled passes (:mod:`.kernels`) around the governor and ONE router call: hits
+        and fast-path rows first (listing the rows that ask the governor), then the denied
+        misses' fallbacks, then the router's rows."""
         n, k = len(plan.events), self.router.spec.top_k
         position = self.counters.decisions
         out = DecisionRows.allocate(n, k)
-        lap(self.profile, "decision arrays")
-        hit = self._fill_cache_hits(plan, cached, out)
+        hit_slot, hits = _cache_hits(cached, k)
         lap(self.profile, "cache lookup")
         tokens = plan.events.tokens
         lookup = self.resolve(plan.contexts, tokens)
-        fast = np.flatnonzero(~hit & lookup.eligible)
-        out.fill(fast, *self.table.routes(lookup, fast, tokens), Tier.FAST, lookup.kind[fast])
+        columns = out.columns()
+        asked, is_audit, miss_first = kernels.assign(
+            plan.inverse, hit_slot, hits, (lookup.kind, lookup.eligible), plan.keys,
+            audit_threshold(self.config.audit_rate), position, columns)
         lap(self.profile, "fast path")
-        audit = fast[audit_selected(plan.keys[fast], position + fast, self.config.audit_rate)]
-        misses = np.flatnonzero(~hit & ~lookup.eligible)
-        write_keys, write_values = self._route_misses(plan, misses, audit, out, lookup)
+        granted = self.governor.admit(position + asked)
+        lap(self.profile, "governor")
+        served = kernels.deny(miss_first, granted, lookup.kind, out.tiers, out.keys)
+        kernels.entry_routes(served, served, tokens, lookup.pair_row, self.table.kernel_arrays(), *columns[:4])
+        lap(self.profile, "fast path")
+        write_keys, write_values = self._route_granted(plan, asked, is_audit, granted, miss_first, out)
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
                                   out.keys, out.audits)
@@ -177,68 +183,28 @@ class VAREngine:
         lap(self.profile, "cache write")
         return result
 
-    def _fill_cache_hits(self, plan: RoutePlan, cached: Sequence[bytes | None], out: "DecisionRows") -> np.ndarray:
-        """Fill rows whose key was found; returns the hit mask over events."""
-        found = [u for u, value in enumerate(cached) if value is not None]
-        if not found:
-            return np.zeros(len(plan.events), dtype=bool)
-        slot = np.full(len(cached), -1, dtype=np.int64)
-        slot[found] = np.arange(len(found))
-        row_slot = np.where(plan.inverse >= 0, slot[plan.inverse], -1)
-        hit = row_slot >= 0
-        hits = decode_decisions([value for value in cached if value is not None], self.router.spec.top_k)  # = found
-        take = row_slot[hit]
-        out.fill(hit, hits.experts[take], hits.weights[take], hits.confidence[take], hits.entropy[take], Tier.CACHE)
-        return hit
+    def _route_granted(self, plan: RoutePlan, asked: np.ndarray, is_audit: np.ndarray, granted: np.ndarray,
+                       miss_first: np.ndarray, out: DecisionRows) -> tuple[list[int], list[bytes]]:
+        """ONE router call for the granted missed keys (their first rows, in decision order) and
+        the granted audits; returns the cache writes of the learned decisions.
 
-    def _route_misses(self, plan: RoutePlan, misses: np.ndarray, audit: np.ndarray, out: "DecisionRows",
-                      lookup: Lookup) -> tuple[list[int], list[bytes]]:
-        """Governor in decision order, one batched router call, in-batch repeats, fallbacks, audits.
-
-        Each distinct key among the misses is decided once, at its first occurrence: admitted
-        keys are routed (tier learned) and their repeats reuse the result (tier cache); denied
-        keys and their repeats take the budget fallback. The fast-path rows ``audit`` ask the
-        governor at their own positions, interleaved with those first occurrences; the admitted
-        ones are routed in the same call and scored (``out.audits``), their route unchanged.
+        Each distinct missed key is decided once, at its first row: its repeats in the batch
+        reuse the router's result (tier cache). An audit keeps the fast path's route and
+        records only whether the router agreed (``out.audits``).
         """
-        uniq, first, inverse = np.unique(plan.keys[misses], return_index=True, return_inverse=True)
-        by_arrival = np.argsort(first)
-        first_rows = misses[first[by_arrival]]
-        asked = np.concatenate((first_rows, audit))
-        order = np.argsort(asked, kind="stable")  # fast and missed rows are disjoint: positions increase
-        granted = np.zeros(len(asked), dtype=bool)
-        granted[order] = self.governor.admit(self.counters.decisions + asked[order])
-        admitted, audit_rows = granted[:len(first_rows)], audit[granted[len(first_rows):]]
-        learned_rows = first_rows[admitted]
-        slot = np.full(len(uniq), -1, dtype=np.int64)
-        slot[by_arrival[admitted]] = np.arange(len(learned_rows))
-        miss_slot = slot[inverse]
-        is_first = np.zeros(len(misses), dtype=bool)
-        is_first[first] = True
-        lap(self.profile, "governor")
-        fallback = misses[miss_slot < 0]
-        if len(fallback):
-            kinds = lookup.kind[fallback]
-            tiers = np.where(kinds == KeyKind.PRIOR, Tier.PRIOR, Tier.BUDGET_FALLBACK)
-            out.fill(fallback, *self.table.routes(lookup, fallback, plan.events.tokens), tiers, kinds)
-        lap(self.profile, "fast path")
+        learned_rows, audit_rows = asked[granted & ~is_audit], asked[granted & is_audit]
         if len(learned_rows) + len(audit_rows) == 0:
             return [], []
         both = self.router.route(plan.contexts[np.concatenate((learned_rows, audit_rows))])
         self.counters.router_calls += 1
         lap(self.profile, "router")
-        m = len(learned_rows)
-        agree = same_expert_sets(out.experts[audit_rows], both.experts[m:])
-        out.audits[audit_rows] = np.where(agree, AGREED, DISAGREED)
-        res = RouterOutput(both.experts[:m], both.weights[:m], both.confidence[:m], both.entropy[:m])
-        out.fill(learned_rows, res.experts, res.weights, res.confidence, res.entropy, Tier.LEARNED)
-        repeat = ~is_first & (miss_slot >= 0)
-        if repeat.any():
-            src = miss_slot[repeat]
-            out.fill(misses[repeat], res.experts[src], res.weights[src], res.confidence[src], res.entropy[src],
-                     Tier.CACHE)
+        routed = (np.ascontiguousarray(both.experts, np.int64), np.ascontiguousarray(both.weights, np.float32),
+                  np.ascontiguousarray(both.confidence, np.float32), np.ascontiguousarray(both.entropy, np.float32))
+        kernels.fill_routed(asked, is_audit, granted, miss_first, routed, out.columns(), out.audits)
         lap(self.profile, "decision arrays")
-        writes = self._cache_writes(plan.keys[learned_rows], res)
+        m = len(learned_rows)
+        writes = self._cache_writes(plan.keys[learned_rows], RouterOutput(
+            both.experts[:m], both.weights[:m], both.confidence[:m], both.entropy[:m]))
         lap(self.profile, "cache write")
         return writes
 
@@ -251,14 +217,40 @@ class VAREngine:
 
     def _count(self, decisions: DecisionBatch, rejected: int, lookups: int) -> None:
         c = self.counters
-        tiers = decisions.tiers
-        c.tiers += np.bincount(tiers.astype(np.int64), minlength=len(Tier))
-        c.tier_keys += tier_key_counts(tiers, decisions.key_kinds())
+        counts, audited, agreed, calls = kernels.tally(decisions.tiers, decisions.key_kinds(),
+                                                       decisions.audit_results(), len(Tier), len(KeyKind))
+        c.tiers += counts.sum(axis=1)
+        c.tier_keys += counts
         c.cache_lookups += lookups
-        c.cache_hits += int((tiers == Tier.CACHE).sum())
-        c.decisions += len(tiers)
+        c.cache_hits += int(counts[Tier.CACHE].sum())
+        c.decisions += len(decisions.tiers)
         c.rejected += rejected
-        audits = decisions.audit_results()
-        c.audits += int((audits >= 0).sum())
-        c.audit_agreed += int((audits == AGREED).sum())
-        self.ledger.record(router_calls(tiers, audits))
+        c.audits += int(audited)
+        c.audit_agreed += int(agreed)
+        self.ledger.record(calls)
+
+
+def key_salt(layer: int) -> np.uint64:
+    """The cache key's layer salt (:func:`~pipeline.engine.hashing.cache_key`)."""
+    return np.uint64(((layer + 1) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF)
+
+
+def audit_threshold(rate: float) -> tuple[int, np.uint64]:
+    """(mode, threshold) of :func:`~pipeline.engine.audit.audit_selected` for the kernels: mode 0
+    audits nothing, 1 everything, 2 the decisions whose audit hash is below the threshold."""
+    if rate <= 0.0:
+        return 0, np.uint64(0)
+    if rate >= 1.0:
+        return 1, np.uint64(0)
+    return 2, np.uint64(min(int(rate * 2.0 ** 64), 2 ** 64 - 1))
+
+
+def _cache_hits(cached: Sequence[bytes | None], top_k: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """(hit row of each looked-up key, -1 if absent; the found values, column by column)."""
+    present = bytes(map(bool, cached))  # values are never empty: 1 where found
+    slot = np.full(len(cached), -1, dtype=np.int64)
+    found = np.flatnonzero(np.frombuffer(present, np.bool_))
+    slot[found] = np.arange(len(found))
+    records = decode_records(list(compress(cached, present)), top_k)  # type: ignore[arg-type]  # None dropped
+    fields = (records[name] for name in ("experts", "weights", "confidence", "entropy"))
+    return slot, tuple(np.array(f, order="C") for f in fields)  # writable copies: one compiled assign

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from .audit import NOT_AUDITED
 from .context import Rejection, ContextWindow
@@ -75,12 +74,6 @@ class DecisionRows:
                    np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8), np.zeros(n, np.int8),
                    np.full(n, NOT_AUDITED, np.int8))
 
-    def fill(self, rows: np.ndarray, experts: npt.ArrayLike, weights: npt.ArrayLike, confidence: npt.ArrayLike,
-             entropy: npt.ArrayLike, tier: npt.ArrayLike, key: npt.ArrayLike = KeyKind.EXACT) -> None:
-        """Rows ``rows`` get these values; ``tier``/``key``: one value or one per row."""
-        self.experts[rows] = experts
-        self.weights[rows] = weights
-        self.confidence[rows] = confidence
-        self.entropy[rows] = entropy
-        self.tiers[rows] = tier
-        self.keys[rows] = key
+    def columns(self) -> tuple[np.ndarray, ...]:
+        """(experts, weights, confidence, entropy, tiers, keys): the arrays the kernels fill."""
+        return self.experts, self.weights, self.confidence, self.entropy, self.tiers, self.keys

@@ -20,14 +20,14 @@ and which key kind served it. The byte format is in :mod:`.table_codec`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .events import KeyKind
-from .pairs import PairRoutes, PairView, pair_ids
+from . import kernels
+from .pairs import PairRoutes, PairView
 from .stats import TokenStats
 
 DEFAULT_PAIR_CAP = 65536
@@ -114,6 +114,18 @@ class RoutingTable:
         if self.pairs is None:
             self.pairs = PairRoutes.empty(self.top_k)
 
+    def kernel_arrays(self) -> tuple[Any, ...]:
+        """The table as the compiled kernels read it (:data:`~pipeline.engine.kernels.TABLE_FIELDS`:
+        contiguous arrays of fixed dtypes -- the table's own arrays, not copies, when they already
+        are --, with the prior's confidence and entropy as scalars)."""
+        p, c = self.pair_entries, np.ascontiguousarray
+        return (c(self.known, bool), c(self.eligible, bool), c(self.experts, np.int64), c(self.weights, np.float32),
+                c(self.confidence, np.float32), c(self.entropy, np.float32), c(self.prior_experts, np.int64),
+                c(self.prior_weights, np.float32), np.float32(self.prior_weights[0]),
+                np.float32(np.log(self.num_experts)), c(p.keys, np.int64), c(p.eligible, bool),
+                c(p.experts, np.int16), c(p.weights, np.float32), c(p.confidence, np.float32),
+                c(p.entropy, np.float32))
+
     @property
     def vocab_size(self) -> int:
         return len(self.eligible)
@@ -140,31 +152,25 @@ class RoutingTable:
         return build_table(TokenStats(vocab_size, num_experts), Thresholds(), top_k, router_id, 0)
 
     def with_version(self, version: int) -> "RoutingTable":
-        clone = RoutingTable(**{f: getattr(self, f) for f in self.__dataclass_fields__})
-        clone.version = version
-        return clone
+        return replace(self, version=version)
 
     def resolve(self, prev: np.ndarray, tokens: np.ndarray) -> Lookup:
-        """The entry of each event (pair, else token, else prior) and whether it is eligible."""
-        row = self.pair_entries.find(pair_ids(prev, tokens, self.vocab_size))
-        has_pair = row >= 0
-        known = self.known[tokens]
-        kind = np.where(has_pair, KeyKind.PAIR, np.where(known, KeyKind.TOKEN, KeyKind.PRIOR)).astype(np.int8)
-        static = known & self.thresholds.static(self.vocab_size)[tokens]
-        pair_ok = self.pair_entries.eligible[np.maximum(row, 0)] if len(self.pair_entries) else has_pair
-        eligible = np.where(has_pair, pair_ok | static, self.eligible[tokens])
+        """The entry of each event (pair, else token, else prior) and whether it is eligible
+        (``prev``: the token before each event, -1 for none). A token outside the vocabulary
+        raises IndexError."""
+        kind, eligible, row = kernels.resolve(np.asarray(prev, np.int64), np.asarray(tokens, np.int64),
+                                              self.vocab_size, self.thresholds.static_below, self.kernel_arrays())
         return Lookup(kind, eligible, row)
 
     def routes(self, lookup: Lookup, rows: np.ndarray, tokens: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(experts, weights, confidence, entropy) of the entries of events ``rows`` (``tokens``:
         the whole batch's tokens; ``lookup``: the batch's resolution)."""
-        experts, weights, conf, ent = self.fallback_routes(tokens[rows])
-        pair_row = lookup.pair_row[rows]
-        use = pair_row >= 0
-        if use.any():
-            p, r = self.pair_entries, pair_row[use]
-            experts[use], weights[use], conf[use], ent[use] = p.experts[r], p.weights[r], p.confidence[r], p.entropy[r]
+        n, k = len(rows), self.top_k
+        experts, weights = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+        conf, ent = np.empty(n, np.float32), np.empty(n, np.float32)
+        kernels.entry_routes(np.asarray(rows, np.int64), np.arange(n), np.asarray(tokens, np.int64), lookup.pair_row,
+                             self.kernel_arrays(), experts, weights, conf, ent)
         return experts, weights, conf, ent
 
     def fallback_routes(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

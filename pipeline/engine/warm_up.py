@@ -1,0 +1,49 @@
+"""Load (or, the first time on a machine, compile) the engine's kernels before traffic arrives.
+
+Numba compiles a kernel on its first call for each set of argument types and caches the
+machine code on disk (next to the sources, or in the user's cache directory when that is not
+writable). Compiling all of them takes several seconds; loading them from the cache a fraction
+of one. :func:`warm_up` calls every kernel once on a two-token batch with the exact argument
+types the engine uses, so a router worker pays that before it joins its consumer group, and a
+Docker image can ship the compiled code (``deploy/Dockerfile`` runs it at build time).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .cache import decode_records
+from .engine import audit_threshold, key_salt
+from .events import KeyKind, Tier
+from .route_types import DecisionRows
+from .table import RoutingTable
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Every kernel once (idempotent within a process)."""
+    global _warm
+    if _warm:
+        return
+    table = RoutingTable.empty(vocab_size=8, num_experts=4, top_k=2, router_id="warm-up")
+    tab, wide = table.kernel_arrays(), np.zeros((2, 5), np.int64)
+    contexts = wide[:, 1:]  # a window's columns of wider contexts (the layered engine) ...
+    for ctx in (contexts, np.ascontiguousarray(contexts)):  # ... and whole rows
+        hashes, keys = kernels.context_keys(ctx, key_salt(0))
+    unique, inverse = kernels.first_occurrences(keys, np.ones(2, bool))
+    tokens = np.zeros(2, np.int64)
+    kind, eligible, pair_row = kernels.resolve(tokens - 1, tokens, 8, 0, tab)
+    records = decode_records([], 2)
+    hits = tuple(np.array(records[f], order="C") for f in ("experts", "weights", "confidence", "entropy"))
+    out = DecisionRows.allocate(2, 2)
+    columns = out.columns()
+    asked, is_audit, miss_first = kernels.assign(inverse, np.full(len(unique), -1, np.int64), hits, (kind, eligible),
+                                                 keys, audit_threshold(0.5), 0, columns)
+    granted = kernels.admit(np.arange(len(asked), dtype=np.int64), np.zeros(1, np.int64), np.zeros(2, np.int64), 10, 1)
+    served = kernels.deny(miss_first, granted, kind, out.tiers, out.keys)
+    kernels.entry_routes(served, served, tokens, pair_row, tab, *columns[:4])
+    routed = (out.experts.copy(), out.weights.copy(), out.confidence.copy(), out.entropy.copy())
+    kernels.fill_routed(asked, is_audit, granted, miss_first, routed, columns, out.audits)
+    kernels.tally(out.tiers, out.keys, out.audits, len(Tier), len(KeyKind))
+    _warm = True
