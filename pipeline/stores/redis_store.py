@@ -30,6 +30,7 @@ from pipeline.engine.table import RoutingTable
 
 from .base import DegradedMode, LayersMixin, StoreUnavailable, layer_slices, parse_tables
 from .keys import RedisKeys
+from .resp import hex_suffixes, mget_command
 from .redis_access import RedisAccess, redis_access
 
 __all__ = ["RedisRoutingStore", "StoreUnavailable"]
@@ -116,10 +117,29 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
 
     async def fetch(self, keys: Sequence[int], per_layer: Sequence[int] | None = None
                     ) -> tuple[list[bytes | None], int | None]:
-        names = [self.keys.table_pointer, *self._names(keys, per_layer)]
-        values: list[Any] = await self._call("fetch", lambda: self.client.mget(names), [None] * len(names))
+        """One MGET of the table pointer and every decision key, packed in one numpy pass
+        (:mod:`.resp`) and sent on a connection of the client's pool."""
+        blocks = [(self.keys.decision_prefix(layer).encode(), hex_suffixes(keys[rows]))
+                  for layer, rows in layer_slices(len(keys), per_layer, self.layers)]
+        command = mget_command([self.keys.table_pointer.encode()], blocks)
+        values: list[Any] = await self._call("fetch", lambda: self._packed(command), [None] * (len(keys) + 1))
         pointer = values[0]
         return list(values[1:]), int(pointer) if pointer is not None else None
+
+    async def _packed(self, command: bytes) -> Any:
+        """Send a packed command on a pooled connection and read its reply (redis-py's parser;
+        the connection is dropped on any error or cancellation, as redis-py does, so a reply
+        left unread never reaches the next command)."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(command, check_health=False)
+            return await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def write(self, keys: Sequence[int], values: Sequence[bytes], per_layer: Sequence[int] | None = None) -> None:
         """One command for the whole batch: a server-side script SETs every key with the TTL

@@ -58,6 +58,37 @@ class TestMemoryStoreContract(StoreContract):
         yield MemoryHarness(ttl_s or 60.0, layers)
 
 
+class FakeConnection:
+    """A pooled connection taking packed commands (the store's hand-packed MGET)."""
+
+    def __init__(self, redis: "FakeRedis") -> None:
+        self.redis, self.replies, self.disconnects = redis, [], 0
+
+    async def send_packed_command(self, command: bytes, check_health: bool = True) -> None:
+        assert command.startswith(b"*") and b"MGET" in command[:20]
+        self.redis._reach("mget")
+        self.replies.append([None] * (int(command[1:command.index(b"\r")]) - 1))
+
+    async def read_response(self) -> list[bytes | None]:
+        return self.replies.pop(0)
+
+    async def disconnect(self) -> None:
+        self.disconnects += 1
+        self.replies.clear()
+
+
+class FakePool:
+    def __init__(self, redis: "FakeRedis") -> None:
+        self.connection, self.in_use = FakeConnection(redis), 0
+
+    async def get_connection(self, command_name: str | None = None) -> FakeConnection:
+        self.in_use += 1
+        return self.connection
+
+    async def release(self, connection: FakeConnection) -> None:
+        self.in_use -= 1
+
+
 class FakeRedis:
     """Just enough of ``redis.asyncio.Redis`` for the hot path; every call is recorded and fails
     with a connection error while ``down``."""
@@ -65,6 +96,7 @@ class FakeRedis:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.down = False
+        self.connection_pool = FakePool(self)
 
     def _reach(self, what: str) -> None:
         self.calls.append(what)
@@ -201,3 +233,20 @@ def test_memory_versions_come_from_a_sequence_and_every_superseded_one_expires()
     assert asyncio.run(store.load_table(20)) is not None
     del store.tables[(20, 0)]  # versions are never reused, even when the newest table is lost
     assert asyncio.run(store.publish_table(sample_table())) == 21
+
+
+def test_a_failed_fetch_drops_its_connection_and_returns_it_to_the_pool() -> None:
+    """A reply that was not read (an error or a timeout mid-read) must not reach the next command."""
+    fake = FakeRedis()
+    store = RedisRoutingStore("redis://unused", RedisKeys("ns", "r"), 60.0, client=fake)  # type: ignore[arg-type]
+    conn = fake.connection_pool.connection
+
+    async def broken() -> list[bytes | None]:
+        raise RedisConnectionError("reset mid-reply")
+
+    async def scenario() -> None:
+        conn.read_response = broken  # type: ignore[method-assign]
+        assert await store.fetch([1, 2, 3]) == ([None, None, None], None)
+        assert conn.disconnects == 1 and fake.connection_pool.in_use == 0 and store.in_outage
+
+    asyncio.run(scenario())
