@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 def mix64(values: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser applied element-wise; returns a new uint64 array."""
-    x = values.astype(np.uint64, copy=True)
-    x ^= x >> _S30
-    x *= _MIX1
-    x ^= x >> _S27
-    x *= _MIX2
-    x ^= x >> _S31
-    return x
+    """splitmix64 finaliser applied element-wise; returns a new uint64 array (the compiled
+    :func:`~pipeline.engine.kernels.mix_all`, so the engine's fused kernels and this module hash
+    with one definition)."""
+    mixed: np.ndarray = kernels.mix_all(np.ascontiguousarray(values, dtype=np.uint64).ravel())
+    return mixed.reshape(np.shape(values))
 
 
 def _as_u64(tokens: np.ndarray) -> np.ndarray:

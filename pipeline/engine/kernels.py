@@ -37,13 +37,22 @@ _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 @njit(cache=True, inline="always")
 def _mix(x):
-    """splitmix64 finaliser (hashing.mix64) of one uint64."""
+    """The splitmix64 finaliser of one uint64 (``hashing.mix64`` element-wise)."""
     x ^= x >> _S30
     x *= _MIX1
     x ^= x >> _S27
     x *= _MIX2
     x ^= x >> _S31
     return x
+
+
+@njit(cache=True)
+def mix_all(values):
+    """hashing.mix64 of a uint64 array [n]."""
+    out = np.empty_like(values)
+    for i in range(len(values)):
+        out[i] = _mix(values[i])
+    return out
 
 
 @njit(cache=True)

@@ -31,6 +31,7 @@ def warm_up() -> None:
     contexts = wide[:, 1:]  # a window's columns of wider contexts (the layered engine) ...
     for ctx in (contexts, np.ascontiguousarray(contexts)):  # ... and whole rows
         hashes, keys = kernels.context_keys(ctx, key_salt(0))
+    kernels.mix_all(keys)
     unique, inverse = kernels.first_occurrences(keys, np.ones(2, bool))
     tokens = np.zeros(2, np.int64)
     kind, eligible, pair_row = kernels.resolve(tokens - 1, tokens, 8, 0, tab)

@@ -11,7 +11,7 @@ from pipeline.engine.audit import AGREED, DISAGREED, audit_selected
 from pipeline.engine.budget import BudgetGovernor, BudgetPolicy
 from pipeline.engine.engine import audit_threshold, key_salt
 from pipeline.engine.events import KeyKind, Tier
-from pipeline.engine.hashing import cache_key, context_hash
+from pipeline.engine.hashing import cache_key, context_hash, mix64
 from pipeline.engine.pairs import PairRoutes, pair_ids
 from pipeline.engine.stats import TokenStats
 from pipeline.engine.table import Thresholds, build_table
@@ -23,6 +23,23 @@ def test_constants_are_the_enums():
     assert (kernels.CACHE, kernels.FAST, kernels.LEARNED, kernels.BUDGET_FALLBACK, kernels.PRIOR) == tuple(Tier)
     assert (kernels.EXACT, kernels.PAIR, kernels.TOKEN, kernels.PRIOR_KEY) == tuple(KeyKind)
     assert (kernels.DISAGREED, kernels.AGREED) == (DISAGREED, AGREED)
+
+
+def _splitmix_finaliser(x: int) -> int:
+    """Reference in Python integers (Steele, Lea & Flood's splitmix64 output step)."""
+    m = (1 << 64) - 1
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & m
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def test_mix64_is_the_splitmix64_finaliser():
+    values = np.concatenate((np.array([0, 1, 2 ** 64 - 1], np.uint64),
+                             RNG.integers(0, 2 ** 63, 200).astype(np.uint64) * np.uint64(3)))
+    assert mix64(values).tolist() == [_splitmix_finaliser(int(v)) for v in values]
+    assert mix64(values.reshape(-1, 7)).shape == (29, 7)
 
 
 @pytest.mark.parametrize("window", [1, 2, 4, 7])
