@@ -24,7 +24,7 @@ EXACT, PAIR, TOKEN, PRIOR_KEY = 0, 1, 2, 3
 DISAGREED, AGREED = 0, 1
 
 TABLE_FIELDS = ("known", "eligible", "experts", "weights", "confidence", "entropy", "prior_experts",
-                "prior_weights", "prior_confidence", "prior_entropy", "pair_keys", "pair_eligible",
+                "prior_weights", "prior_confidence", "prior_entropy", "pair_index", "pair_eligible",
                 "pair_experts", "pair_weights", "pair_confidence", "pair_entropy")
 
 _SEED = np.uint64(0x243F6A8885A308D3)
@@ -115,10 +115,26 @@ def first_occurrences(keys, looked):
 
 
 @njit(cache=True)
+def pair_index(pair_ids):
+    """int64 [capacity, 2] open-addressing map of distinct pair ids -> row (empty slots: id -1):
+    one probe or two per lookup instead of a binary search's dozen cache lines."""
+    size = 1
+    while size < 2 * len(pair_ids):
+        size <<= 1
+    index = np.full((size, 2), -1, np.int64)
+    for row in range(len(pair_ids)):
+        b = np.int64(_mix(np.uint64(pair_ids[row])) & np.uint64(size - 1))
+        while index[b, 0] >= 0:
+            b = (b + 1) & (size - 1)
+        index[b, 0], index[b, 1] = pair_ids[row], row
+    return index
+
+
+@njit(cache=True)
 def resolve(prev, tokens, vocab, static_below, tab):
     """RoutingTable.resolve: (key kind int8, eligible bool, pair row int64, -1 if none) per event."""
-    known, eligible, pair_keys, pair_eligible = tab[0], tab[1], tab[10], tab[11]
-    n, p = len(tokens), len(pair_keys)
+    known, eligible, index, pair_eligible = tab[0], tab[1], tab[10], tab[11]
+    n, mask = len(tokens), len(index) - 1
     kind = np.empty(n, np.int8)
     ok = np.empty(n, np.bool_)
     row = np.full(n, -1, np.int64)
@@ -126,17 +142,14 @@ def resolve(prev, tokens, vocab, static_below, tab):
         t, q = tokens[i], prev[i]
         if t < 0 or t >= vocab:
             raise IndexError("token id outside the fast-path table's vocabulary")
-        if p > 0 and 0 <= q < vocab:
+        if 0 <= q < vocab:
             pid = q * vocab + t
-            lo, hi = 0, p  # binary search of the sorted pair ids
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if pair_keys[mid] < pid:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < p and pair_keys[lo] == pid:
-                row[i] = lo
+            b = np.int64(_mix(np.uint64(pid)) & np.uint64(mask))
+            while index[b, 0] >= 0:
+                if index[b, 0] == pid:
+                    row[i] = index[b, 1]
+                    break
+                b = (b + 1) & mask
         if row[i] >= 0:
             kind[i] = PAIR
             ok[i] = pair_eligible[row[i]] or (known[t] and t < static_below)

@@ -17,10 +17,12 @@ first token of a stream has no previous token (PAD) and therefore no pair.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from . import kernels
 
 STATS_PAIR_FACTOR = 2  # statistics keep this many times the table's pair cap (the table's candidates)
 _FLOAT = ("frequency", "routed", "entropy_sum", "confidence_sum")
@@ -251,8 +253,16 @@ class PairRoutes:
     confidence: np.ndarray  # float32 [P]
     entropy: np.ndarray  # float32 [P]
     frequency: np.ndarray  # float64 [P]
+    _index: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     _ARRAYS = ("keys", "eligible", "experts", "weights", "confidence", "entropy", "frequency")
+
+    def index(self) -> np.ndarray:
+        """int64 [capacity, 2]: an open-addressing map pair id -> row (:func:`kernels.pair_index`),
+        built on first use; the entries are immutable, so it never goes stale."""
+        if self._index is None:
+            self._index = kernels.pair_index(np.ascontiguousarray(self.keys, np.int64))
+        return self._index
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -266,10 +276,3 @@ class PairRoutes:
     @property
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self._ARRAYS)
-
-    def find(self, ids: np.ndarray) -> np.ndarray:
-        """Row of each pair id, ``-1`` where the table has no entry (or ``id < 0``)."""
-        if len(self.keys) == 0:
-            return np.full(len(ids), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, ids), len(self.keys) - 1)
-        return np.where((self.keys[pos] == ids) & (ids >= 0), pos, -1)

@@ -122,7 +122,7 @@ class RoutingTable:
         return (c(self.known, bool), c(self.eligible, bool), c(self.experts, np.int64), c(self.weights, np.float32),
                 c(self.confidence, np.float32), c(self.entropy, np.float32), c(self.prior_experts, np.int64),
                 c(self.prior_weights, np.float32), np.float32(self.prior_weights[0]),
-                np.float32(np.log(self.num_experts)), c(p.keys, np.int64), c(p.eligible, bool),
+                np.float32(np.log(self.num_experts)), p.index(), c(p.eligible, bool),
                 c(p.experts, np.int16), c(p.weights, np.float32), c(p.confidence, np.float32),
                 c(p.entropy, np.float32))
 

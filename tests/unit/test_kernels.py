@@ -96,7 +96,9 @@ def _table(vocab=50, experts=6, k=2, pairs=40):
 
 def _numpy_resolve(table, prev, tokens):
     """The fast-path resolution as table.py defines it, in numpy."""
-    row = table.pair_entries.find(pair_ids(prev, tokens, table.vocab_size))
+    keys, ids = table.pair_entries.keys, pair_ids(prev, tokens, table.vocab_size)
+    pos = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    row = np.where((keys[pos] == ids) & (ids >= 0), pos, -1)
     has_pair, known = row >= 0, table.known[tokens]
     kind = np.where(has_pair, KeyKind.PAIR, np.where(known, KeyKind.TOKEN, KeyKind.PRIOR))
     static = known & table.thresholds.static(table.vocab_size)[tokens]
