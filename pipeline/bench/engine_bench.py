@@ -115,7 +115,8 @@ def bench_size(size: str, settings: Settings, cfg: EngineBenchConfig,
     """Benchmark one router size; returns tokens/s per candidate, ratios and VAR's tier mix."""
     s, router, table, online = prepare_size(size, settings, cfg, progress)
     tokens = sum(len(b) for b in online)
-    run_batched(router, online[:3], s.context_window)  # warm-up
+    run_batched(router, online[:3], s.context_window)  # warm-up: torch's first calls ...
+    run_var(router, table, s, online[:3])  # ... and loading the compiled kernels
     batched, var = [], []
     engine = None
     for rep in range(cfg.repeats):

@@ -20,6 +20,9 @@ in-memory dict here, Redis in the pipeline -- is called once per batch, between 
    call again).
 
 :meth:`VAREngine.route_batch` chains the three steps with a synchronous store.
+
+The per-event work of both steps runs in a few compiled passes (:mod:`.kernels`); this module
+orders them and keeps the state (governor, counters, ledger) between batches.
 """
 from __future__ import annotations
 
