@@ -22,15 +22,16 @@ import logging
 import time
 from typing import Any, Sequence
 
+import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from pipeline.engine.cache import Clock
 from pipeline.engine.table import RoutingTable
 
 from .base import DegradedMode, LayersMixin, StoreUnavailable, layer_slices, parse_tables
 from .keys import RedisKeys
-from .resp import hex_suffixes, mget_command
+from .resp import evalsha_command, hex_suffixes, mget_command
 from .redis_access import RedisAccess, redis_access
 
 __all__ = ["RedisRoutingStore", "StoreUnavailable"]
@@ -110,18 +111,16 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
     async def close(self) -> None:
         await self.client.aclose()
 
-    def _names(self, keys: Sequence[int], per_layer: Sequence[int] | None) -> list[str]:
-        """The Redis key of every decision key, each under its layer."""
-        parts = layer_slices(len(keys), per_layer, self.layers)
-        return [name for layer, rows in parts for name in self.keys.decisions(keys[rows], layer)]
+    def _blocks(self, keys: Sequence[int], per_layer: Sequence[int] | None) -> list[tuple[bytes, np.ndarray]]:
+        """The decision keys as (layer's key prefix, hex suffixes) blocks, for :mod:`.resp`."""
+        return [(self.keys.decision_prefix(layer).encode(), hex_suffixes(keys[rows]))
+                for layer, rows in layer_slices(len(keys), per_layer, self.layers)]
 
     async def fetch(self, keys: Sequence[int], per_layer: Sequence[int] | None = None
                     ) -> tuple[list[bytes | None], int | None]:
         """One MGET of the table pointer and every decision key, packed in one numpy pass
         (:mod:`.resp`) and sent on a connection of the client's pool."""
-        blocks = [(self.keys.decision_prefix(layer).encode(), hex_suffixes(keys[rows]))
-                  for layer, rows in layer_slices(len(keys), per_layer, self.layers)]
-        command = mget_command([self.keys.table_pointer.encode()], blocks)
+        command = mget_command([self.keys.table_pointer.encode()], self._blocks(keys, per_layer))
         values: list[Any] = await self._call("fetch", lambda: self._packed(command), [None] * (len(keys) + 1))
         pointer = values[0]
         return list(values[1:]), int(pointer) if pointer is not None else None
@@ -143,11 +142,22 @@ class RedisRoutingStore(LayersMixin, DegradedMode):
 
     async def write(self, keys: Sequence[int], values: Sequence[bytes], per_layer: Sequence[int] | None = None) -> None:
         """One command for the whole batch: a server-side script SETs every key with the TTL
-        (a pipeline of N SETs costs ~40 us per key in the client; the script ~2 us)."""
-        names = self._names(keys, per_layer)
+        (a pipeline of N SETs costs ~40 us per key in the client; the script ~2 us), its EVALSHA
+        packed like the fetch."""
         if not keys:
             return
-        await self._call("write", lambda: self._set_many(keys=names, args=[self.ttl_ms, *values]), None)
+        args = [b"%d" % self.ttl_ms, *values]
+        command = evalsha_command(self._set_many.sha, self._blocks(keys, per_layer), args)
+        await self._call("write", lambda: self._script(command), None)
+
+    async def _script(self, command: bytes) -> Any:
+        """The packed EVALSHA of the write script; loads the script first when Redis has lost it
+        (a restarted Redis has an empty script cache)."""
+        try:
+            return await self._packed(command)
+        except NoScriptError:
+            await self.client.script_load(_SET_MANY_PX)
+            return await self._packed(command)
 
     async def load_tables(self, version: int) -> list[RoutingTable] | None:
         """Every layer's table of ``version`` (one MGET); None if one is missing (or unreadable,

@@ -167,3 +167,26 @@ def test_a_lost_sequence_never_reuses_or_hides_a_version(redis_url: str):
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_writes_survive_a_flushed_script_cache(redis_url: str):
+    """A restarted Redis has no scripts: the packed EVALSHA gets NOSCRIPT, the store loads the
+    script and sends the write again (no degraded mode, nothing lost)."""
+    keys = RedisKeys(f"contract-{uuid.uuid4().hex[:10]}", "r-contract")
+
+    async def scenario() -> None:
+        store = RedisRoutingStore(redis_url, keys, 60.0, timeout_s=5.0)
+        direct = aioredis.Redis.from_url(redis_url)
+        try:
+            await store.write([1, 2], [b"a" * 20, b"b" * 20])
+            await direct.script_flush()
+            await store.write([3], [b"c" * 20])
+            values, _ = await store.fetch([1, 2, 3, 4])
+            assert values == [b"a" * 20, b"b" * 20, b"c" * 20, None]
+            assert store.degraded == 0 and not store.in_outage
+            assert 0 < await direct.pttl(keys.decision(3)) <= 60_000
+        finally:
+            await store.close()
+            await direct.aclose()
+
+    asyncio.run(scenario())

@@ -5,7 +5,7 @@ import numpy as np
 from redis.connection import Connection
 
 from pipeline.stores.keys import RedisKeys
-from pipeline.stores.resp import hex_suffixes, mget_command
+from pipeline.stores.resp import evalsha_command, hex_suffixes, mget_command
 
 
 def test_hex_suffixes_are_the_key_names_hex():
@@ -27,3 +27,15 @@ def test_mget_command_is_redis_py_pack_command():
 
 def test_mget_command_of_the_pointer_alone():
     assert mget_command([b"p"], []) == b"".join(Connection().pack_command("MGET", "p"))
+
+
+def test_evalsha_command_is_redis_py_pack_command():
+    names = RedisKeys("test", "router-1")
+    layers = [[1, 2, 3], [2 ** 64 - 1]]
+    values = [bytes([i]) * 20 for i in range(4)] + [b""]
+    expected_args = [name for layer, keys in enumerate(layers) for name in names.decisions(keys, layer)]
+    expected = b"".join(Connection().pack_command("EVALSHA", "ab" * 20, len(expected_args), *expected_args,
+                                                  60000, *values))
+    got = evalsha_command("ab" * 20, [(names.decision_prefix(layer).encode(), hex_suffixes(keys))
+                                      for layer, keys in enumerate(layers)], [b"60000", *values])
+    assert got == expected

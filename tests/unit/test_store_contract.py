@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -65,11 +66,12 @@ class FakeConnection:
         self.redis, self.replies, self.disconnects = redis, [], 0
 
     async def send_packed_command(self, command: bytes, check_health: bool = True) -> None:
-        assert command.startswith(b"*") and b"MGET" in command[:20]
-        self.redis._reach("mget")
-        self.replies.append([None] * (int(command[1:command.index(b"\r")]) - 1))
+        count, name = command.split(b"\r\n")[0], command.split(b"\r\n")[2]
+        assert count.startswith(b"*") and name in (b"MGET", b"EVALSHA"), command[:40]
+        self.redis._reach(name.decode().lower())
+        self.replies.append([None] * (int(count[1:]) - 1) if name == b"MGET" else 0)
 
-    async def read_response(self) -> list[bytes | None]:
+    async def read_response(self) -> object:
         return self.replies.pop(0)
 
     async def disconnect(self) -> None:
@@ -108,6 +110,7 @@ class FakeRedis:
             self._reach("evalsha")
             return len(keys)
 
+        script.sha = hashlib.sha1(source.encode()).hexdigest()  # type: ignore[attr-defined]
         return script
 
     async def mget(self, names: Sequence[str]) -> list[bytes | None]:
