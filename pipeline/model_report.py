@@ -188,6 +188,6 @@ def render_text(report: ModelReplayReport) -> str:
                      f"{c['duplicates']} duplicates, {c['missing']} missing, {c['deadletters']} dead letters, "
                      f"{c['context_mismatches']} context mismatches, {len(c.get('worker_exits', []))} worker exits")
     checks = report.constraints()
-    lines.append(f"  constraints  " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in checks.items())
+    lines.append("  constraints  " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in checks.items())
                  + f" (perplexity bound +{report.quality_bound_pct:g}%) => {'PASS' if all(checks.values()) else 'FAIL'}")
     return "\n".join(lines)

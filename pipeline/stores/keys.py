@@ -28,8 +28,6 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class RedisKeys:
@@ -47,12 +45,6 @@ class RedisKeys:
 
     def decision(self, key: int, layer: int = 0) -> str:
         return f"{self.decision_prefix(layer)}{key:016x}"
-
-    def decisions(self, keys: "np.ndarray | Sequence[int]", layer: int = 0) -> list[str]:
-        """:meth:`decision` for many keys at once (one hex conversion for the whole batch)."""
-        prefix = self.decision_prefix(layer)
-        hexed = np.asarray(keys, dtype=">u8").tobytes().hex()
-        return [prefix + hexed[i : i + 16] for i in range(0, len(hexed), 16)]
 
     @property
     def table_pointer(self) -> str:

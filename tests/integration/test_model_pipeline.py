@@ -10,7 +10,6 @@ the key) as one table set that the routers then used; nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import sys
 import time

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import pytest
 
 from pipeline.corpus.synthetic import SyntheticSpec
-from pipeline.engine.events import Tier
 from pipeline.replay import run_replay
 from pipeline.settings import Settings
 from pipeline.sources import SyntheticSource

@@ -24,7 +24,6 @@ from pipeline.engine.events import Tier
 from pipeline.engine.records import encode_chunk
 from pipeline.model.router import model_router_id
 from pipeline.outcomes import decode_outcome
-from pipeline.settings import Settings
 from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.table_sets import require_vocab
 from pipeline.stream.processor import InMessage, RouterProcessor

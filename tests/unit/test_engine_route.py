@@ -324,6 +324,9 @@ def test_only_confident_learned_decisions_are_written():
         np.testing.assert_array_equal(back.weights, d.weights[confident])
         np.testing.assert_array_equal(back.confidence, d.confidence[confident])
         np.testing.assert_array_equal(back.entropy, d.entropy[confident])
+        exact = reference.route(r.contexts[confident])  # what was written is the router's own decision
+        np.testing.assert_array_equal(back.experts, exact.experts)
+        np.testing.assert_array_equal(back.weights, exact.weights)
         # nothing but learned decisions is ever written
         assert set(wkeys) <= set(keys[learned].tolist())
     assert below > 0  # the threshold really filtered something

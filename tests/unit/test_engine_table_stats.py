@@ -1,7 +1,6 @@
 """TokenStats accumulation, the fast-path predicate, table building, fallbacks and the file format."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

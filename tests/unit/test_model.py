@@ -10,7 +10,7 @@ import torch
 from pipeline.assembly import build_engine
 from pipeline.engine.events import EventBatch, Tier
 from pipeline.model.checkpoint import BUNDLED_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.model.moe import MoEConfig, MoELM, top_k_route
+from pipeline.model.moe import MoEConfig, top_k_route
 from pipeline.model.router import exact_gate_logits, model_routers
 from pipeline.model.train import TrainConfig, train
 from pipeline.settings import Settings

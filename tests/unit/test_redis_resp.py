@@ -18,7 +18,7 @@ def test_mget_command_is_redis_py_pack_command():
     rng = np.random.default_rng(3)
     layers = [rng.integers(0, 2 ** 63, n).tolist() for n in (5, 0, 300)]
     expected_args = [names.table_pointer] + [name for layer, keys in enumerate(layers)
-                                             for name in names.decisions(keys, layer)]
+                                             for name in map(names.decision, keys, [layer] * len(keys))]
     expected = b"".join(Connection().pack_command("MGET", *expected_args))
     got = mget_command([names.table_pointer.encode()],
                        [(names.decision_prefix(layer).encode(), hex_suffixes(keys)) for layer, keys in enumerate(layers)])
@@ -33,7 +33,7 @@ def test_evalsha_command_is_redis_py_pack_command():
     names = RedisKeys("test", "router-1")
     layers = [[1, 2, 3], [2 ** 64 - 1]]
     values = [bytes([i]) * 20 for i in range(4)] + [b""]
-    expected_args = [name for layer, keys in enumerate(layers) for name in names.decisions(keys, layer)]
+    expected_args = [name for layer, keys in enumerate(layers) for name in map(names.decision, keys, [layer] * len(keys))]
     expected = b"".join(Connection().pack_command("EVALSHA", "ab" * 20, len(expected_args), *expected_args,
                                                   60000, *values))
     got = evalsha_command("ab" * 20, [(names.decision_prefix(layer).encode(), hex_suffixes(keys))

@@ -16,7 +16,7 @@ from pipeline.corpus.jsonl import iter_batches
 from pipeline.engine.offline import collect_statistics
 from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.table import RoutingTable, Thresholds, build_table
-from pipeline.outcomes import Outcomes, decode_outcome
+from pipeline.outcomes import Outcomes
 from pipeline.stores.memory_store import MemoryRoutingStore
 from pipeline.stream.certify import WorkerCertifier
 from pipeline.stream.processor import RouterProcessor
