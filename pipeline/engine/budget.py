@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import budget_kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class BudgetGovernor:
         if not self.policy.enabled or n == 0:
             self.admitted += n
             return np.ones(n, dtype=bool)
-        granted: np.ndarray = kernels.admit(np.asarray(positions, np.int64), self._ring, self._state,
+        granted: np.ndarray = budget_kernels.admit(np.asarray(positions, np.int64), self._ring, self._state,
                                             self.policy.window, self.policy.cap)
         admitted = int(granted.sum())
         self.admitted += admitted
@@ -107,32 +107,24 @@ class BudgetLedger:
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self.decisions = 0
         self.block_learned: list[int] = []
-        self.max_sliding = 0
-        self._tail = np.zeros(0, dtype=np.int64)  # learned flags of the last window-1 decisions
+        self._ring = np.zeros(window, np.int8)  # learned flags of the last ``window`` decisions
+        self._state = np.zeros(3, np.int64)  # [decisions, learned among the last window, max of that]
+
+    @property
+    def decisions(self) -> int:
+        return int(self._state[0])
+
+    @property
+    def max_sliding(self) -> int:
+        """Most learned calls in any ``window`` consecutive decisions (fewer at the start)."""
+        return int(self._state[2])
 
     def record(self, learned: np.ndarray) -> None:
         """Append the learned-call flags (bool, decision order) of a batch."""
-        flags = learned.astype(np.int64)
-        self._record_blocks(flags)
-        ext = np.concatenate((self._tail, flags))
-        sums = np.concatenate(([0], np.cumsum(ext)))
-        if len(ext) >= self.window:
-            windows = sums[self.window :] - sums[: len(sums) - self.window]
-            self.max_sliding = max(self.max_sliding, int(windows.max()))
-        else:
-            self.max_sliding = max(self.max_sliding, int(ext.sum()))
-        self._tail = ext[max(0, len(ext) - (self.window - 1)) :] if self.window > 1 else ext[:0]
-        self.decisions += len(flags)
-
-    def _record_blocks(self, flags: np.ndarray) -> None:
-        pos = self.decisions
-        blocks = (pos + np.arange(len(flags))) // self.window
-        counts = np.bincount(blocks - (pos // self.window), weights=flags).astype(np.int64)
-        first = pos // self.window
-        for offset, count in enumerate(counts.tolist()):
-            idx = first + offset
+        first = self.decisions // self.window
+        counts = budget_kernels.record(np.asarray(learned, np.bool_), self._ring, self._state, self.window)
+        for idx, count in enumerate(counts.tolist(), start=first):
             if idx < len(self.block_learned):
                 self.block_learned[idx] += count
             else:

@@ -27,14 +27,14 @@ orders them and keeps the state (governor, counters, ledger) between batches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import compress
 from typing import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
 from .budget import BudgetGovernor, BudgetPolicy, BudgetLedger
 from . import kernels
-from .cache import CachePolicy, DecisionCache, MemoryDecisionCache, decode_records, encode_decisions
+from .array_cache import ArrayDecisionCache, CacheHits, columns_of, hits_of
+from .cache import CachePolicy, DecisionArrays, DecisionCache
 from .context import ContextResult, ContextWindow, build_contexts
 from .events import DecisionBatch, EventBatch, KeyKind, Tier
 from .route_types import DecisionRows, EngineCounters
@@ -74,11 +74,12 @@ class VAREngine:
         router: Router,
         table: RoutingTable,
         config: EngineConfig = EngineConfig(),
-        cache: DecisionCache | None = None,
+        cache: DecisionCache | ArrayDecisionCache | None = None,
     ) -> None:
         self.router = router
         self.config = config
-        self.cache: DecisionCache = cache if cache is not None else MemoryDecisionCache(config.cache)
+        self.cache = cache if cache is not None else ArrayDecisionCache(config.cache, router.spec.top_k)
+        self.columns = columns_of(self.cache, router.spec.top_k)  # the cache as route_batch uses it
         self.governor = BudgetGovernor(config.budget)
         self.ledger = BudgetLedger(config.budget.window)
         self.counters = EngineCounters()
@@ -121,11 +122,17 @@ class VAREngine:
                   else ~self.resolve(contexts, events.tokens).eligible)
         unique, inverse = kernels.first_occurrences(keys, looked)
         lap(self.profile, "cache lookup")
-        return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique.tolist(), inverse, ctx.windows,
-                         ctx.rejections)
+        return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique, inverse, ctx.windows, ctx.rejections)
 
     def complete(self, plan: RoutePlan, cached: Sequence[bytes | None]) -> RouteResult:
-        """Assign tiers and produce decisions, given the cache lookups for ``plan.unique_keys``.
+        """Assign tiers and produce decisions, given the byte lookups of ``plan.unique_keys``
+        (a routing store's answer; ``None`` for a miss)."""
+        hits = hits_of(cached, self.router.spec.top_k)
+        lap(self.profile, "cache lookup")
+        return self.finish(plan, hits)
+
+    def finish(self, plan: RoutePlan, cache_hits: CacheHits) -> RouteResult:
+        """:meth:`complete` given the lookups of ``plan.unique`` as columns.
 
         Three compiled passes (:mod:`.kernels`) around the governor and ONE router call: hits
         and fast-path rows first (listing the rows that ask the governor), then the denied
@@ -133,8 +140,7 @@ class VAREngine:
         n, k = len(plan.events), self.router.spec.top_k
         position = self.counters.decisions
         out = DecisionRows.allocate(n, k)
-        hit_slot, hits = _cache_hits(cached, k)
-        lap(self.profile, "cache lookup")
+        hit_slot, hits = cache_hits
         tokens = plan.events.tokens
         lookup = self.resolve(plan.contexts, tokens)
         columns = out.columns()
@@ -147,14 +153,14 @@ class VAREngine:
         served = kernels.deny(miss_first, granted, lookup.kind, out.tiers, out.keys)
         kernels.entry_routes(served, served, tokens, lookup.pair_row, self.table.kernel_arrays(), *columns[:4])
         lap(self.profile, "fast path")
-        write_keys, write_values = self._route_granted(plan, asked, is_audit, granted, miss_first, out)
+        write_keys, writes = self._route_granted(plan, asked, is_audit, granted, miss_first, out)
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
                                   out.keys, out.audits)
         self._count(decisions, len(plan.rejections), int((plan.inverse >= 0).sum()))
         lap(self.profile, "decision arrays")
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
-                           plan.rejections, write_keys, write_values)
+                           plan.rejections, write_keys, writes)
 
     def complete_learned(self, plan: RoutePlan) -> RouteResult:
         """The always-learned baseline: every event through the learned router (no cache, no
@@ -168,7 +174,7 @@ class VAREngine:
                                   self.table.version, self.router.router_id, self.config.layer)
         self._count(decisions, len(plan.rejections), 0)
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
-                           plan.rejections, [], [])
+                           plan.rejections, _NO_KEYS, None)
 
     def resolve(self, contexts: np.ndarray, tokens: np.ndarray) -> Lookup:
         """The table entries of events whose context rows (ending with the token) are ``contexts``."""
@@ -177,17 +183,17 @@ class VAREngine:
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, ContextWindow]) -> RouteResult:
         """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
         plan = self.prepare(batch, windows)
-        cached = self.cache.get_many(plan.unique_keys)
+        hits = self.columns.lookup(plan.unique)
         lap(self.profile, "cache lookup")
-        result = self.complete(plan, cached)
-        if result.cache_keys:
-            self.cache.put_many(result.cache_keys, result.cache_values)
+        result = self.finish(plan, hits)
+        if result.writes is not None:
+            self.columns.store(result.write_keys, result.writes)
         windows.update(result.windows)
         lap(self.profile, "cache write")
         return result
 
     def _route_granted(self, plan: RoutePlan, asked: np.ndarray, is_audit: np.ndarray, granted: np.ndarray,
-                       miss_first: np.ndarray, out: DecisionRows) -> tuple[list[int], list[bytes]]:
+                       miss_first: np.ndarray, out: DecisionRows) -> tuple[np.ndarray, DecisionArrays | None]:
         """ONE router call for the granted missed keys (their first rows, in decision order) and
         the granted audits; returns the cache writes of the learned decisions.
 
@@ -197,7 +203,7 @@ class VAREngine:
         """
         learned_rows, audit_rows = asked[granted & ~is_audit], asked[granted & is_audit]
         if len(learned_rows) + len(audit_rows) == 0:
-            return [], []
+            return _NO_KEYS, None
         both = self.router.route(plan.contexts[np.concatenate((learned_rows, audit_rows))])
         self.counters.router_calls += 1
         lap(self.profile, "router")
@@ -211,12 +217,11 @@ class VAREngine:
         lap(self.profile, "cache write")
         return writes
 
-    def _cache_writes(self, keys: np.ndarray, res: RouterOutput) -> tuple[list[int], list[bytes]]:
+    def _cache_writes(self, keys: np.ndarray, res: RouterOutput) -> tuple[np.ndarray, DecisionArrays | None]:
         keep = res.confidence >= self.config.cache.min_confidence
         if not keep.any():
-            return [], []
-        return keys[keep].tolist(), encode_decisions(res.experts[keep], res.weights[keep], res.confidence[keep],
-                                                     res.entropy[keep])
+            return _NO_KEYS, None
+        return keys[keep], DecisionArrays(res.experts[keep], res.weights[keep], res.confidence[keep], res.entropy[keep])
 
     def _count(self, decisions: DecisionBatch, rejected: int, lookups: int) -> None:
         c = self.counters
@@ -233,6 +238,9 @@ class VAREngine:
         self.ledger.record(calls)
 
 
+_NO_KEYS = np.zeros(0, np.uint64)
+
+
 def key_salt(layer: int) -> np.uint64:
     """The cache key's layer salt (:func:`~pipeline.engine.hashing.cache_key`)."""
     return np.uint64(((layer + 1) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF)
@@ -246,14 +254,3 @@ def audit_threshold(rate: float) -> tuple[int, np.uint64]:
     if rate >= 1.0:
         return 1, np.uint64(0)
     return 2, np.uint64(min(int(rate * 2.0 ** 64), 2 ** 64 - 1))
-
-
-def _cache_hits(cached: Sequence[bytes | None], top_k: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """(hit row of each looked-up key, -1 if absent; the found values, column by column)."""
-    present = bytes(map(bool, cached))  # values are never empty: 1 where found
-    slot = np.full(len(cached), -1, dtype=np.int64)
-    found = np.flatnonzero(np.frombuffer(present, np.bool_))
-    slot[found] = np.arange(len(found))
-    records = decode_records(list(compress(cached, present)), top_k)  # type: ignore[arg-type]  # None dropped
-    fields = (records[name] for name in ("experts", "weights", "confidence", "entropy"))
-    return slot, tuple(np.array(f, order="C") for f in fields)  # writable copies: one compiled assign

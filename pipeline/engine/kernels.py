@@ -295,27 +295,6 @@ def fill_routed(asked, is_audit, granted, miss_first, routed, out, audits):
 
 
 @njit(cache=True)
-def admit(positions, ring, state, window, cap):
-    """BudgetGovernor.admit: greedy in order, a position is admitted while fewer than ``cap``
-    positions were admitted in the ``window - 1`` before it. ``ring`` (length >= max(cap, 1))
-    and ``state`` ([head, count]) hold the admitted positions still in the window."""
-    n, size = len(positions), len(ring)
-    granted = np.zeros(n, np.bool_)
-    head, count = state[0], state[1]
-    for i in range(n):
-        p = positions[i]
-        while count > 0 and ring[head] <= p - window:
-            head = (head + 1) % size
-            count -= 1
-        if count < cap:
-            ring[(head + count) % size] = p
-            count += 1
-            granted[i] = True
-    state[0], state[1] = head, count
-    return granted
-
-
-@njit(cache=True)
 def tally(tiers, kinds, audits, n_tiers, n_kinds):
     """(decisions per [tier, key kind], audited, agreed, router calls bool [n] -- the learned
     decisions and the audited ones, audit.router_calls)."""

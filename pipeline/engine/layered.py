@@ -112,12 +112,9 @@ class LayeredEngine:
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, ContextWindow]) -> LayeredResult:
         """Route with each layer's own (synchronous) cache; updates ``windows`` in place."""
         plan = self.prepare(batch, windows)
-        cached: list[bytes | None] = []
-        for engine, layer_plan in zip(self.layers, plan.layers):
-            cached.extend(engine.cache.get_many(layer_plan.unique_keys))
-        result = self.complete(plan, cached)
-        for engine, r in zip(self.layers, result.layers):
-            if r.cache_keys:
-                engine.cache.put_many(r.cache_keys, r.cache_values)
-        windows.update(result.windows)
-        return result
+        results = [engine.finish(p, engine.columns.lookup(p.unique)) for engine, p in zip(self.layers, plan.layers)]
+        for engine, r in zip(self.layers, results):
+            if r.writes is not None:
+                engine.columns.store(r.write_keys, r.writes)
+        windows.update(plan.windows)
+        return LayeredResult(plan.events, plan.accepted, plan.windows, plan.rejections, results)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audit import NOT_AUDITED
+from .cache import DecisionArrays, encode_decisions
 from .context import Rejection, ContextWindow
 from .events import DecisionBatch, EventBatch, KeyKind, Tier
 
@@ -20,10 +21,15 @@ class RoutePlan:
     contexts: np.ndarray
     ctx_hash: np.ndarray
     keys: np.ndarray  # uint64 [n]
-    unique_keys: list[int]
-    inverse: np.ndarray  # keys[i] == unique_keys[inverse[i]]; -1 for events not looked up
+    unique: np.ndarray  # uint64 [u], the distinct keys looked up, in first-occurrence order
+    inverse: np.ndarray  # keys[i] == unique[inverse[i]]; -1 for events not looked up
     windows: dict[str, ContextWindow]
     rejections: list[Rejection]
+
+    @property
+    def unique_keys(self) -> list[int]:
+        """:attr:`unique` as Python ints (what a byte store is asked for)."""
+        return self.unique.tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -37,8 +43,18 @@ class RouteResult:
     decisions: DecisionBatch
     windows: dict[str, ContextWindow]
     rejections: list[Rejection]
-    cache_keys: list[int]  # confident learned decisions to write back ...
-    cache_values: list[bytes]  # ... packed with cache.encode_decisions
+    write_keys: np.ndarray  # uint64 [m], confident learned decisions to write back ...
+    writes: DecisionArrays | None  # ... as columns (None when m = 0)
+
+    @property
+    def cache_keys(self) -> list[int]:
+        return self.write_keys.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def cache_values(self) -> list[bytes]:
+        """The writes packed with :func:`~pipeline.engine.cache.encode_decisions`, for a byte store."""
+        w = self.writes
+        return [] if w is None else encode_decisions(w.experts, w.weights, w.confidence, w.entropy)
 
 
 @dataclass(slots=True)

@@ -109,6 +109,7 @@ class RoutingTable:
     prior_weights: np.ndarray  # float32 [k]
     meta: dict[str, Any] = field(default_factory=dict)
     pairs: PairRoutes | None = None
+    _arrays: tuple[PairRoutes, tuple[Any, ...]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.pairs is None:
@@ -117,7 +118,13 @@ class RoutingTable:
     def kernel_arrays(self) -> tuple[Any, ...]:
         """The table as the compiled kernels read it (:data:`~pipeline.engine.kernels.TABLE_FIELDS`:
         contiguous arrays of fixed dtypes -- the table's own arrays, not copies, when they already
-        are --, with the prior's confidence and entropy as scalars)."""
+        are --, with the prior's confidence and entropy as scalars). Built once per pair entries
+        object: a table's arrays are not replaced once it routes."""
+        if self._arrays is None or self._arrays[0] is not self.pairs:
+            self._arrays = (self.pair_entries, self._build_kernel_arrays())
+        return self._arrays[1]
+
+    def _build_kernel_arrays(self) -> tuple[Any, ...]:
         p, c = self.pair_entries, np.ascontiguousarray
         return (c(self.known, bool), c(self.eligible, bool), c(self.experts, np.int64), c(self.weights, np.float32),
                 c(self.confidence, np.float32), c(self.entropy, np.float32), c(self.prior_experts, np.int64),

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-from .cache import decode_records
+from . import budget_kernels, kernels
+from .array_cache import ArrayDecisionCache, hits_of
+from .cache import CachePolicy, DecisionArrays
 from .engine import audit_threshold, key_salt
 from .events import KeyKind, Tier
 from .route_types import DecisionRows
@@ -35,16 +36,20 @@ def warm_up() -> None:
     unique, inverse = kernels.first_occurrences(keys, np.ones(2, bool))
     tokens = np.zeros(2, np.int64)
     kind, eligible, pair_row = kernels.resolve(tokens - 1, tokens, 8, 0, tab)
-    records = decode_records([], 2)
-    hits = tuple(np.array(records[f], order="C") for f in ("experts", "weights", "confidence", "entropy"))
+    _, hits = hits_of([], 2)
     out = DecisionRows.allocate(2, 2)
     columns = out.columns()
     asked, is_audit, miss_first = kernels.assign(inverse, np.full(len(unique), -1, np.int64), hits, (kind, eligible),
                                                  keys, audit_threshold(0.5), 0, columns)
-    granted = kernels.admit(np.arange(len(asked), dtype=np.int64), np.zeros(1, np.int64), np.zeros(2, np.int64), 10, 1)
+    granted = budget_kernels.admit(np.arange(len(asked), dtype=np.int64), np.zeros(1, np.int64), np.zeros(2, np.int64),
+                                   10, 1)
     served = kernels.deny(miss_first, granted, kind, out.tiers, out.keys)
     kernels.entry_routes(served, served, tokens, pair_row, tab, *columns[:4])
     routed = (out.experts.copy(), out.weights.copy(), out.confidence.copy(), out.entropy.copy())
     kernels.fill_routed(asked, is_audit, granted, miss_first, routed, columns, out.audits)
-    kernels.tally(out.tiers, out.keys, out.audits, len(Tier), len(KeyKind))
+    calls = kernels.tally(out.tiers, out.keys, out.audits, len(Tier), len(KeyKind))[3]
+    budget_kernels.record(calls, np.zeros(10, np.int8), np.zeros(3, np.int64), 10)
+    cache = ArrayDecisionCache(CachePolicy(max_entries=1), 2, clock=lambda: 0.0)
+    cache.store(keys, DecisionArrays(*routed))  # two keys: the pool grows (re-index), then one is evicted
+    cache.lookup(keys)
     _warm = True

@@ -183,8 +183,9 @@ def test_tally_counts_tiers_keys_and_router_calls():
 
 WARM_UP_COVERS_ROUTING = """
 import numpy as np
-from pipeline.engine import kernels
+from pipeline.engine import budget_kernels, cache_kernels, kernels
 from pipeline.engine.warm_up import warm_up
+from pipeline.engine.cache import CachePolicy, MemoryDecisionCache
 from pipeline.engine.budget import BudgetPolicy
 from pipeline.engine.engine import EngineConfig, VAREngine
 from pipeline.engine.events import EventBatch
@@ -192,8 +193,9 @@ from pipeline.engine.offline import collect_statistics
 from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.table import Thresholds, build_table
 warm_up()
-names = [n for n in dir(kernels) if hasattr(getattr(kernels, n), "signatures")]
-before = {n: set(getattr(kernels, n).signatures) for n in names}
+compiled = [getattr(m, n) for m in (kernels, cache_kernels, budget_kernels) for n in dir(m)]
+compiled = {f.__name__: f for f in compiled if hasattr(f, "signatures")}
+before = {n: set(f.signatures) for n, f in compiled.items()}
 V = 12
 router = build_router(RouterSpec.preset("seed", vocab_size=V))
 rng = np.random.default_rng(0)
@@ -209,13 +211,16 @@ stats = collect_statistics(router, [batch_of(200, {})], 4)
 table = build_table(stats, Thresholds(min_frequency=0, max_entropy=0.9, static_below=0), router.spec.top_k,
                     router.router_id, 1)
 table.eligible[:], table.eligible[0], table.known[2] = False, True, False  # 0 fast, 1 learned, 2 has no entry
-engine = VAREngine(router, table, EngineConfig(budget=BudgetPolicy(0.5, 100), audit_rate=0.5))
-windows = {}
-for _ in range(6):
-    engine.route_batch(batch_of(64, windows), windows)
-added = {n: set(getattr(kernels, n).signatures) - before[n] for n in names}
-c = engine.counters
-assert c.cache_hits > 0 and c.audits > 0 and c.tiers.min() > 0, c  # every tier, hits and audits
+config = EngineConfig(budget=BudgetPolicy(0.5, 100), audit_rate=0.5)
+byte_cache = MemoryDecisionCache(CachePolicy(max_entries=50))  # a byte store, as a worker's Redis
+for engine in (VAREngine(router, table, config), VAREngine(router, table, config, byte_cache)):
+    windows = {}
+    for _ in range(6):
+        engine.route_batch(batch_of(64, windows), windows)
+    c = engine.counters
+    assert c.cache_hits > 0 and c.audits > 0 and c.tiers.min() > 0, c  # every tier, hits and audits
+assert len(engine.cache) == 50 and engine.cache.evictions > 0  # the array cache grew, evicted: see above
+added = {n: set(f.signatures) - before[n] for n, f in compiled.items()}
 assert not any(added.values()), added
 print("ok")
 """

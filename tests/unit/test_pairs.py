@@ -2,6 +2,8 @@
 for a seen token, the joint adaptive choice, the byte format and the budget split."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -104,8 +106,7 @@ class ConstantRouter:
 
 def test_over_budget_tokens_take_their_own_entry_and_only_unseen_tokens_the_prior(table):
     table = table.with_version(1)
-    strict = RoutingTable(**{f: getattr(table, f) for f in table.__dataclass_fields__})
-    strict.eligible = np.zeros(V, bool)  # nothing on the fast path: every event asks the router
+    strict = replace(table, eligible=np.zeros(V, bool))  # nothing on the fast path: every event asks the router
     strict.pairs.eligible = np.zeros(len(strict.pair_entries), bool)
     router = ConstantRouter()
     engine = VAREngine(router, strict, EngineConfig(context_window=2, budget=BudgetPolicy(budget=0.1, window=10)))
