@@ -41,7 +41,7 @@ from pipeline.settings import Settings
 from pipeline.stack.ports import free_port
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.table_sets import publish_table_and_stats
-from pipeline.stream.producer import rechunk
+from pipeline.stream.producer import PRODUCER_BATCH_BYTES, rechunk
 from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.worker_pool import WorkerPool
@@ -100,7 +100,7 @@ def _split(chunks: list[EventChunk], first: int, then: int) -> tuple[list[EventC
 
 async def _send(bootstrap: KafkaAccess, topic: str, chunks: list[EventChunk], rate: float | None) -> dict[tuple[str, int], float]:
     """Produce chunks (optionally at ``rate`` tokens/s); returns send time (ms) per (stream, first seq)."""
-    producer = bootstrap.producer(linger_ms=2, max_batch_size=512 * 1024)
+    producer = bootstrap.producer(linger_ms=2, max_batch_size=PRODUCER_BATCH_BYTES)
     await producer.start()
     sent, futures, tokens, start = {}, [], 0, time.perf_counter()
     try:

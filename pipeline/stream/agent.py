@@ -8,11 +8,15 @@ pipeline lossless:
    asks for seeks at gaps (done through :class:`~pipeline.stream.consumer_control.ConsumerControl`);
 3. route (:class:`~pipeline.stream.processor.RouterProcessor`; a bug dead-letters the batch);
 4. publish outcomes and dead letters and wait until the broker acknowledged all of them
-   (a failed send is retried until it succeeds: nothing after this step runs before); then
-   the window certificates the batch completed (:mod:`pipeline.stream.certify`) -- a batch
-   whose outcomes were not acknowledged is recorded in the certificate as void;
-5. write each touched stream's window once, waiting for its changelog record's acknowledgement;
-6. only then mark the batch's offsets finished -- the commit timer
+   (a failed send is retried until it succeeds: nothing after this step runs before); the
+   batch's decision-cache write to the routing store runs meanwhile (nothing waits on it but
+   the next batch);
+5. write each touched stream's window once, waiting for its changelog record's acknowledgement,
+   and, at the same time, publish the window certificates the batch completed
+   (:mod:`pipeline.stream.certify`; a batch whose outcomes were not acknowledged is recorded in
+   the certificate as void) -- both only need the outcomes acknowledged, so they share one
+   round trip;
+6. only then, both acknowledged, mark the batch's offsets finished -- the commit timer
    (:meth:`RouterAgent.commit`) commits that frontier after a producer flush.
 
 A message cut off at a gap or dropped as stale is never acknowledged, never committed: it
@@ -122,7 +126,7 @@ class RouterAgent:
                 else await self._route(admitted)
             await self._publish_certified(out)
             lap(self.profile, "kafka send")
-            await self.windows.write(out.windows)
+            await _all(self.publish_certificates(), self.windows.write(out.windows))
             lap(self.profile, "window writes")
         except BaseException as exc:
             seeks = self.continuity.rewind({m.partition for m in admitted})
@@ -145,23 +149,23 @@ class RouterAgent:
     async def _route(self, messages: list[InMessage]) -> BatchOutput:
         assert self.processor is not None
         try:
-            return await self.processor.process(messages, self.windows.lookup)
+            return await self.processor.process(messages, self.windows.lookup, defer_write=True)
         except Exception as exc:  # a bug must not kill the agent or lose the batch silently
             log.exception("routing a batch of %d messages failed; dead-lettering it", len(messages))
             return BatchOutput(deadletters=[DeadLetter(m.key, m.value, f"internal error: {exc!r}", m.partition,
                                                        m.offset) for m in messages])
 
     async def _publish_certified(self, out: BatchOutput) -> None:
-        """Publish the batch, then the certificates it completed (void ones if it failed)."""
+        """Publish the batch (and run its cache write meanwhile), then seal the certificates it
+        completed -- void ones if it failed; :meth:`publish_certificates` sends them."""
         try:
-            await self.publish(out)
+            await _all(self.publish(out), *([_cache_write(out.cache_write)] if out.cache_write is not None else []))
         except BaseException:
             if self.certifier is not None and out.result is not None:
                 self._unsent += self.certifier.void(out.result)
             raise
         if self.certifier is not None and out.result is not None:
             self._unsent += self.certifier.certify(out.result)
-        await self.publish_certificates()
 
     async def publish_certificates(self, flush: bool = False) -> int:
         """Send the certificates sealed so far (``flush``: seal the open ranges first)."""
@@ -247,6 +251,24 @@ class RouterAgent:
             log.warning("stall check skipped: %r", exc)
             return
         await self.control.seek(seeks)
+
+
+async def _cache_write(write: Callable[[], Awaitable[None]]) -> None:
+    """A batch's decision-cache write. The store absorbs outages itself (degraded mode); any
+    other failure is a bug, logged: the decisions are then not cached, the outcomes stand."""
+    try:
+        await write()
+    except Exception:
+        log.exception("the batch's decision-cache write failed; its decisions are not cached")
+
+
+async def _all(*steps: Awaitable[object]) -> None:
+    """Run ``steps`` concurrently and wait for every one of them, whatever the others do; then
+    raise the first failure, if any (so that no step is left running when the batch is rewound)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _too_large(error: BaseException) -> bool:

@@ -2,7 +2,8 @@
 
 The settings tie the consumer to the pipeline's contract (README "Pipeline guarantees"): the
 session/rebalance/request timeouts from ``session_timeout_s``, earliest reset, a memory store, no
-producer linger, bounded fetch rounds, and the same request-size limit as the token producers.
+producer linger but big producer batches, bounded fetch rounds, and the same request-size limit
+as the token producers.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 from pipeline.settings import Settings
 
 from .kafka_access import KafkaAccess
-from .producer import MAX_REQUEST_BYTES
+from .producer import MAX_REQUEST_BYTES, PRODUCER_BATCH_BYTES
 
 
 def worker_name(settings: Settings) -> str:
@@ -48,6 +49,12 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # (outcomes, then windows) -- a linger only added its length to both waits.
         "producer_linger": 0.0,
         "producer_max_request_size": MAX_REQUEST_BYTES,  # the same limit as the token producers
+        # Big batches: aiokafka sends one batch per partition in a request and keeps one request
+        # in flight per broker (MessageAccumulator.drain_by_nodes skips nodes with one in flight),
+        # so Faust's default 16 KiB batches cut a batch's ~300 KiB of outcome records into several
+        # sequential round trips (measured: 19 ms per batch at half load, against 7 for the one
+        # round trip of the window writes).
+        "producer_max_batch_size": PRODUCER_BATCH_BYTES,
         # Bounded fetch rounds: a seek waits for the records already fetched to drain.
         "broker_max_poll_records": 2000,
         "datadir": str(worker_datadir()),

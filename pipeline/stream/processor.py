@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from functools import partial
+from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -88,6 +89,9 @@ class BatchOutput:
     routed: int = 0
     redelivered: int = 0
     result: LayeredResult | None = None
+    # The batch's cache write when process() was asked to defer it: the caller runs it (while it
+    # publishes the outcomes, which do not depend on it) and must await it before the next batch.
+    cache_write: Callable[[], Awaitable[None]] | None = None
 
 
 WindowLookup = Callable[[str], "ContextWindow | None"]
@@ -168,8 +172,10 @@ class RouterProcessor:
         self.table_reloads += 1
         log.info("fast-path table set v%s loaded (%s tokens per layer)", version, [t.size for t in tables])
 
-    async def process(self, messages: list[InMessage], lookup: WindowLookup) -> BatchOutput:
-        """Route one batch; see the module docstring for the steps and guarantees."""
+    async def process(self, messages: list[InMessage], lookup: WindowLookup, defer_write: bool = False) -> BatchOutput:
+        """Route one batch; see the module docstring for the steps and guarantees. With
+        ``defer_write`` the batch's cache write is not done here but returned, not started, as
+        ``out.cache_write`` (the router agent runs it while the outcomes are being published)."""
         out = BatchOutput()
         profile = self.engine.profile
         if profile is not None:
@@ -190,8 +196,13 @@ class RouterProcessor:
             await self._refresh_tables(version)
             lap(profile, "store fetch")
             result = self.engine.complete(plan, cached)
-            await self.store.write(result.cache_keys, result.cache_values, [len(r.cache_keys) for r in result.layers])
-            lap(profile, "store write")
+            write = partial(self.store.write, result.cache_keys, result.cache_values,
+                            [len(r.cache_keys) for r in result.layers])
+            if defer_write:
+                out.cache_write = write
+            else:
+                await write()
+                lap(profile, "store write")
         lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
         message_of_row = np.repeat(np.asarray(origin, dtype=np.int64), lengths)
         self._reject(batch, result, message_of_row, messages, out)

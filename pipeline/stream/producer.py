@@ -22,6 +22,7 @@ from .kafka_access import KafkaAccess, kafka_access
 from .topics import TopicError, refusal
 
 MAX_REQUEST_BYTES = 1024 * 1024  # aiokafka's and the broker's default maximum message size
+PRODUCER_BATCH_BYTES = 512 * 1024  # one partition's batch in a produce request (below the broker's 1 MiB)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def oversized_deadletter(key: bytes | None, value: bytes, limit: int) -> tuple[b
 async def start_producer(kafka: KafkaAccess | str) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer (no loss or duplicates across broker failover)."""
     access = kafka_access(kafka)
-    producer = access.producer(linger_ms=5, max_batch_size=512 * 1024, acks="all", enable_idempotence=True,
+    producer = access.producer(linger_ms=5, max_batch_size=PRODUCER_BATCH_BYTES, acks="all", enable_idempotence=True,
                                max_request_size=MAX_REQUEST_BYTES, request_timeout_ms=120_000)
     try:
         await producer.start()

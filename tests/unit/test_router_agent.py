@@ -216,3 +216,49 @@ def test_a_dead_letter_too_large_is_recognised_when_faust_wraps_the_error():
     agent, producer, _, _ = agent_for(fail=1, error=error)
     asyncio.run(agent.publish(BatchOutput(deadletters=[DeadLetter(b"k", b"x" * 100, "r", 0, 1)])))
     assert producer.sent[0][3]["var-truncated-from"] == b"100"
+
+
+class SlowStoreWrite:
+    """Wraps the processor's store: its write logs when it starts and ends, and yields to the
+    event loop in between (as a Redis round trip does), or fails with ``error``."""
+
+    def __init__(self, store: Any, log: list[str], error: Exception | None = None) -> None:
+        self.store, self.log, self.error = store, log, error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def write(self, *args: Any) -> None:
+        self.log.append("cache write starts")
+        await asyncio.sleep(0.01)
+        if self.error is not None:
+            raise self.error
+        await self.store.write(*args)
+        self.log.append("cache write ends")
+
+
+def test_the_cache_write_runs_while_outcomes_are_published_and_ends_before_the_windows():
+    agent, producer, control, log = agent_for()
+
+    async def acked_later(topic: str, key: bytes | None, value: bytes, headers: Any) -> asyncio.Future:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.005, lambda: (log.append(f"ack {topic}"), future.set_result(None)))
+        return future
+
+    agent.send = acked_later
+    inner = agent.processor.store
+    agent.processor.store = SlowStoreWrite(inner, log)
+    msgs = messages_for(corpus(20))
+    asyncio.run(agent.handle(msgs))
+    start, end, first_ack = log.index("cache write starts"), log.index("cache write ends"), log.index("ack out")
+    assert start < first_ack < end < log.index("window")  # concurrent with the publish, done before step 5
+    assert len(inner.cache) > 0 and agent.continuity.committable() == {0: len(msgs)}
+
+
+def test_a_failing_cache_write_loses_no_outcome_and_finishes_the_batch():
+    agent, producer, control, log = agent_for()
+    agent.processor.store = SlowStoreWrite(agent.processor.store, log, RuntimeError("a bug in the store"))
+    msgs = messages_for(corpus(20))
+    asyncio.run(agent.handle(msgs))
+    assert sum(1 for t, *_ in producer.sent if t == "out") == len(msgs)
+    assert agent.continuity.committable() == {0: len(msgs)} and "window" in log
