@@ -12,7 +12,9 @@ for per-token and chunked messages, and for the large router with chunked messag
 has two phases: a *throughput* phase (send the events as fast as possible; tokens/s between the
 first and the last outcome) and a *latency* phase at half the load just measured (capped at
 ``per_token_rate`` / ``chunked_rate``; event -> outcome latency from the send time to the outcome's
-Kafka timestamp, which the worker's producer sets).
+Kafka timestamp, which the worker's producer sets), and whether the worker kept up with it
+(:func:`kept_up`: a per-token worker drains a backlog faster than it keeps up with a steady
+stream, so half the backlog rate can be more than it sustains).
 """
 from __future__ import annotations
 
@@ -179,8 +181,21 @@ async def _measure(run: Settings, throughput_chunks: list[EventChunk], latency_p
         await consumer.stop()
     latencies = [ts - sent[(s, q)] for s, q, _, ts in got if (s, q) in sent]
     return {"tokens_per_s": n1 / max(last - first, 1e-9), "latency_rate": rate, **cores,
+            "latency_kept_up": kept_up(sent, got, n2, rate),
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
             "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan")}, metrics
+
+
+def kept_up(sent: dict[tuple[str, int], float], got: list[tuple[str, int, int, float]], tokens: int,
+            rate: float) -> bool:
+    """Whether the worker routed the latency phase at the rate it was sent: its tokens over the
+    span from the first send to the last outcome are at least 90% of ``rate``. A worker that
+    falls behind (its latency grows through the phase) does not; its percentiles then measure the
+    backlog, not the pipeline."""
+    if not sent or not got:
+        return False
+    span_s = (max(ts for *_, ts in got) - min(sent.values())) / 1000
+    return tokens / max(span_s, 1e-9) >= 0.9 * rate
 
 
 def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus: list[EventChunk],

@@ -61,15 +61,17 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def render(results: list[dict[str, Any]]) -> str:
     lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
-             f"{'redis/batch':>12}{'learned':>9}{'cores w/b':>11}", "-" * 98]
+             f"{'':<7}{'redis/batch':>12}{'learned':>9}{'cores w/b':>11}", "-" * 105]
     for r in results:
         learned = r["learned_share"]
         share = "" if learned is None or learned != learned else f"{100 * learned:.1f}%"
         lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
                      f"{r['latency_rate']:>10,.0f}{r['latency_p50_ms']:>8.1f}{r['latency_p99_ms']:>8.1f}"
+                     f"{'' if r.get('latency_kept_up', True) else ' behind':<7}"
                      f"{r['redis_round_trips_per_batch']:>12.2f}{share:>9}"
                      f"{r['worker_cores']:>6.2f}/{r['bench_cores']:.2f}")
-    lines.append("p50/p99: event -> outcome latency at half the measured throughput ('at tok/s'); cores w/b: "
+    lines.append("p50/p99: event -> outcome latency at half the measured throughput ('at tok/s'; 'behind': "
+                 "the worker did not keep up with that rate, so the latency is a backlog's); cores w/b: "
                  f"CPU cores (of {os.cpu_count()}) the worker / this process (producer + measuring consumer) "
                  "used in the throughput phase")
     lines.append("")

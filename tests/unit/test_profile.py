@@ -127,3 +127,18 @@ def test_cpu_seconds_reads_this_process_and_says_nan_for_a_gone_one():
     sum(i * i for i in range(300_000))  # burn a little CPU
     assert cpu_seconds([os.getpid()]) >= before > 0
     assert math.isnan(cpu_seconds([2 ** 22 + 12345]))
+
+
+def test_latency_phase_kept_up_only_when_outcomes_follow_the_send_rate():
+    from pipeline.bench.pipeline_bench import kept_up
+    from pipeline.bench.pipeline_report import render
+    sent = {("s", i): 1000.0 + i for i in range(2000)}  # 1,000 tokens/s for 2 s (ms timestamps)
+    on_time = [("s", i, 1, 1000.0 + i + 30) for i in range(2000)]  # 30 ms behind each send
+    late = [("s", i, 1, 1000.0 + 1.6 * i + 30) for i in range(2000)]  # routed at 625 tokens/s
+    assert kept_up(sent, on_time, 2000, 1000.0) and not kept_up(sent, late, 2000, 1000.0)
+    assert not kept_up(sent, [], 2000, 1000.0)
+    row = {"shape": "per-token", "size": "seed", "mode": "var", "tokens_per_s": 2000.0, "latency_rate": 1000.0,
+           "latency_p50_ms": 900.0, "latency_p99_ms": 1500.0, "redis_round_trips_per_batch": 2.0,
+           "learned_share": 0.1, "worker_cores": 1.0, "bench_cores": 0.2}
+    assert " behind" in render([{**row, "latency_kept_up": False}]).splitlines()[2]
+    assert " behind" not in render([{**row, "latency_kept_up": True}]).splitlines()[2]
