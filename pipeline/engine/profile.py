@@ -16,9 +16,9 @@ from typing import Callable
 # In the order a batch meets them. "store fetch"/"store write" are the routing store's two calls
 # per batch (Redis round trips in a worker, the in-memory twin in the profile bench); the last
 # three are a router worker's own: publishing outcomes until Kafka acknowledged them (a worker
-# writes the cache meanwhile, so its "store write" is part of "kafka send"), writing the windows
-# to their changelog (certificates meanwhile), and the time between batches (Faust receiving, or
-# no traffic).
+# writes the cache meanwhile, so its "store write" is part of "kafka send"; the certificates
+# follow), writing the windows to their changelog, and the time between batches (Faust
+# receiving, or no traffic).
 ENGINE_STAGES: tuple[str, ...] = ("parse", "contexts", "hashing", "cache lookup", "fast path", "governor", "router",
                                   "decision arrays", "cache write", "outcome encoding")
 STORE_STAGES: tuple[str, ...] = ("store fetch", "store write")

@@ -10,13 +10,13 @@ pipeline lossless:
 4. publish outcomes and dead letters and wait until the broker acknowledged all of them
    (a failed send is retried until it succeeds: nothing after this step runs before); the
    batch's decision-cache write to the routing store runs meanwhile (nothing waits on it but
-   the next batch);
-5. write each touched stream's window once, waiting for its changelog record's acknowledgement,
-   and, at the same time, publish the window certificates the batch completed
-   (:mod:`pipeline.stream.certify`; a batch whose outcomes were not acknowledged is recorded in
-   the certificate as void) -- both only need the outcomes acknowledged, so they share one
-   round trip;
-6. only then, both acknowledged, mark the batch's offsets finished -- the commit timer
+   the next batch); then the window certificates the batch completed
+   (:mod:`pipeline.stream.certify`) -- a batch whose outcomes were not acknowledged is recorded
+   in the certificate as void. They are acknowledged before the windows move, so a worker
+   killed at any moment leaves at most its open range unsealed: a batch whose windows were
+   written is always certified;
+5. write each touched stream's window once, waiting for its changelog record's acknowledgement;
+6. only then mark the batch's offsets finished -- the commit timer
    (:meth:`RouterAgent.commit`) commits that frontier after a producer flush.
 
 A message cut off at a gap or dropped as stale is never acknowledged, never committed: it
@@ -126,7 +126,7 @@ class RouterAgent:
                 else await self._route(admitted)
             await self._publish_certified(out)
             lap(self.profile, "kafka send")
-            await _all(self.publish_certificates(), self.windows.write(out.windows))
+            await self.windows.write(out.windows)
             lap(self.profile, "window writes")
         except BaseException as exc:
             seeks = self.continuity.rewind({m.partition for m in admitted})
@@ -156,8 +156,8 @@ class RouterAgent:
                                                        m.offset) for m in messages])
 
     async def _publish_certified(self, out: BatchOutput) -> None:
-        """Publish the batch (and run its cache write meanwhile), then seal the certificates it
-        completed -- void ones if it failed; :meth:`publish_certificates` sends them."""
+        """Publish the batch (and run its cache write meanwhile), then the certificates it
+        completed (void ones if it failed)."""
         try:
             await _all(self.publish(out), *([_cache_write(out.cache_write)] if out.cache_write is not None else []))
         except BaseException:
@@ -166,6 +166,7 @@ class RouterAgent:
             raise
         if self.certifier is not None and out.result is not None:
             self._unsent += self.certifier.certify(out.result)
+        await self.publish_certificates()
 
     async def publish_certificates(self, flush: bool = False) -> int:
         """Send the certificates sealed so far (``flush``: seal the open ranges first)."""
