@@ -197,7 +197,7 @@ class RouterProcessor:
             lap(profile, "store fetch")
             result = self.engine.complete(plan, cached)
             write = partial(self.store.write, result.cache_keys, result.cache_values,
-                            [len(r.cache_keys) for r in result.layers])
+                            [len(r.write_keys) for r in result.layers])
             if defer_write:
                 out.cache_write = write
             else:
