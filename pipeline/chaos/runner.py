@@ -147,7 +147,7 @@ async def _run_steps(steps: tuple[Step, ...], got: Collected, expected: int, fle
         if done.is_set():
             return
         await _act(step, fleet, services)
-        fleet.fired += 1
+        fleet.fired += not step.recovery
 
 
 DeadLetters = list[tuple["bytes | None", bytes, "dict[str, bytes]"]]
@@ -241,7 +241,8 @@ def run_scenario(scenario: Scenario, base: Settings, services: ChaosServices, co
         asyncio.run(_drive(scenario, run, services, fleet, interleave(good, poison, opts.seed), len(expected),
                            len(poison), opts, out))
         checks.unexpected_deaths = fleet.deaths() + fleet.stuck
-        checks.faults_planned, checks.faults_fired = len(scenario.steps), fleet.fired
+        checks.faults_planned = sum(not step.recovery for step in scenario.steps)
+        checks.faults_fired = fleet.fired
     finally:
         fleet.pool.stop_all()
     checks.ended_by_itself = out.complete

@@ -138,3 +138,38 @@ def test_window_writes_wait_for_every_changelog_acknowledgement():
     state = ContextWindowTable(Table(), 4, 60.0, changelog=changelog)
     asyncio.run(state.write({"a": ContextWindow((1, 2), 5, 9), "b": ContextWindow((3, 4), 6, 10)}))
     assert sorted(acked) == [b"a", b"b"] and local[b"a"] == [5, 9, 1, 2]
+
+
+def _fire_kill_steps(monkeypatch, stream_ends_after: int) -> tuple[list[str], int]:
+    """The kill scenario's steps with every step due at once; the stream ends (``done``) once
+    ``stream_ends_after`` steps acted. Returns (actions taken, faults counted as fired)."""
+    from types import SimpleNamespace
+
+    from pipeline.chaos import runner
+
+    acted: list[str] = []
+
+    async def scenario() -> int:
+        done = asyncio.Event()
+
+        async def act(step, fleet, services):
+            acted.append(step.action)
+            if len(acted) == stream_ends_after:
+                done.set()
+
+        monkeypatch.setattr(runner, "_act", act)
+        fleet = SimpleNamespace(fired=0)
+        await runner._run_steps(SCENARIOS["kill"].steps, SimpleNamespace(distinct=100), 100, fleet, None, done)
+        return fleet.fired
+
+    return acted, asyncio.run(scenario())
+
+
+def test_a_recovery_due_after_the_stream_ended_is_skipped_but_a_missed_fault_counts(monkeypatch):
+    """Faults must land mid-stream; a replacement due when the survivors have already finished
+    is not needed, so its absence does not fail the scenario -- a fault's does."""
+    planned = sum(not step.recovery for step in SCENARIOS["kill"].steps)
+    acted, fired = _fire_kill_steps(monkeypatch, stream_ends_after=3)  # ends during the second kill
+    assert acted == ["kill_router", "start_router", "kill_router"] and fired == planned == 2
+    acted, fired = _fire_kill_steps(monkeypatch, stream_ends_after=1)  # ends during the first kill
+    assert acted == ["kill_router"] and fired == 1 < planned
