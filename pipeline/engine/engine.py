@@ -36,10 +36,10 @@ from . import kernels
 from .array_cache import ArrayDecisionCache, CacheHits, columns_of, hits_of
 from .cache import CachePolicy, DecisionArrays, DecisionCache
 from .context import ContextResult, ContextWindow, build_contexts
-from .events import DecisionBatch, EventBatch, KeyKind, Tier
+from .events import DecisionBatch, EventBatch, Tier
 from .route_types import DecisionRows, EngineCounters
 from .route_types import RoutePlan as RoutePlan, RouteResult as RouteResult  # re-exported: the engine's API
-from .routers import Router, RouterOutput
+from .routers import Router
 from .pairs import previous_tokens
 from .profile import StageClock, lap
 from .table import Lookup, RoutingTable
@@ -84,6 +84,9 @@ class VAREngine:
         self.ledger = BudgetLedger(config.budget.window)
         self.counters = EngineCounters()
         self.profile: StageClock | None = None  # attach one to time the stages (see .profile)
+        self._salt = key_salt(config.layer)
+        self._audit = audit_threshold(config.audit_rate)
+        self._min_confidence = np.float32(config.cache.min_confidence)  # compared in float32, as numpy does
         self.set_table(table)
 
     @property
@@ -116,11 +119,13 @@ class VAREngine:
         (a multi-layer engine builds them once for its widest layer; see :mod:`.layered`)."""
         events = batch.select(ctx.accepted) if ctx.rejections else batch
         contexts = ctx.contexts[:, ctx.contexts.shape[1] - self.context_window:]
-        hashes, keys = kernels.context_keys(contexts, key_salt(self.config.layer))
-        lap(self.profile, "hashing")
-        looked = (np.ones(len(keys), bool) if self.config.cache_scope == "all"
-                  else ~self.resolve(contexts, events.tokens).eligible)
-        unique, inverse = kernels.first_occurrences(keys, looked)
+        if self.config.cache_scope == "all":
+            hashes, keys, unique, inverse = kernels.keyed(contexts, self._salt)
+            lap(self.profile, "hashing")
+        else:
+            hashes, keys = kernels.context_keys(contexts, self._salt)
+            lap(self.profile, "hashing")
+            unique, inverse = kernels.first_occurrences(keys, ~self.resolve(contexts, events.tokens).eligible)
         lap(self.profile, "cache lookup")
         return RoutePlan(events, ctx.accepted, contexts, hashes, keys, unique, inverse, ctx.windows, ctx.rejections)
 
@@ -134,26 +139,22 @@ class VAREngine:
     def finish(self, plan: RoutePlan, cache_hits: CacheHits) -> RouteResult:
         """:meth:`complete` given the lookups of ``plan.unique`` as columns.
 
-        Three compiled passes (:mod:`.kernels`) around the governor and ONE router call: hits
-        and fast-path rows first (listing the rows that ask the governor), then the denied
-        misses' fallbacks, then the router's rows."""
-        n, k = len(plan.events), self.router.spec.top_k
+        Compiled passes (:mod:`.kernels`) around the governor and ONE router call: entries,
+        hits and fast-path rows first (listing the rows that ask the governor), then the table's
+        routes (fast path, and the denied misses' fallbacks), then the router's rows."""
         position = self.counters.decisions
-        out = DecisionRows.allocate(n, k)
+        out = DecisionRows.allocate(len(plan.events), self.router.spec.top_k)
         hit_slot, hits = cache_hits
-        tokens = plan.events.tokens
-        lookup = self.resolve(plan.contexts, tokens)
-        columns = out.columns()
-        asked, is_audit, miss_first = kernels.assign(
-            plan.inverse, hit_slot, hits, (lookup.kind, lookup.eligible), plan.keys,
-            audit_threshold(self.config.audit_rate), position, columns)
+        tab, columns = self.table.kernel_arrays(), out.columns()
+        asked, is_audit, miss_first, kind, pair_row = kernels.assign(
+            plan.contexts, self.table.vocab_size, self.table.thresholds.static_below, tab, plan.inverse, hit_slot,
+            hits, plan.keys, self._audit, position, columns)
         lap(self.profile, "fast path")
         granted = self.governor.admit(position + asked)
         lap(self.profile, "governor")
-        served = kernels.deny(miss_first, granted, lookup.kind, out.tiers, out.keys)
-        kernels.entry_routes(served, served, tokens, lookup.pair_row, self.table.kernel_arrays(), *columns[:4])
+        routed = kernels.serve(asked, is_audit, granted, miss_first, kind, pair_row, plan.contexts, tab, columns)
         lap(self.profile, "fast path")
-        write_keys, writes = self._route_granted(plan, asked, is_audit, granted, miss_first, out)
+        write_keys, writes = self._route_granted(plan, routed, asked, is_audit, granted, miss_first, out)
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
                                   out.keys, out.audits)
@@ -192,45 +193,36 @@ class VAREngine:
         lap(self.profile, "cache write")
         return result
 
-    def _route_granted(self, plan: RoutePlan, asked: np.ndarray, is_audit: np.ndarray, granted: np.ndarray,
-                       miss_first: np.ndarray, out: DecisionRows) -> tuple[np.ndarray, DecisionArrays | None]:
-        """ONE router call for the granted missed keys (their first rows, in decision order) and
-        the granted audits; returns the cache writes of the learned decisions.
+    def _route_granted(self, plan: RoutePlan, rows: np.ndarray, asked: np.ndarray, is_audit: np.ndarray,
+                       granted: np.ndarray, miss_first: np.ndarray,
+                       out: DecisionRows) -> tuple[np.ndarray, DecisionArrays | None]:
+        """ONE router call for ``rows`` -- the granted missed keys' first rows, in decision order,
+        then the granted audits --; returns the cache writes: the confident learned decisions.
 
         Each distinct missed key is decided once, at its first row: its repeats in the batch
         reuse the router's result (tier cache). An audit keeps the fast path's route and
         records only whether the router agreed (``out.audits``).
         """
-        learned_rows, audit_rows = asked[granted & ~is_audit], asked[granted & is_audit]
-        if len(learned_rows) + len(audit_rows) == 0:
+        if len(rows) == 0:
             return _NO_KEYS, None
-        both = self.router.route(plan.contexts[np.concatenate((learned_rows, audit_rows))])
+        both = self.router.route(plan.contexts[rows])
         self.counters.router_calls += 1
         lap(self.profile, "router")
         routed = (np.ascontiguousarray(both.experts, np.int64), np.ascontiguousarray(both.weights, np.float32),
                   np.ascontiguousarray(both.confidence, np.float32), np.ascontiguousarray(both.entropy, np.float32))
-        kernels.fill_routed(asked, is_audit, granted, miss_first, routed, out.columns(), out.audits)
+        write_keys, *writes = kernels.fill_routed(asked, is_audit, granted, miss_first, routed, out.columns(),
+                                                  out.audits, plan.keys, self._min_confidence)
         lap(self.profile, "decision arrays")
-        m = len(learned_rows)
-        writes = self._cache_writes(plan.keys[learned_rows], RouterOutput(
-            both.experts[:m], both.weights[:m], both.confidence[:m], both.entropy[:m]))
-        lap(self.profile, "cache write")
-        return writes
-
-    def _cache_writes(self, keys: np.ndarray, res: RouterOutput) -> tuple[np.ndarray, DecisionArrays | None]:
-        keep = res.confidence >= self.config.cache.min_confidence
-        if not keep.any():
-            return _NO_KEYS, None
-        return keys[keep], DecisionArrays(res.experts[keep], res.weights[keep], res.confidence[keep], res.entropy[keep])
+        result = (write_keys, DecisionArrays(*writes)) if len(write_keys) else (_NO_KEYS, None)
+        lap(self.profile, "cache write")  # the writes were selected by fill_routed: this is packing them
+        return result
 
     def _count(self, decisions: DecisionBatch, rejected: int, lookups: int) -> None:
         c = self.counters
-        counts, audited, agreed, calls = kernels.tally(decisions.tiers, decisions.key_kinds(),
-                                                       decisions.audit_results(), len(Tier), len(KeyKind))
-        c.tiers += counts.sum(axis=1)
-        c.tier_keys += counts
+        hits, audited, agreed, calls = kernels.tally(decisions.tiers, decisions.key_kinds(),
+                                                     decisions.audit_results(), c.tiers, c.tier_keys)
         c.cache_lookups += lookups
-        c.cache_hits += int(counts[Tier.CACHE].sum())
+        c.cache_hits += int(hits)
         c.decisions += len(decisions.tiers)
         c.rejected += rejected
         c.audits += int(audited)

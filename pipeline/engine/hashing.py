@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import hash_kernels
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -16,9 +16,9 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 def mix64(values: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser applied element-wise; returns a new uint64 array (the compiled
-    :func:`~pipeline.engine.kernels.mix_all`, so the engine's fused kernels and this module hash
+    :func:`~pipeline.engine.hash_kernels.mix_all`, so the engine's fused kernels and this module hash
     with one definition)."""
-    mixed: np.ndarray = kernels.mix_all(np.ascontiguousarray(values, dtype=np.uint64).ravel())
+    mixed: np.ndarray = hash_kernels.mix_all(np.ascontiguousarray(values, dtype=np.uint64).ravel())
     return mixed.reshape(np.shape(values))
 
 

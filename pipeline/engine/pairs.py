@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import kernels
+from . import table_kernels
 
 STATS_PAIR_FACTOR = 2  # statistics keep this many times the table's pair cap (the table's candidates)
 _FLOAT = ("frequency", "routed", "entropy_sum", "confidence_sum")
@@ -258,10 +258,10 @@ class PairRoutes:
     _ARRAYS = ("keys", "eligible", "experts", "weights", "confidence", "entropy", "frequency")
 
     def index(self) -> np.ndarray:
-        """int64 [capacity, 2]: an open-addressing map pair id -> row (:func:`kernels.pair_index`),
+        """int64 [capacity, 2]: an open-addressing map pair id -> row (:func:`table_kernels.pair_index`),
         built on first use; the entries are immutable, so it never goes stale."""
         if self._index is None:
-            self._index = kernels.pair_index(np.ascontiguousarray(self.keys, np.int64))
+            self._index = table_kernels.pair_index(np.ascontiguousarray(self.keys, np.int64))
         return self._index
 
     def __len__(self) -> int:

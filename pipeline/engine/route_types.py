@@ -11,6 +11,8 @@ from .cache import DecisionArrays, encode_decisions
 from .context import Rejection, ContextWindow
 from .events import DecisionBatch, EventBatch, KeyKind, Tier
 
+_LEARNED = int(Tier.LEARNED)  # np.full with a plain int: an enum member costs a conversion per call
+
 
 @dataclass(slots=True)
 class RoutePlan:
@@ -87,7 +89,7 @@ class DecisionRows:
     @classmethod
     def allocate(cls, n: int, k: int) -> "DecisionRows":
         return cls(np.zeros((n, k), np.int64), np.zeros((n, k), np.float32), np.zeros(n, np.float32),
-                   np.zeros(n, np.float32), np.full(n, Tier.LEARNED, np.int8), np.zeros(n, np.int8),
+                   np.zeros(n, np.float32), np.full(n, _LEARNED, np.int8), np.zeros(n, np.int8),
                    np.full(n, NOT_AUDITED, np.int8))
 
     def columns(self) -> tuple[np.ndarray, ...]:

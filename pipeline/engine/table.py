@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from . import table_kernels
 from .pairs import PairRoutes, PairView
 from .stats import TokenStats
 
@@ -116,7 +116,7 @@ class RoutingTable:
             self.pairs = PairRoutes.empty(self.top_k)
 
     def kernel_arrays(self) -> tuple[Any, ...]:
-        """The table as the compiled kernels read it (:data:`~pipeline.engine.kernels.TABLE_FIELDS`:
+        """The table as the compiled kernels read it (:data:`~pipeline.engine.table_kernels.TABLE_FIELDS`:
         contiguous arrays of fixed dtypes -- the table's own arrays, not copies, when they already
         are --, with the prior's confidence and entropy as scalars). Built once per pair entries
         object: a table's arrays are not replaced once it routes."""
@@ -165,7 +165,7 @@ class RoutingTable:
         """The entry of each event (pair, else token, else prior) and whether it is eligible
         (``prev``: the token before each event, -1 for none). A token outside the vocabulary
         raises IndexError."""
-        kind, eligible, row = kernels.resolve(np.asarray(prev, np.int64), np.asarray(tokens, np.int64),
+        kind, eligible, row = table_kernels.resolve(np.asarray(prev, np.int64), np.asarray(tokens, np.int64),
                                               self.vocab_size, self.thresholds.static_below, self.kernel_arrays())
         return Lookup(kind, eligible, row)
 
@@ -176,7 +176,7 @@ class RoutingTable:
         n, k = len(rows), self.top_k
         experts, weights = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
         conf, ent = np.empty(n, np.float32), np.empty(n, np.float32)
-        kernels.entry_routes(np.asarray(rows, np.int64), np.arange(n), np.asarray(tokens, np.int64), lookup.pair_row,
+        table_kernels.entry_routes(np.asarray(rows, np.int64), np.arange(n), np.asarray(tokens, np.int64), lookup.pair_row,
                              self.kernel_arrays(), experts, weights, conf, ent)
         return experts, weights, conf, ent
 

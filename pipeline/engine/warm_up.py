@@ -29,27 +29,36 @@ def warm_up() -> None:
         return
     table = RoutingTable.empty(vocab_size=8, num_experts=4, top_k=2, router_id="warm-up")
     tab, wide = table.kernel_arrays(), np.zeros((2, 5), np.int64)
-    contexts = wide[:, 1:]  # a window's columns of wider contexts (the layered engine) ...
-    for ctx in (contexts, np.ascontiguousarray(contexts)):  # ... and whole rows
-        hashes, keys = kernels.context_keys(ctx, key_salt(0))
-    kernels.mix_all(keys)
-    unique, inverse = kernels.first_occurrences(keys, np.ones(2, bool))
+    contexts = wide[:, 1:]
     tokens = np.zeros(2, np.int64)
-    kind, eligible, pair_row = kernels.resolve(tokens - 1, tokens, 8, 0, tab)
-    _, hits = hits_of([], 2)
-    out = DecisionRows.allocate(2, 2)
-    columns = out.columns()
-    asked, is_audit, miss_first = kernels.assign(inverse, np.full(len(unique), -1, np.int64), hits, (kind, eligible),
-                                                 keys, audit_threshold(0.5), 0, columns)
-    granted = budget_kernels.admit(np.arange(len(asked), dtype=np.int64), np.zeros(1, np.int64), np.zeros(2, np.int64),
-                                   10, 1)
-    served = kernels.deny(miss_first, granted, kind, out.tiers, out.keys)
-    kernels.entry_routes(served, served, tokens, pair_row, tab, *columns[:4])
-    routed = (out.experts.copy(), out.weights.copy(), out.confidence.copy(), out.entropy.copy())
-    kernels.fill_routed(asked, is_audit, granted, miss_first, routed, columns, out.audits)
-    calls = kernels.tally(out.tiers, out.keys, out.audits, len(Tier), len(KeyKind))[3]
-    budget_kernels.record(calls, np.zeros(10, np.int8), np.zeros(3, np.int64), 10)
+    kernels.resolve(tokens - 1, tokens, 8, 0, tab)  # the table's own lookups (RoutingTable.resolve/routes)
+    kernels.entry_routes(tokens, tokens, tokens, tokens - 1, tab, *DecisionRows.allocate(2, 2).columns()[:4])
+    for ctx in (contexts, np.ascontiguousarray(contexts)):  # a window's columns of wider contexts (the
+        hashes, keys = kernels.context_keys(ctx, key_salt(0))  # layered engine) and whole rows
+        unique, inverse = kernels.first_occurrences(keys, np.ones(2, bool))
+        hashes, keys, unique, inverse = kernels.keyed(ctx, key_salt(0))
+        routed = _finish(ctx, tab, keys, unique, inverse)
+    kernels.mix_all(keys)
     cache = ArrayDecisionCache(CachePolicy(max_entries=1), 2, clock=lambda: 0.0)
     cache.store(keys, DecisionArrays(*routed))  # two keys: the pool grows (re-index), then one is evicted
     cache.lookup(keys)
     _warm = True
+
+
+def _finish(contexts: np.ndarray, tab: tuple[np.ndarray, ...], keys: np.ndarray, unique: np.ndarray,
+            inverse: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The passes of VAREngine.finish, with its argument types; returns the routed rows used."""
+    _, hits = hits_of([], 2)
+    out = DecisionRows.allocate(2, 2)
+    columns = out.columns()
+    asked, is_audit, miss_first, kind, pair_row = kernels.assign(
+        contexts, 8, 0, tab, inverse, np.full(len(unique), -1, np.int64), hits, keys, audit_threshold(0.5), 0, columns)
+    granted = budget_kernels.admit(np.arange(len(asked), dtype=np.int64), np.zeros(1, np.int64), np.zeros(2, np.int64),
+                                   10, 1)
+    kernels.serve(asked, is_audit, granted, miss_first, kind, pair_row, contexts, tab, columns)
+    routed = (out.experts.copy(), out.weights.copy(), out.confidence.copy(), out.entropy.copy())
+    kernels.fill_routed(asked, is_audit, granted, miss_first, routed, columns, out.audits, keys, np.float32(0.5))
+    calls = kernels.tally(out.tiers, out.keys, out.audits, np.zeros(len(Tier), np.int64),
+                          np.zeros((len(Tier), len(KeyKind)), np.int64))[3]
+    budget_kernels.record(calls, np.zeros(10, np.int8), np.zeros(3, np.int64), 10)
+    return routed

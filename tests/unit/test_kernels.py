@@ -6,7 +6,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pipeline.engine import kernels
+from pipeline.engine import kernels, table_kernels
 from pipeline.engine.audit import AGREED, DISAGREED, audit_selected
 from pipeline.engine.budget import BudgetGovernor, BudgetPolicy
 from pipeline.engine.engine import audit_threshold, key_salt
@@ -23,6 +23,7 @@ def test_constants_are_the_enums():
     assert (kernels.CACHE, kernels.FAST, kernels.LEARNED, kernels.BUDGET_FALLBACK, kernels.PRIOR) == tuple(Tier)
     assert (kernels.EXACT, kernels.PAIR, kernels.TOKEN, kernels.PRIOR_KEY) == tuple(KeyKind)
     assert (kernels.DISAGREED, kernels.AGREED) == (DISAGREED, AGREED)
+    assert (table_kernels.PAIR, table_kernels.TOKEN, table_kernels.PRIOR_KEY) == tuple(KeyKind)[1:]
 
 
 def _splitmix_finaliser(x: int) -> int:
@@ -173,10 +174,13 @@ def test_tally_counts_tiers_keys_and_router_calls():
     tiers = RNG.integers(0, len(Tier), 500).astype(np.int8)
     kinds = RNG.integers(0, len(KeyKind), 500).astype(np.int8)
     audits = RNG.integers(-1, 2, 500).astype(np.int8)
-    counts, audited, agreed, calls = kernels.tally(tiers, kinds, audits, len(Tier), len(KeyKind))
+    per_tier, counts = np.full(len(Tier), 3, np.int64), np.full((len(Tier), len(KeyKind)), 2, np.int64)
+    hits, audited, agreed, calls = kernels.tally(tiers, kinds, audits, per_tier, counts)  # added to the counts
     for t in range(len(Tier)):
+        assert per_tier[t] == 3 + (tiers == t).sum()
         for k in range(len(KeyKind)):
-            assert counts[t, k] == ((tiers == t) & (kinds == k)).sum()
+            assert counts[t, k] == 2 + ((tiers == t) & (kinds == k)).sum()
+    assert hits == (tiers == Tier.CACHE).sum()
     assert audited == (audits >= 0).sum() and agreed == (audits == AGREED).sum()
     np.testing.assert_array_equal(calls, (tiers == Tier.LEARNED) | (audits >= 0))
 
