@@ -94,9 +94,9 @@ class BudgetGovernor:
         if not self.policy.enabled or n == 0:
             self.admitted += n
             return np.ones(n, dtype=bool)
-        granted: np.ndarray = budget_kernels.admit(np.asarray(positions, np.int64), self._ring, self._state,
-                                            self.policy.window, self.policy.cap)
-        admitted = int(granted.sum())
+        granted: np.ndarray
+        granted, admitted = budget_kernels.admit(np.asarray(positions, np.int64), self._ring, self._state,
+                                                 self.policy.window, self.policy.cap)
         self.admitted += admitted
         self.denied += n - admitted
         return granted
@@ -122,8 +122,21 @@ class BudgetLedger:
 
     def record(self, learned: np.ndarray) -> None:
         """Append the learned-call flags (bool, decision order) of a batch."""
-        first = self.decisions // self.window
-        counts = budget_kernels.record(np.asarray(learned, np.bool_), self._ring, self._state, self.window)
+        first = self.first_block
+        self.add_blocks(first, budget_kernels.record(np.asarray(learned, np.bool_), *self.kernel_state()))
+
+    @property
+    def first_block(self) -> int:
+        """The block the next decision falls in."""
+        return self.decisions // self.window
+
+    def kernel_state(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(ring, state, window) as ``budget_kernels.record`` updates them -- for a compiled caller
+        (the engine's ``kernels.conclude``), which then hands the counts to :meth:`add_blocks`."""
+        return self._ring, self._state, self.window
+
+    def add_blocks(self, first: int, counts: np.ndarray) -> None:
+        """Add ``budget_kernels.record``'s router calls per block, from block ``first`` on."""
         for idx, count in enumerate(counts.tolist(), start=first):
             if idx < len(self.block_learned):
                 self.block_learned[idx] += count

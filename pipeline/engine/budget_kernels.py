@@ -12,10 +12,12 @@ from numba import njit
 def admit(positions, ring, state, window, cap):
     """BudgetGovernor.admit: greedy in order, a position is admitted while fewer than ``cap``
     positions were admitted in the ``window - 1`` before it. ``ring`` (length >= max(cap, 1))
-    and ``state`` ([head, count]) hold the admitted positions still in the window."""
+    and ``state`` ([head, count]) hold the admitted positions still in the window. Returns
+    (granted bool [n], how many were granted)."""
     n, size = len(positions), len(ring)
     granted = np.zeros(n, np.bool_)
     head, count = state[0], state[1]
+    admitted = 0
     for i in range(n):
         p = positions[i]
         while count > 0 and ring[head] <= p - window:
@@ -25,8 +27,9 @@ def admit(positions, ring, state, window, cap):
             ring[(head + count) % size] = p
             count += 1
             granted[i] = True
+            admitted += 1
     state[0], state[1] = head, count
-    return granted
+    return granted, admitted
 
 
 @njit(cache=True)

@@ -87,6 +87,9 @@ class VAREngine:
         self._salt = key_salt(config.layer)
         self._audit = audit_threshold(config.audit_rate)
         self._min_confidence = np.float32(config.cache.min_confidence)  # compared in float32, as numpy does
+        k = router.spec.top_k
+        self._no_routes = (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros(0, np.float32),
+                           np.zeros(0, np.float32))
         self.set_table(table)
 
     @property
@@ -152,14 +155,21 @@ class VAREngine:
         lap(self.profile, "fast path")
         granted = self.governor.admit(position + asked)
         lap(self.profile, "governor")
-        routed = kernels.serve(asked, is_audit, granted, miss_first, kind, pair_row, plan.contexts, tab, columns)
+        rows = kernels.serve(asked, is_audit, granted, miss_first, kind, pair_row, plan.contexts, tab, columns)
         lap(self.profile, "fast path")
-        write_keys, writes = self._route_granted(plan, routed, asked, is_audit, granted, miss_first, out)
+        first_block, c = self.ledger.first_block, self.counters
+        writes, (hits, audited, agreed), blocks = kernels.conclude(
+            asked, is_audit, granted, miss_first, self._route(plan.contexts, rows), columns, out.audits, plan.keys,
+            self._min_confidence, (c.tiers, c.tier_keys), self.ledger.kernel_state())
+        self.ledger.add_blocks(first_block, blocks)
+        lookups = len(plan.inverse) if self.config.cache_scope == "all" else int((plan.inverse >= 0).sum())
+        self._add_counts(len(plan.events), len(plan.rejections), lookups, hits, audited, agreed)
+        lap(self.profile, "decision arrays")
+        write_keys, writes = (writes[0], DecisionArrays(*writes[1:])) if len(writes[0]) else (_NO_KEYS, None)
+        lap(self.profile, "cache write")  # fill_routed selected the writes: this only packs them
         decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
                                   plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
                                   out.keys, out.audits)
-        self._count(decisions, len(plan.rejections), int((plan.inverse >= 0).sum()))
-        lap(self.profile, "decision arrays")
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
                            plan.rejections, write_keys, writes)
 
@@ -193,41 +203,39 @@ class VAREngine:
         lap(self.profile, "cache write")
         return result
 
-    def _route_granted(self, plan: RoutePlan, rows: np.ndarray, asked: np.ndarray, is_audit: np.ndarray,
-                       granted: np.ndarray, miss_first: np.ndarray,
-                       out: DecisionRows) -> tuple[np.ndarray, DecisionArrays | None]:
-        """ONE router call for ``rows`` -- the granted missed keys' first rows, in decision order,
-        then the granted audits --; returns the cache writes: the confident learned decisions.
+    def _route(self, contexts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """ONE router call for ``rows`` (:func:`~.kernels.serve`'s: the granted missed keys' first
+        rows, in decision order, then the granted audits): (experts, weights, confidence,
+        entropy) as the kernels take them; empty columns, and no call, when there are none.
 
         Each distinct missed key is decided once, at its first row: its repeats in the batch
         reuse the router's result (tier cache). An audit keeps the fast path's route and
-        records only whether the router agreed (``out.audits``).
+        records only whether the router agreed.
         """
         if len(rows) == 0:
-            return _NO_KEYS, None
-        both = self.router.route(plan.contexts[rows])
+            return self._no_routes
+        both = self.router.route(contexts[rows])
         self.counters.router_calls += 1
         lap(self.profile, "router")
-        routed = (np.ascontiguousarray(both.experts, np.int64), np.ascontiguousarray(both.weights, np.float32),
-                  np.ascontiguousarray(both.confidence, np.float32), np.ascontiguousarray(both.entropy, np.float32))
-        write_keys, *writes = kernels.fill_routed(asked, is_audit, granted, miss_first, routed, out.columns(),
-                                                  out.audits, plan.keys, self._min_confidence)
-        lap(self.profile, "decision arrays")
-        result = (write_keys, DecisionArrays(*writes)) if len(write_keys) else (_NO_KEYS, None)
-        lap(self.profile, "cache write")  # the writes were selected by fill_routed: this is packing them
-        return result
+        return (np.ascontiguousarray(both.experts, np.int64), np.ascontiguousarray(both.weights, np.float32),
+                np.ascontiguousarray(both.confidence, np.float32), np.ascontiguousarray(both.entropy, np.float32))
 
     def _count(self, decisions: DecisionBatch, rejected: int, lookups: int) -> None:
+        """The counters and the budget ledger for decisions made outside :meth:`finish`."""
         c = self.counters
         hits, audited, agreed, calls = kernels.tally(decisions.tiers, decisions.key_kinds(),
                                                      decisions.audit_results(), c.tiers, c.tier_keys)
+        self._add_counts(len(decisions.tiers), rejected, lookups, hits, audited, agreed)
+        self.ledger.record(calls)
+
+    def _add_counts(self, decided: int, rejected: int, lookups: int, hits: int, audited: int, agreed: int) -> None:
+        c = self.counters
+        c.decisions += decided
+        c.rejected += rejected
         c.cache_lookups += lookups
         c.cache_hits += int(hits)
-        c.decisions += len(decisions.tiers)
-        c.rejected += rejected
         c.audits += int(audited)
         c.audit_agreed += int(agreed)
-        self.ledger.record(calls)
 
 
 _NO_KEYS = np.zeros(0, np.uint64)

@@ -11,7 +11,8 @@ on disk (``cache=True``). Hashing lives in :mod:`.hash_kernels`, table lookups i
 A batch's passes: :func:`~.hash_kernels.keyed` (keys, dedupe), then after the cache lookup
 :func:`assign` (resolve each event's table entry, fill cache hits, list the learned-router
 requests), the governor, :func:`serve` (the table's routes, the rows for the router), the router,
-:func:`fill_routed` (its rows, and the cache writes), :func:`tally`.
+:func:`conclude` (:func:`fill_routed`: its rows and the cache writes; :func:`tally`; the
+budget ledger's record).
 
 Conventions: rows are events in arrival order; ``contexts`` [n, W] end with the event's token;
 ``tab`` is a table's arrays (:data:`TABLE_FIELDS`); output arrays ``out`` = (``experts`` [n, k]
@@ -24,11 +25,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .budget_kernels import record
 from .hash_kernels import context_keys, first_occurrences, find_or_add, keyed, mix, mix_all, slot_table
 from .table_kernels import TABLE_FIELDS, entry_routes, pair_index, resolve
 
-__all__ = ["TABLE_FIELDS", "assign", "context_keys", "entry_routes", "fill_routed", "first_occurrences", "keyed",
-           "mix_all", "pair_index", "resolve", "serve", "tally"]
+__all__ = ["TABLE_FIELDS", "assign", "conclude", "context_keys", "entry_routes", "fill_routed", "first_occurrences",
+           "keyed", "mix_all", "pair_index", "resolve", "serve", "tally"]
 
 # tiers (events.Tier), key kinds (events.KeyKind) and audit results (audit.*), as literals the
 # compiler folds; tests/unit/test_kernels.py checks they match the enums.
@@ -192,3 +194,14 @@ def tally(tiers, kinds, audits, tier_counts, tier_key_counts):
         agreed += audits[i] == AGREED
         calls[i] = tiers[i] == LEARNED or audits[i] >= 0
     return hits, audited, agreed, calls
+
+
+@njit(cache=True)
+def conclude(asked, is_audit, granted, miss_first, routed, out, audits, keys, min_conf, counts, ledger):
+    """After the router (``routed`` may be empty): :func:`fill_routed`, then :func:`tally` into
+    ``counts`` (per tier, per [tier, key kind]) and the budget ledger's record of the router
+    calls (``ledger``: its ring, state and window; budget_kernels.record). Returns (the cache
+    writes, (cache hits, audited, agreed), the ledger's router calls per block)."""
+    writes = fill_routed(asked, is_audit, granted, miss_first, routed, out, audits, keys, min_conf)
+    hits, audited, agreed, calls = tally(out[4], out[5], audits, counts[0], counts[1])
+    return writes, (hits, audited, agreed), record(calls, ledger[0], ledger[1], ledger[2])

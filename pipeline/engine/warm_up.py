@@ -13,6 +13,7 @@ import numpy as np
 
 from . import budget_kernels, kernels
 from .array_cache import ArrayDecisionCache, hits_of
+from .budget import BudgetLedger
 from .cache import CachePolicy, DecisionArrays
 from .engine import audit_threshold, key_salt
 from .events import KeyKind, Tier
@@ -54,11 +55,14 @@ def _finish(contexts: np.ndarray, tab: tuple[np.ndarray, ...], keys: np.ndarray,
     asked, is_audit, miss_first, kind, pair_row = kernels.assign(
         contexts, 8, 0, tab, inverse, np.full(len(unique), -1, np.int64), hits, keys, audit_threshold(0.5), 0, columns)
     granted = budget_kernels.admit(np.arange(len(asked), dtype=np.int64), np.zeros(1, np.int64), np.zeros(2, np.int64),
-                                   10, 1)
+                                   10, 1)[0]
     kernels.serve(asked, is_audit, granted, miss_first, kind, pair_row, contexts, tab, columns)
     routed = (out.experts.copy(), out.weights.copy(), out.confidence.copy(), out.entropy.copy())
-    kernels.fill_routed(asked, is_audit, granted, miss_first, routed, columns, out.audits, keys, np.float32(0.5))
-    calls = kernels.tally(out.tiers, out.keys, out.audits, np.zeros(len(Tier), np.int64),
-                          np.zeros((len(Tier), len(KeyKind)), np.int64))[3]
-    budget_kernels.record(calls, np.zeros(10, np.int8), np.zeros(3, np.int64), 10)
+    counts = (np.zeros(len(Tier), np.int64), np.zeros((len(Tier), len(KeyKind)), np.int64))
+    ledger = BudgetLedger(10).kernel_state()
+    for rows in (routed, tuple(a[:0] for a in routed)):  # a router call, and none
+        kernels.conclude(asked, is_audit, granted, miss_first, rows, columns, out.audits, keys, np.float32(0.5),
+                         counts, ledger)
+    calls = kernels.tally(out.tiers, out.keys, out.audits, *counts)[3]  # the always-learned path's count
+    budget_kernels.record(calls, *ledger)
     return routed
