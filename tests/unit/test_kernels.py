@@ -74,6 +74,16 @@ def test_first_occurrences_dedupes_in_arrival_order():
     np.testing.assert_array_equal(unique, keys[firsts])
 
 
+def test_keyed_is_keys_then_first_occurrences_of_every_row():
+    contexts = RNG.integers(-1, 3, (400, 4))  # at most 4 ** 4 distinct contexts: repeats
+    hashes, keys, unique, inverse = kernels.keyed(contexts, key_salt(2))
+    want_hashes, want_keys = kernels.context_keys(contexts, key_salt(2))
+    want_unique, want_inverse = kernels.first_occurrences(want_keys, np.ones(len(contexts), bool))
+    for got, want in ((hashes, want_hashes), (keys, want_keys), (unique, want_unique), (inverse, want_inverse)):
+        np.testing.assert_array_equal(got, want)
+    assert len(unique) < len(contexts)
+
+
 def test_first_occurrences_of_nothing():
     unique, inverse = kernels.first_occurrences(np.zeros(0, np.uint64), np.zeros(0, bool))
     assert unique.shape == inverse.shape == (0,)
