@@ -30,6 +30,13 @@ and "no pair") keep those whose predicted learned share is <= ``target`` and tak
 with the highest expected agreement (ties: fewer fast-path tokens). If none meets the target
 (e.g. early in a cold start, when most traffic comes from tokens without evidence) take the
 pair with the lowest predicted learned share (ties: higher agreement) and say it is infeasible.
+**Audit bans.** Tokens banned for their live audits (:func:`~.audit_evidence.ban_tokens`: no
+token entry, no pair entry) take no fast traffic whatever the thresholds: ``banned`` zeroes
+their entries' shares and losses before the choice, so the thresholds are chosen for, and the
+prediction describes, the table that is published (a prediction made before the ban
+overstated the fast share by the banned tokens' traffic, for one version: the next one no longer
+bans them, their evidence having been reset).
+
 The choice is made afresh at every refresh. Keeping the current pair while it stays nearly as
 good (hysteresis) was tried and dropped: on the synthetic corpus it did not reduce the number of
 tokens entering/leaving the fast path, and because absolute frequencies grow, a kept ``F`` lets
@@ -100,7 +107,8 @@ class _Traffic:
     pair_static: np.ndarray  # bool [P], the pair's token is static (always eligible)
 
 
-def _traffic(stats: TokenStats, base: Thresholds) -> _Traffic:
+def _traffic(stats: TokenStats, base: Thresholds, banned: np.ndarray | None = None) -> _Traffic:
+    """Every entry's traffic share and loss; the entries of ``banned`` tokens take none."""
     total = stats.total_frequency
     view: PairView = stats.pairs.view()
     rows = view.candidates(base.pair_min_count, base.pair_cap)
@@ -109,14 +117,19 @@ def _traffic(stats: TokenStats, base: Thresholds) -> _Traffic:
     pair_token = view.keys[rows] % stats.vocab_size
     backoff = np.maximum(stats.frequency - np.bincount(pair_token, weights=pair_freq, minlength=stats.vocab_size), 0)
     token_share, pair_share = backoff * scale, pair_freq * scale
+    if banned is not None:
+        token_share, pair_share = np.where(banned, 0.0, token_share), np.where(banned[pair_token], 0.0, pair_share)
     return _Traffic(token_share, token_share * (1.0 - token_agreement(stats)), pair_share,
                     pair_share * (1.0 - view.agreement(rows, stats.num_experts)), view.mean_entropy(rows),
                     base.static(stats.vocab_size)[pair_token])
 
 
-def predict(stats: TokenStats, thresholds: Thresholds) -> Prediction:
-    """Predicted learned share and expected agreement of ``thresholds`` on ``stats``."""
-    t, eligible = _traffic(stats, thresholds), thresholds.eligible(stats)
+def predict(stats: TokenStats, thresholds: Thresholds, banned: np.ndarray | None = None) -> Prediction:
+    """Predicted learned share and expected agreement of ``thresholds`` on ``stats``, for a table
+    without the entries of the tokens ``banned`` (bool [V]; module docstring)."""
+    t, eligible = _traffic(stats, thresholds, banned), thresholds.eligible(stats)
+    if banned is not None:
+        eligible = eligible & ~banned
     pairs = t.pair_static | (t.pair_entropy < thresholds.pair_max_entropy)
     fast = float(t.token_share[eligible].sum() + t.pair_share[pairs].sum())
     loss = float(t.token_loss[eligible].sum() + t.pair_loss[pairs].sum())
@@ -168,8 +181,9 @@ def _pair_candidates(t: _Traffic, grid: int) -> np.ndarray:
 
 
 def choose_thresholds(stats: TokenStats, target: float, base: Thresholds | None = None,
-                      grid: int = DEFAULT_GRID) -> AdaptiveChoice:
-    """Thresholds that meet ``target`` with the highest expected agreement (module docstring).
+                      grid: int = DEFAULT_GRID, banned: np.ndarray | None = None) -> AdaptiveChoice:
+    """Thresholds that meet ``target`` with the highest expected agreement (module docstring),
+    for a table without the entries of the tokens ``banned``.
 
     ``base`` supplies what is configured, not chosen: ``static_below`` (those tokens are
     eligible regardless), ``pair_min_count`` and ``pair_cap``. Without any routing evidence
@@ -178,11 +192,11 @@ def choose_thresholds(stats: TokenStats, target: float, base: Thresholds | None 
     if not 0.0 <= target <= 1.0:
         raise ValueError("adaptive target must be within [0, 1]")
     base = base or Thresholds(static_below=0)
-    t, known = _traffic(stats, base), stats.routed > 0
+    t, known = _traffic(stats, base, banned), stats.routed > 0
     static = known & base.static(stats.vocab_size)
     tokens, pairs = _token_candidates(stats, t, known & ~static, grid), _pair_candidates(t, grid)
     if len(tokens) == 0:
-        return AdaptiveChoice(base, predict(stats, base), target, False, 0)
+        return AdaptiveChoice(base, predict(stats, base, banned), target, False, 0)
     fixed_share = t.token_share[static].sum() + t.pair_share[t.pair_static].sum()
     fixed_loss = t.token_loss[static].sum() + t.pair_loss[t.pair_static].sum()
     best: tuple[float, int, int] | None = None  # (agreement, pair row, token row)
@@ -201,7 +215,7 @@ def choose_thresholds(stats: TokenStats, target: float, base: Thresholds | None 
     _, j, i = best
     chosen = Thresholds(float(tokens[i, 0]), float(tokens[i, 1]), base.static_below, base.pair_min_count,
                         float(pairs[j, 0]), base.pair_cap)
-    return AdaptiveChoice(chosen, predict(stats, chosen), target, feasible, len(tokens) * len(pairs))
+    return AdaptiveChoice(chosen, predict(stats, chosen, banned), target, feasible, len(tokens) * len(pairs))
 
 
 def fast_path_error(stats: TokenStats, base: Thresholds) -> float:

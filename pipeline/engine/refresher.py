@@ -94,17 +94,21 @@ class Refresh:
 
 
 def refresh_table(stats: TokenStats, policy: RefreshPolicy, top_k: int, router_id: str, version: int,
-                  meta: dict[str, Any] | None = None) -> Refresh:
+                  meta: dict[str, Any] | None = None, banned: np.ndarray | None = None) -> Refresh:
     """Choose the thresholds (fixed or adaptive) and build the table -- the offline ``var stats
-    build`` and the online refresher share this function."""
+    build`` and the online refresher share this function. ``banned`` (bool [V]): tokens dropped
+    for their live audits (:func:`~.audit_evidence.ban_tokens`); the thresholds are chosen and
+    the prediction made for the table without them."""
+    banned = banned if banned is not None and banned.any() else None
     fixed = policy.thresholds
     choice = None
     if policy.adaptive_target is not None:
-        choice = choose_thresholds(stats, policy.adaptive_target, fixed)
+        choice = choose_thresholds(stats, policy.adaptive_target, fixed, banned=banned)
     thresholds = choice.thresholds if choice else fixed
-    prediction = choice.prediction if choice else predict(stats, thresholds)
+    prediction = choice.prediction if choice else predict(stats, thresholds, banned)
     info = dict(meta or {}, **prediction.to_meta(), **(choice.to_meta() if choice else {}))
-    return Refresh(build_table(stats, thresholds, top_k, router_id, version, info), prediction, choice)
+    table = build_table(stats, thresholds, top_k, router_id, version, info)
+    return Refresh(table if banned is None else ban_tokens(table, banned), prediction, choice, banned)
 
 
 @dataclass(slots=True)
@@ -208,12 +212,9 @@ class StatsRefresher:
     def build(self) -> Refresh:
         """The next table from the current statistics (pure; nothing changes until published)."""
         c = self.counters
-        refresh = refresh_table(self.stats, self.policy, self.top_k, self.router_id, c.last_version + 1,
-                                {"source": "stats refresher", "outcomes": c.outcomes, "learned_outcomes": c.learned})
-        banned = self.audits.banned(self.policy.audit_min_agreement)
-        if banned.any():
-            refresh.table, refresh.banned = ban_tokens(refresh.table, banned), banned
-        return refresh
+        return refresh_table(self.stats, self.policy, self.top_k, self.router_id, c.last_version + 1,
+                             {"source": "stats refresher", "outcomes": c.outcomes, "learned_outcomes": c.learned},
+                             self.audits.banned(self.policy.audit_min_agreement))
 
     def published(self, refresh: Refresh, version: int) -> None:
         """The table went out as ``version``: remember the prediction, clear the evidence of the tokens

@@ -185,16 +185,16 @@ def test_cold_start_learned_share_falls_under_the_budget(loop, tmp_path, capsys)
     assert loop.pool.workers[0].alive() and loop.pool.workers[0].process.pid == router_pid, "router never restarted"
     assert overlap >= 0.75 and traffic_overlap >= 0.90, figures
     assert snap["counters"]["outcomes"] == loop.tokens, "every outcome counted exactly once"
-    # The tables' predictions hold on the traffic they route: over the last five versions, the
-    # learned share observed under them is the one they predicted (within 0.05 of it). Pooled
-    # (weighted by outcomes), not per version: a single version spanning ~2,000 outcomes reads
-    # ~0.3 in about a third of runs, before this check was pooled (2026-12-04) as after, at a
-    # point of the run that moves from run to run -- a transient the next version no longer
-    # shows; its cause is not known yet. A systematic miss of 0.05 still fails.
+    # The tables' predictions hold on the traffic they route: under each of the last five versions
+    # the learned share observed is the one it predicted (within 0.05). Until 2026-12-05 about a
+    # third of runs had one version reading ~0.3 against ~0.1 predicted, at a point that moved from
+    # run to run: the version that dropped tokens for their live audits, whose prediction was made
+    # before the ban (pipeline/engine/adaptive.py, "Audit bans"). Such a version now predicts ~0.2
+    # and observes it.
     recent = late[-5:]
-    observed = sum(r["observed_learned_share"] * r["outcomes"] for r in recent) / sum(r["outcomes"] for r in recent)
-    predicted = sum(r["predicted_learned_share"] * r["outcomes"] for r in recent) / sum(r["outcomes"] for r in recent)
-    assert len(recent) == 5 and abs(observed - predicted) < 0.05, (observed, predicted, figures)
+    assert len(recent) == 5, figures
+    for r in recent:
+        assert abs(r["observed_learned_share"] - r["predicted_learned_share"]) < 0.05, (r, figures)
     show_reports_the_loop(loop, capsys)
 
 

@@ -102,3 +102,21 @@ def test_agreement_estimate_shrinks_little_evidence_towards_chance():
 def test_target_outside_unit_interval_is_rejected(stats):
     with pytest.raises(ValueError):
         choose_thresholds(stats, 1.5)
+
+
+def test_banned_tokens_take_no_fast_traffic_and_the_choice_still_meets_the_target(stats):
+    """Tokens banned for their audits have no entry in the published table: the prediction counts
+    their whole traffic as learned, and the adaptive choice is made for the table without them."""
+    thresholds = Thresholds(0.0, 10.0, 0)  # every token with evidence eligible
+    banned = np.zeros(stats.vocab_size, bool)
+    banned[[0, 2]] = True  # the two most frequent tokens of the three heaviest
+    plain, without = predict(stats, thresholds), predict(stats, thresholds, banned)
+    share = stats.frequency / stats.frequency.sum()
+    assert without.learned_share == pytest.approx(plain.learned_share + share[banned].sum())
+    assert without.fast_tokens == plain.fast_tokens - 2
+    for target in (0.4, 0.6):
+        choice = choose_thresholds(stats, target, banned=banned)
+        assert choice.prediction == predict(stats, choice.thresholds, banned)
+        assert not choice.feasible or choice.prediction.learned_share <= target + 1e-12
+        blind = choose_thresholds(stats, target)  # chosen as if nothing were banned
+        assert choice.prediction.learned_share <= predict(stats, blind.thresholds, banned).learned_share + 1e-12

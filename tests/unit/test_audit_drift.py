@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.engine.adaptive import predict
 from pipeline.engine.audit import AuditLedger
 from pipeline.engine.audit_evidence import MIN_AUDITS
 from pipeline.engine.budget import BudgetPolicy
@@ -61,6 +62,13 @@ def test_refresher_drops_a_token_whose_audits_disagree_with_its_pair_entries():
     assert 7 * V + 3 not in table.pair_entries.keys.tolist() and len(table.pair_entries) == len(before.pair_entries) - 1
     assert table.meta["audit_banned"] == 1 and refresh.banned.tolist() == [t == 3 for t in range(V)]
     assert table.known[3]  # its route stays, for the budget fallback
+    # The prediction is the published table's: token 3's traffic (its pair's too) is no longer fast.
+    blind = predict(r.stats, table.thresholds)
+    share = r.stats.frequency[3] / r.stats.total_frequency
+    assert refresh.prediction.learned_share == pytest.approx(blind.learned_share + share)
+    assert table.meta["predicted_learned_share"] == refresh.prediction.learned_share
+    r.published(refresh, 2)
+    assert r.predicted[2] == refresh.prediction.learned_share
 
 
 def test_a_dropped_token_comes_back_from_fresh_learned_evidence_only():
