@@ -194,6 +194,10 @@ class Settings:
     outcome_records: str = _setting("stream", "VAR_OUTCOME_RECORDS", "router: one outcome record per stream "
                                     "and batch (stream; fewest sends) or one per token message (message)",
                                     choices=("stream", "message"), groups="router_worker")
+    intake: str = _setting("batched", "VAR_INTAKE", "router: how messages reach the agent -- batched (one "
+                           "flow wait per fetched batch, micro-batches from the channel queue) or faust "
+                           "(Faust's wait per message and Stream.take_events; slower, for comparison)",
+                           choices=("batched", "faust"), groups="router_worker")
     app_id: str = _setting("var-router", "VAR_APP_ID", "Faust app id = consumer group of the router workers",
                            groups="router_worker")
     take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch",

@@ -8,6 +8,9 @@ Redis namespace) and one worker process:
 * ``var``         -- the router worker with VAR (cache -> fast path -> learned, governor);
 * ``var-misses``  -- the same with ``cache_scope=misses`` (fast-path tokens skip the Redis lookup);
 
+and, for per-token messages, the passthrough and VAR again with Faust's own intake
+(``VAR_INTAKE=faust``: its wait per message and ``Stream.take_events``) for comparison,
+
 for per-token and chunked messages, and for the large router with chunked messages. Each case
 has two phases: a *throughput* phase (send the events as fast as possible; tokens/s between the
 first and the last outcome) and a *latency* phase at half the load just measured (capped at
@@ -56,16 +59,18 @@ class Case:
     shape: str  # "per-token" | "chunked"
     size: str  # "seed" | "large"
     mode: str  # "passthrough" | "learned" | "var"
+    intake: str = "batched"  # VAR_INTAKE: "batched" | "faust" (Faust's own per-message intake)
 
 
 CASES = [Case("per-token", "seed", mode) for mode in ("passthrough", "learned", "var")]
+CASES += [Case("per-token", "seed", mode, "faust") for mode in ("passthrough", "var")]
 CASES += [Case("chunked", "seed", mode) for mode in ("passthrough", "learned", "var", "var-misses")]
 CASES += [Case("chunked", "large", mode) for mode in ("learned", "var", "var-misses")]
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    per_token_tokens: int = 20_000
+    per_token_tokens: int = 100_000
     chunked_tokens: int = 300_000
     chunk_size: int = 64
     latency_s: float = 2.0
@@ -208,7 +213,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     port = free_port()
     mode, scope = ("var", "misses") if case.mode == "var-misses" else (case.mode, "all")
     run = scoped_settings(base.with_(hidden=preset["hidden"], experts=preset["num_experts"], router_mode=mode,
-                                     cache_scope=scope, metrics_port=port), uuid.uuid4().hex[:8],
+                                     cache_scope=scope, metrics_port=port, intake=case.intake), uuid.uuid4().hex[:8],
                           base.vocab_size or 1000)
     asyncio.run(ensure_topics(KafkaAccess.from_settings(run), pipeline_topics(run), run.replication_factor))
     if mode == "var":
@@ -240,7 +245,8 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     result["redis_round_trips_per_batch"] = metrics.get("var_redis_round_trips_total", 0.0) / batches if batches else 0.0
     result["learned_share"] = metrics.get("var_learned_share", float("nan"))
     result["stage_us_per_token"] = stage_costs(phase)  # the throughput phase only
-    return {"shape": case.shape, "size": case.size, "mode": case.mode, "message_tokens": size, **result}
+    return {"shape": case.shape, "size": case.size, "mode": case.mode, "intake": case.intake, "message_tokens": size,
+            **result}
 
 
 def build_tables(base: Settings, train: list[EventChunk]) -> dict:

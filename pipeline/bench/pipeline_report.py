@@ -47,10 +47,16 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    rate = {(r["shape"], r["size"], r["mode"]): float(r["tokens_per_s"]) for r in results}
+    """Ratios of the cases' throughputs in this run (only those whose cases ran)."""
+    rate = {(r["shape"], r["size"], r["mode"]): float(r["tokens_per_s"]) for r in results
+            if r.get("intake", "batched") == "batched"}
+    faust = {r["mode"]: float(r["tokens_per_s"]) for r in results
+             if r.get("intake") == "faust" and r["shape"] == "per-token"}
     out = {}
     if ("per-token", "seed", "passthrough") in rate:
         out["per_token_var_vs_passthrough"] = rate[("per-token", "seed", "var")] / rate[("per-token", "seed", "passthrough")]
+    for mode, tokens_per_s in faust.items():
+        out[f"per_token_{mode}_batched_vs_faust_intake"] = rate[("per-token", "seed", mode)] / tokens_per_s
     if ("chunked", "large", "learned") in rate:
         out["chunked_large_var_vs_learned"] = rate[("chunked", "large", "var")] / rate[("chunked", "large", "learned")]
     for mode in ("var", "var-misses"):
@@ -60,12 +66,12 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def render(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'messages':<10}{'router':<7}{'worker':<12}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
-             f"{'':<7}{'redis/batch':>12}{'learned':>9}{'cores w/b':>11}", "-" * 105]
+    lines = [f"{'messages':<10}{'router':<7}{'worker':<20}{'tokens/s':>11}{'at tok/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+             f"{'':<7}{'redis/batch':>12}{'learned':>9}{'cores w/b':>11}", "-" * 113]
     for r in results:
         learned = r["learned_share"]
         share = "" if learned is None or learned != learned else f"{100 * learned:.1f}%"
-        lines.append(f"{r['shape']:<10}{r['size']:<7}{r['mode']:<12}{r['tokens_per_s']:>11,.0f}"
+        lines.append(f"{r['shape']:<10}{r['size']:<7}{_worker(r):<20}{r['tokens_per_s']:>11,.0f}"
                      f"{r['latency_rate']:>10,.0f}{r['latency_p50_ms']:>8.1f}{r['latency_p99_ms']:>8.1f}"
                      f"{'' if r.get('latency_kept_up', True) else ' behind':<7}"
                      f"{r['redis_round_trips_per_batch']:>12.2f}{share:>9}"
@@ -73,10 +79,15 @@ def render(results: list[dict[str, Any]]) -> str:
     lines.append("p50/p99: event -> outcome latency at half the measured throughput ('at tok/s'; 'behind': "
                  "the worker did not keep up with that rate, so the latency is a backlog's); cores w/b: "
                  f"CPU cores (of {os.cpu_count()}) the worker / this process (producer + measuring consumer) "
-                 "used in the throughput phase")
+                 "used in the throughput phase; (faust): Faust's own wait per message and "
+                 "Stream.take_events (VAR_INTAKE=faust)")
     lines.append("")
     lines += [f"{k}: {v:,.2f}" for k, v in ratios(results).items()]
     return "\n".join(lines + ["", render_stages(results)])
+
+
+def _worker(result: dict[str, Any]) -> str:
+    return result["mode"] + (" (faust)" if result.get("intake") == "faust" else "")
 
 
 def render_stages(results: list[dict[str, Any]]) -> str:
@@ -84,7 +95,8 @@ def render_stages(results: list[dict[str, Any]]) -> str:
     routed = [r for r in results if r.get("stage_us_per_token")]
     if not routed:
         return ""
-    names = [f"{r['shape'][:5]}/{r['size']}/{r['mode']}" for r in routed]
+    names = [f"{r['shape'][:5]}/{r['size']}/{r['mode']}" + ("/faust" if r.get("intake") == "faust" else "")
+             for r in routed]
     width = max(12, *(len(n) + 1 for n in names))
     lines = ["worker time per stage, µs/token (throughput phase; 'between batches' is time in Faust "
              "receiving, or waiting)", f"{'stage':<18}" + "".join(f"{n:>{width}}" for n in names)]

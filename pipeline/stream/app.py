@@ -10,7 +10,8 @@
   The table uses the key partitioner (``use_partitioner=True``) with raw keys: a window lives on
   the same partition number as its stream's token messages.
 
-The agent consumes micro-batches (``take_events``) and hands each to
+The agent takes micro-batches from its channel queue (:mod:`pipeline.stream.channel_batches`;
+the consumer delivers fetched batches, :mod:`pipeline.stream.faust_transport`) and hands each to
 :class:`~pipeline.stream.agent.RouterAgent`, which routes it, waits until its outcomes and dead
 letters are acknowledged by the broker, then writes each touched stream's window once (waiting
 for the changelog records too), and only then lets the batch's offsets be committed -- by the
@@ -47,6 +48,8 @@ from .kafka_access import KafkaAccess
 from .processor import InMessage, RouterProcessor
 from .context_windows import ContextWindowTable
 from .faust_config import faust_settings, worker_name
+from .faust_transport import VarFaustApp
+from .channel_batches import channel_batches
 from .worker_pool import WorkerFailed
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,8 @@ def create_app(settings: Settings) -> RouterApp:
     name = worker_name(settings)
     processor, store = build_processor(settings, name)
     processor.engine.attach_profile(StageClock())  # a few clock reads per batch: always on
-    app = faust.App(settings.app_id, **faust_settings(settings))
+    app_type = VarFaustApp if settings.intake == "batched" else faust.App
+    app = app_type(settings.app_id, **faust_settings(settings))
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
     # offsets it did not deliver; the agent commits what it routed (see consumer_control).
@@ -182,8 +186,10 @@ def _add_route(app: faust.App, tokens: Any, settings: Settings, agent: RouterAge
     @app.agent(tokens, name="router")
     async def route(stream: faust.StreamT) -> None:
         # ignore: StreamT lacks take_events; the agent is handed a faust.Stream, which has it
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-                settings.take_max, within=settings.take_within_s):
+        batches = channel_batches(stream.channel, settings.take_max, settings.take_within_s) \
+            if settings.intake == "batched" else stream.take_events(  # type: ignore[attr-defined]
+                settings.take_max, within=settings.take_within_s)
+        async for events in batches:
             started = time.perf_counter()
             out = await agent.handle(current_messages(events, app.consumer_generation_id))
             if out is None or agent.processor is None:

@@ -1,0 +1,185 @@
+"""Faust's Kafka consumer, delivering each fetched batch under one flow-suspension wait.
+
+faust-streaming's ``Consumer._drain_messages`` hands every fetched message to the conductor as
+``await self.wait_first(callback(message), self.suspend_flow.wait())``: per message it wraps the
+callback in a task, starts three more waiters (suspension, stopped, crashed), runs an
+``asyncio.wait`` and cancels the losers -- so that a rebalance (``stop_flow`` sets
+``suspend_flow``) can interrupt a callback blocked on a full stream buffer. Those four tasks are
+most of Faust's per-message cost: a bare agent with ``take(1000)`` reads ~15k per-token messages/s
+on the 2-vCPU machine, and ~25k with the waits taken per batch (upstream: faust-streaming/faust#229,
+the same ``wait_first`` per message; robinhood/faust#563, "Message consumption is slow").
+
+:class:`BatchDrainConsumer` keeps the loop's contract and takes the wait once per fetched batch:
+the whole batch is delivered, in the fetched order, by one coroutine raced against the
+suspension, and the tests Faust's lazy ``getmany`` makes per record (flow still active, same
+consumer generation, partition not paused for a seek) are made as each record is handed over
+(:func:`deliver_batch`). What a suspension does is unchanged: the callback in progress is
+cancelled and the batch's remaining messages are not delivered -- Faust's own loop drops them
+too (their waits are won by the already-set event). Faust seeks to the committed offsets when the flow resumes after a
+rebalance, and the router agent admits only contiguous offsets and seeks at gaps
+(:mod:`pipeline.stream.continuity`), so an undelivered message comes again. The one difference:
+the read offsets of undelivered messages are not advanced (Faust advances them), so a message
+fetched again is never taken for a repeat.
+
+Two waits of Faust's fetch loop are shortened as well. When stream buffers are full, Faust
+leaves their partitions out of the fetch (back-pressure, faust-streaming/faust#53) and the
+fetch of the remaining ones waits its whole second for records -- so a buffer that drains in
+0.1 s stays unfed for the rest of it; with every partition out, Faust sleeps that second.
+Measured in a per-token router worker: a second-long fetch after every ~8,000 messages, the
+agent idle ~0.9 s of it. Here a fetch waits at most :data:`BUFFERED_FETCH_TIMEOUT_S` while
+some partition is out, and with every partition out the next fetch starts when a buffer drains.
+
+:class:`VarFaustApp` is a ``faust.App`` whose consumer transport uses it; the producer transport
+is Faust's own.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, MutableMapping, Sequence, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+from faust.types.transports import TransportT
+from mode import Service
+
+YIELD_EVERY = 100  # messages delivered between two yields to the event loop (Faust's own figure)
+FETCH_TIMEOUT_S = 1.0  # a fetch waits this long for records (Faust's own figure)
+BUFFERED_FETCH_TIMEOUT_S = 0.02  # ... while some partitions are paused for a full stream buffer
+
+
+class BatchDrainConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with one ``wait_first`` per fetched batch (see module docstring)."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # the Fetcher service that runs it
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                # While a stream buffer is full its partitions are left out of the fetch, and
+                # a fetch of the others waits up to its timeout for records: keep it short then,
+                # so a partition whose buffer drained is fetched again soon (Faust waits 1 s).
+                timeout = BUFFERED_FETCH_TIMEOUT_S if self._buffered_partitions else FETCH_TIMEOUT_S
+                fetched = self.getmany(timeout=timeout)
+                await self.sleep(0)  # as Faust: getmany can return at once, round after round
+                if not self.should_stop:
+                    batch = [item async for item in fetched]
+                    if batch:
+                        await self.wait_first(self._deliver(batch), self.suspend_flow.wait())
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        """A stream buffer drained below its low mark: fetch for ``tp`` again, at once."""
+        super().on_buffer_drop(tp)
+        self._buffer_drained().set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        """Faust's, except when every partition is paused for full stream buffers: Faust then
+        sleeps a whole second before it looks again (so an agent that drains its buffer in 0.1 s
+        idles for 0.9), where this waits until a buffer drains (``on_buffer_drop``), at most
+        ``timeout``, then lets Faust look."""
+        drained = self._buffer_drained()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (self.flow_active and not self.app.client_only and self._buffered_partitions
+               and not self._get_active_partitions()):
+            drained.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await self.wait_first(drained.wait(), timeout=left)
+        return await super()._wait_next_records(timeout)
+
+    def _buffer_drained(self) -> asyncio.Event:
+        event = self.__dict__.get("_var_buffer_drained")
+        if event is None:
+            event = self.__dict__["_var_buffer_drained"] = asyncio.Event()
+        return event
+
+    async def _deliver(self, batch: Sequence[tuple[TP, Message]]) -> None:
+        """Faust's per-message steps for a batch (see :func:`deliver_batch`)."""
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        generation = self.app.consumer_generation_id
+
+        async def on_gap(tp: TP, start: int, end: int, topic: str) -> None:
+            if acks_enabled_for(topic):
+                await self._add_gap(tp, start, end)
+
+        def fetching(tp: TP) -> bool:  # getmany's own test, made when a record is handed over
+            return tp in self._get_active_partitions() or tp in self._buffered_partitions
+
+        def current() -> bool:
+            return self.flow_active and self.app.consumer_generation_id == generation
+
+        await deliver_batch(batch, Delivery(self.callback, self._read_offset, on_gap, self._maybe_commit,
+                                            fetching, current))
+
+    async def _maybe_commit(self) -> None:
+        """Faust's ``broker_commit_every``: commit after that many acknowledged messages."""
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where :func:`deliver_batch` hands messages and what it asks before each one."""
+
+    callback: Callable[[Message], Awaitable[Any]]  # the conductor's on_message
+    read_offsets: MutableMapping[TP, int | None]
+    on_gap: Callable[[TP, int, int, str], Awaitable[None]]  # (tp, first missing, offset, topic)
+    before_each: Callable[[], Awaitable[None]]
+    fetching: Callable[[TP], bool]  # False: the partition was paused (a seek); skip its records
+    current: Callable[[], bool]  # False: the flow stopped or the generation moved; stop
+
+
+async def deliver_batch(batch: Sequence[tuple[TP, Message]], to: Delivery) -> None:
+    """Deliver ``batch`` in order, as Faust's ``getmany`` and drain loop do record by record:
+    stop once the flow stops or the consumer generation moves; skip the records of a partition
+    paused meanwhile, and those below their partition's read offset (repeats); report a jump
+    past ``read offset + 1`` to ``on_gap``; run ``before_each``, the callback, then move the read
+    offset. Yields to the loop every :data:`YIELD_EVERY` messages."""
+    for i, (tp, message) in enumerate(batch):
+        if i and i % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        if not to.current():
+            return
+        offset = message.offset
+        read = to.read_offsets.get(tp)
+        if not to.fetching(tp) or (read is not None and offset < read):
+            continue
+        if read and offset - read > 1:
+            await to.on_gap(tp, read + 1, offset, message.topic)
+        await to.before_each()
+        await to.callback(message)
+        to.read_offsets[tp] = offset
+
+
+class BatchDrainTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`BatchDrainConsumer`."""
+
+    Consumer = BatchDrainConsumer
+
+
+class VarFaustApp(faust.App):
+    """A ``faust.App`` that consumes through :class:`BatchDrainTransport`."""
+
+    def _new_transport(self) -> TransportT:
+        return BatchDrainTransport(self.conf.broker_consumer, self)

@@ -1,0 +1,210 @@
+"""The router worker's Faust consumer: one flow-suspension wait per fetched batch, and no
+one-second sleeps while stream buffers are full (pipeline/stream/faust_transport.py)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+from faust.types import TP
+
+from pipeline.settings import Settings
+from pipeline.stream import faust_transport
+from pipeline.stream.faust_transport import BatchDrainConsumer, Delivery, VarFaustApp, deliver_batch
+
+TOKENS = "tokens"
+
+
+def _message(partition: int, offset: int) -> SimpleNamespace:
+    return SimpleNamespace(topic=TOKENS, partition=partition, offset=offset)
+
+
+def _batch(*spec: tuple[int, int]) -> list[tuple[TP, Any]]:
+    return [(TP(TOKENS, p), _message(p, o)) for p, o in spec]
+
+
+def test_deliver_batch_keeps_faust_s_per_message_steps() -> None:
+    delivered, gaps, before = [], [], []
+    read: dict[TP, int | None] = {TP(TOKENS, 0): 5}
+
+    async def callback(message: Any) -> None:
+        delivered.append((message.partition, message.offset))
+
+    async def on_gap(tp: TP, start: int, end: int, topic: str) -> None:
+        gaps.append((tp.partition, start, end, topic))
+
+    async def before_each() -> None:
+        before.append(len(delivered))
+
+    batch = _batch((0, 4), (0, 5), (0, 6), (1, 0), (0, 9), (1, 1))
+    asyncio.run(deliver_batch(batch, Delivery(callback, read, on_gap, before_each, lambda tp: True, lambda: True)))
+    # offset 4 is below the read offset: a repeat, skipped; 5 is the read offset itself: delivered
+    assert delivered == [(0, 5), (0, 6), (1, 0), (0, 9), (1, 1)]
+    assert gaps == [(0, 7, 9, TOKENS)]  # 6 -> 9 skips 7 and 8; partition 1 starts at 0 (no gap)
+    assert before == [0, 1, 2, 3, 4]
+    assert read == {TP(TOKENS, 0): 9, TP(TOKENS, 1): 1}
+
+
+def test_deliver_batch_yields_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust_transport, "YIELD_EVERY", 3)
+    ticks: list[int] = []
+    delivered: list[int] = []
+
+    async def callback(message: Any) -> None:
+        delivered.append(message.offset)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    async def main() -> None:
+        async def ticker() -> None:
+            while True:
+                ticks.append(len(delivered))
+                await asyncio.sleep(0)
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        await deliver_batch(_batch(*[(0, o) for o in range(9)]),
+                            Delivery(callback, {}, nothing, nothing, lambda tp: True, lambda: True))
+        task.cancel()
+
+    asyncio.run(main())
+    assert delivered == list(range(9))
+    assert 3 in ticks and 6 in ticks  # the loop ran after the 3rd and the 6th message
+
+
+def test_deliver_batch_skips_paused_partitions_and_stops_when_no_longer_current() -> None:
+    """Faust's getmany tests each record as it hands it over: a partition paused meanwhile (a
+    seek) is skipped, a stopped flow or a new generation ends the batch."""
+    delivered: list[tuple[int, int]] = []
+    paused: set[int] = set()
+    stopped = False
+
+    async def callback(message: Any) -> None:
+        delivered.append((message.partition, message.offset))
+        if message.offset == 1 and message.partition == 0:
+            paused.add(1)  # a seek of partition 1 starts while partition 0's record is handled
+        if message.offset == 3:
+            nonlocal stopped
+            stopped = True
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    read: dict[TP, int | None] = {}
+    batch = _batch((0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (0, 3), (0, 4))
+    asyncio.run(deliver_batch(batch, Delivery(callback, read, nothing, nothing,
+                                              lambda tp: tp.partition not in paused, lambda: not stopped)))
+    assert delivered == [(0, 0), (1, 0), (0, 1), (0, 2), (0, 3)]
+    assert read == {TP(TOKENS, 0): 3, TP(TOKENS, 1): 0}
+
+
+def _app() -> faust.App:
+    from pipeline.stream.faust_config import faust_settings
+    return VarFaustApp("test-drain", **faust_settings(Settings.load(env={}).with_(kafka_bootstrap="127.0.0.1:1")))
+
+
+def test_the_router_worker_consumes_through_the_batch_drain_consumer() -> None:
+    from pipeline.stream.app import create_app
+
+    async def main() -> list[bool]:
+        base = Settings.load(env={}).with_(vocab_size=100, kafka_bootstrap="127.0.0.1:1")
+        return [isinstance(create_app(base.with_(intake=intake)).app.consumer, BatchDrainConsumer)
+                for intake in ("batched", "faust")]
+
+    assert asyncio.run(main()) == [True, False]
+
+
+class _Fetcher:
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+
+
+def test_a_suspension_cancels_the_rest_of_the_batch() -> None:
+    """The flow stops (a rebalance) while a callback waits: that callback is cancelled and the
+    batch's later messages are not delivered, nor their read offsets moved -- as in Faust's loop."""
+    async def main() -> tuple[list[int], dict[TP, int | None]]:
+        consumer = _app().consumer
+        delivered: list[int] = []
+        blocked = asyncio.Event()
+        fetcher = _Fetcher()
+        rounds = 0
+
+        async def getmany(timeout: float) -> Any:
+            nonlocal rounds
+            rounds += 1
+            if rounds == 1:
+                for item in _batch(*[(0, o) for o in range(5)]):
+                    yield item
+            else:
+                fetcher._stopped.set()
+
+        async def callback(message: Any) -> None:
+            if message.offset == 2:
+                blocked.set()
+                await asyncio.Event().wait()  # a full stream buffer that never drains
+            delivered.append(message.offset)
+
+        consumer.getmany = getmany  # type: ignore[method-assign]
+        consumer.callback = callback
+        consumer._active_partitions = {TP(TOKENS, 0)}
+        drain = asyncio.create_task(consumer._drain_messages(fetcher))
+        await blocked.wait()
+        consumer.stop_flow()
+        await asyncio.wait_for(drain, 5)
+        return delivered, dict(consumer._read_offset)
+
+    delivered, read = asyncio.run(main())
+    assert delivered == [0, 1]
+    assert read == {TP(TOKENS, 0): 1}
+
+
+def test_no_second_long_sleep_while_every_partition_is_buffered() -> None:
+    """With every partition paused for a full buffer, the next fetch starts as soon as a buffer
+    drains -- Faust's own wait sleeps one whole second."""
+    async def main() -> float:
+        consumer = _app().consumer
+        tp = TP(TOKENS, 0)
+        consumer._active_partitions = set()
+        consumer._buffered_partitions = {tp}
+        fetched: list[set[TP]] = []
+
+        async def _getmany(active_partitions: set[TP], timeout: float) -> dict:
+            fetched.append(set(active_partitions))
+            return {}
+
+        consumer._getmany = _getmany  # type: ignore[method-assign]
+        consumer.flow_active = True
+        asyncio.get_running_loop().call_later(0.05, consumer.on_buffer_drop, tp)
+        started = time.monotonic()
+        await consumer._wait_next_records(5.0)
+        assert fetched == [{tp}]
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 0.9
+
+
+def test_fetches_are_short_while_some_partition_is_buffered() -> None:
+    """A partition left out of the fetch for a full buffer must not wait out a one-second fetch
+    of the others once its buffer drained."""
+    async def main() -> list[float]:
+        consumer = _app().consumer
+        fetcher = _Fetcher()
+        timeouts: list[float] = []
+
+        async def getmany(timeout: float) -> Any:
+            timeouts.append(timeout)
+            if len(timeouts) == 1:
+                consumer._buffered_partitions = {TP(TOKENS, 0)}
+            else:
+                fetcher._stopped.set()
+            return
+            yield  # an async generator, as Faust's getmany
+
+        consumer.getmany = getmany  # type: ignore[method-assign]
+        await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+        return timeouts
+
+    assert asyncio.run(main()) == [faust_transport.FETCH_TIMEOUT_S, faust_transport.BUFFERED_FETCH_TIMEOUT_S]
