@@ -33,7 +33,15 @@ async def channel_batches(channel: Any, max_events: int, within_s: float) -> Asy
     """Yield lists of the events of ``channel`` (a Faust channel or topic): each starts with the
     next event to arrive and holds every event queued or arriving within ``within_s`` after it,
     at most ``max_events``. The events keep their order; none is dropped or repeated."""
-    queue = channel.__aiter__().queue  # the iterator channel the conductor delivers to
+    iterator = channel.__aiter__()  # the iterator channel the conductor delivers to
+    try:
+        async for events in _batches(iterator.queue, max_events, within_s):
+            yield events
+    finally:
+        iterator.on_stop_iteration()  # as a stream does when its iteration ends
+
+
+async def _batches(queue: Any, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
     loop = asyncio.get_running_loop()
     while True:
         events = [await queue.get()]

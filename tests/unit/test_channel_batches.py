@@ -16,11 +16,14 @@ class _Channel:
 
     def __init__(self, queue: asyncio.Queue) -> None:
         self.queue = queue
-        self.iterated = 0
+        self.iterated = self.stopped = 0
 
     def __aiter__(self) -> "_Channel":
         self.iterated += 1
         return self
+
+    def on_stop_iteration(self) -> None:
+        self.stopped += 1
 
 
 def _queue(maxsize: int = 0) -> FlowControlQueue:
@@ -83,3 +86,16 @@ def test_it_reads_the_queue_of_the_one_channel_it_registers_with_the_conductor()
         return len(registered), registered[0].is_iterator, await asyncio.wait_for(first, 1)
 
     assert asyncio.run(main()) == (1, True, ["event"])
+
+
+def test_closing_the_batches_ends_the_channel_s_iteration() -> None:
+    async def main() -> tuple[int, int]:
+        queue = _queue()
+        queue.put_nowait(1)
+        channel = _Channel(queue)
+        batches = channel_batches(channel, 10, 0.01)
+        assert await batches.__anext__() == [1]
+        await batches.aclose()
+        return channel.iterated, channel.stopped
+
+    assert asyncio.run(main()) == (1, 1)
