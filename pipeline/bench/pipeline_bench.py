@@ -8,10 +8,9 @@ Redis namespace) and one worker process:
 * ``var``         -- the router worker with VAR (cache -> fast path -> learned, governor);
 * ``var-misses``  -- the same with ``cache_scope=misses`` (fast-path tokens skip the Redis lookup);
 
-and, for per-token messages, the passthrough and VAR again with Faust's own intake
-(``VAR_INTAKE=faust``: its wait per message and ``Stream.take_events``) for comparison,
-
-for per-token and chunked messages, and for the large router with chunked messages. Each case
+for per-token and chunked messages, and for the large router with chunked messages; and the
+per-token passthrough and VAR once more with Faust's own intake (``VAR_INTAKE=faust``: its wait
+per message and ``Stream.take_events``), for the ratio. Each case
 has two phases: a *throughput* phase (send the events as fast as possible; tokens/s between the
 first and the last outcome) and a *latency* phase at half the load just measured (capped at
 ``per_token_rate`` / ``chunked_rate``; event -> outcome latency from the send time to the outcome's

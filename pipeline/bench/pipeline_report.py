@@ -53,11 +53,12 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     faust = {r["mode"]: float(r["tokens_per_s"]) for r in results
              if r.get("intake") == "faust" and r["shape"] == "per-token"}
     out = {}
-    if ("per-token", "seed", "passthrough") in rate:
+    if ("per-token", "seed", "passthrough") in rate and ("per-token", "seed", "var") in rate:
         out["per_token_var_vs_passthrough"] = rate[("per-token", "seed", "var")] / rate[("per-token", "seed", "passthrough")]
     for mode, tokens_per_s in faust.items():
-        out[f"per_token_{mode}_batched_vs_faust_intake"] = rate[("per-token", "seed", mode)] / tokens_per_s
-    if ("chunked", "large", "learned") in rate:
+        if ("per-token", "seed", mode) in rate:
+            out[f"per_token_{mode}_batched_vs_faust_intake"] = rate[("per-token", "seed", mode)] / tokens_per_s
+    if ("chunked", "large", "learned") in rate and ("chunked", "large", "var") in rate:
         out["chunked_large_var_vs_learned"] = rate[("chunked", "large", "var")] / rate[("chunked", "large", "learned")]
     for mode in ("var", "var-misses"):
         if ("chunked", "seed", mode) in rate:

@@ -93,19 +93,21 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Faust's, except when every partition is paused for full stream buffers: Faust then
-        sleeps a whole second before it looks again (so an agent that drains its buffer in 0.1 s
-        idles for 0.9), where this waits until a buffer drains (``on_buffer_drop``), at most
-        ``timeout``, then lets Faust look."""
-        drained = self._buffer_drained()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while (self.flow_active and not self.app.client_only and self._buffered_partitions
-               and not self._get_active_partitions()):
+        sleeps a whole second (an agent that drains its buffer in 0.1 s idles for 0.9). Here the
+        wait ends when a buffer drains (``on_buffer_drop``) and that partition is fetched at
+        once; if none drained within ``timeout``, nothing is fetched this round."""
+        if self._all_buffered():
+            drained = self._buffer_drained()
             drained.clear()
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            await self.wait_first(drained.wait(), timeout=left)
+            await self.wait_first(drained.wait(), timeout=timeout)
+            if self._all_buffered():
+                return {}, self._get_active_partitions()
         return await super()._wait_next_records(timeout)
+
+    def _all_buffered(self) -> bool:
+        """Flow is on and every assigned partition is out of the fetch for a full buffer."""
+        return (self.flow_active and not self.app.client_only and bool(self._buffered_partitions)
+                and not self._get_active_partitions())
 
     def _buffer_drained(self) -> asyncio.Event:
         event = self.__dict__.get("_var_buffer_drained")

@@ -208,3 +208,24 @@ def test_fetches_are_short_while_some_partition_is_buffered() -> None:
         return timeouts
 
     assert asyncio.run(main()) == [faust_transport.FETCH_TIMEOUT_S, faust_transport.BUFFERED_FETCH_TIMEOUT_S]
+
+
+def test_with_every_partition_buffered_and_none_drained_nothing_is_fetched_and_nothing_sleeps() -> None:
+    async def main() -> tuple[Any, list, float]:
+        consumer = _app().consumer
+        consumer._active_partitions = set()
+        consumer._buffered_partitions = {TP(TOKENS, 0)}
+        fetched: list = []
+
+        async def _getmany(active_partitions: set[TP], timeout: float) -> dict:
+            fetched.append(active_partitions)
+            return {}
+
+        consumer._getmany = _getmany  # type: ignore[method-assign]
+        consumer.flow_active = True
+        started = time.monotonic()
+        result = await consumer._wait_next_records(0.05)
+        return result, fetched, time.monotonic() - started
+
+    result, fetched, elapsed = asyncio.run(main())
+    assert result == ({}, set()) and fetched == [] and elapsed < 0.5

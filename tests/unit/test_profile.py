@@ -142,3 +142,17 @@ def test_latency_phase_kept_up_only_when_outcomes_follow_the_send_rate():
            "learned_share": 0.1, "worker_cores": 1.0, "bench_cores": 0.2}
     assert " behind" in render([{**row, "latency_kept_up": False}]).splitlines()[2]
     assert " behind" not in render([{**row, "latency_kept_up": True}]).splitlines()[2]
+
+
+def test_pipeline_ratios_compare_the_intakes_of_the_same_run():
+    from pipeline.bench.pipeline_report import ratios
+    row = {"shape": "per-token", "size": "seed"}
+    results = [{**row, "mode": "passthrough", "intake": "batched", "tokens_per_s": 9000.0},
+               {**row, "mode": "var", "intake": "batched", "tokens_per_s": 16000.0},
+               {**row, "mode": "passthrough", "intake": "faust", "tokens_per_s": 4500.0},
+               {**row, "mode": "var", "intake": "faust", "tokens_per_s": 6400.0}]
+    out = ratios(results)
+    assert out["per_token_var_batched_vs_faust_intake"] == 2.5
+    assert out["per_token_passthrough_batched_vs_faust_intake"] == 2.0
+    assert abs(out["per_token_var_vs_passthrough"] - 16000 / 9000) < 1e-12  # the batched cases only
+    assert "per_token_var_batched_vs_faust_intake" not in ratios(results[:1] + results[2:])
