@@ -73,17 +73,32 @@ def _rewrite(path: Path, change) -> None:
     path.write_bytes(b"\n".join(change(lines)) + b"\n")
 
 
+def _sealed_records(export: Path) -> list[int]:
+    """Indices of the outcome records whose layer-0 decisions all lie in a certificate's range."""
+    ranges = {}
+    for line in (export / "certificates.jsonl").read_bytes().splitlines():
+        cert = orjson.loads(line)
+        if cert["layer"] == 0 and not cert["void"]:
+            ranges.setdefault(cert["worker"], []).append((cert["first"], cert["end"]))
+    sealed = []
+    for i, line in enumerate((export / "outcomes.jsonl").read_bytes().splitlines()):
+        record = orjson.loads(line)
+        first, n = record["layers"][0]["pos"], len(record.get("tokens", [0]))
+        if any(a <= first and first + n <= b for a, b in ranges.get(record["worker"], [])):
+            sealed.append(i)
+    assert len(sealed) >= 3, sealed
+    return sealed
+
+
 def test_every_tampering_of_the_export_is_caught(clean_run, tmp_path):
     h, corpus = clean_run
     rc, out = var(h, "outcomes", "export", "--out", str(tmp_path / "clean"))
     assert rc == 0, out
     rc, out = var(h, "verify", str(tmp_path / "clean" / "outcomes.jsonl"), "--corpus", str(corpus), "--json")
     assert rc == 0, out
-    # Records hold one stream's decisions of one batch: how many there are depends on the batching;
-    # the tampered ones are picked at fractions of the export.
-    n = len((tmp_path / "clean" / "outcomes.jsonl").read_bytes().splitlines())
-    assert n >= 8, n
-    third, half, quarter = n // 3, n // 2, n // 4
+    # Records hold one stream's decisions of one batch: how many there are, and which of them the
+    # workers sealed before they stopped, depends on the batching. Tamper with sealed ones.
+    s_expert, s_tier, s_drop = _sealed_records(tmp_path / "clean")[:3]
 
     def tampered(name: str, target: str, change) -> dict[str, str]:
         directory = tmp_path / name
@@ -94,26 +109,26 @@ def test_every_tampering_of_the_export_is_caught(clean_run, tmp_path):
         return report(out)
 
     def alter_expert(lines):
-        record = orjson.loads(lines[quarter])
+        record = orjson.loads(lines[s_expert])
         layer = record["layers"][0]
         first = layer["experts"][0] if "tokens" in record else layer["experts"]
         first[0] = next(e for e in range(8) if e not in first)
-        lines[quarter] = orjson.dumps(record)
+        lines[s_expert] = orjson.dumps(record)
         return lines
 
     def alter_tier(lines):
-        record = orjson.loads(lines[third])
+        record = orjson.loads(lines[s_tier])
         layer = record["layers"][0]
         tiers = layer["tier"] if isinstance(layer["tier"], list) else None
         if tiers is None:
             layer["tier"] = "fast" if layer["tier"] != "fast" else "learned"
         else:
             tiers[0] = "fast" if tiers[0] != "fast" else "learned"
-        lines[third] = orjson.dumps(record)
+        lines[s_tier] = orjson.dumps(record)
         return lines
 
-    assert tampered("dropped", "outcomes.jsonl", lambda ls: ls[:half] + ls[half + 1:])["certificates"] == "fail"
-    assert tampered("duplicated", "outcomes.jsonl", lambda ls: ls + [ls[third]])["certificates"] == "fail"
+    assert tampered("dropped", "outcomes.jsonl", lambda ls: ls[:s_drop] + ls[s_drop + 1:])["certificates"] == "fail"
+    assert tampered("duplicated", "outcomes.jsonl", lambda ls: ls + [ls[s_tier]])["certificates"] == "fail"
     assert tampered("expert", "outcomes.jsonl", alter_expert)["certificates"] == "fail"
     assert tampered("tier", "outcomes.jsonl", alter_tier)["certificates"] == "fail"
     def drop_inner_certificate(lines):
