@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Awaitable, Callable, MutableMapping, Sequence, cast
 
 import faust
@@ -89,7 +90,7 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
     def on_buffer_drop(self, tp: TP) -> None:
         """A stream buffer drained below its low mark: fetch for ``tp`` again, at once."""
         super().on_buffer_drop(tp)
-        self._buffer_drained().set()
+        self._buffer_drained.set()
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Faust's, except when every partition is paused for full stream buffers: Faust then
@@ -97,7 +98,7 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         wait ends when a buffer drains (``on_buffer_drop``) and that partition is fetched at
         once; if none drained within ``timeout``, nothing is fetched this round."""
         if self._all_buffered():
-            drained = self._buffer_drained()
+            drained = self._buffer_drained
             drained.clear()
             await self.wait_first(drained.wait(), timeout=timeout)
             if self._all_buffered():
@@ -109,11 +110,10 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         return (self.flow_active and not self.app.client_only and bool(self._buffered_partitions)
                 and not self._get_active_partitions())
 
+    @cached_property
     def _buffer_drained(self) -> asyncio.Event:
-        event = self.__dict__.get("_var_buffer_drained")
-        if event is None:
-            event = self.__dict__["_var_buffer_drained"] = asyncio.Event()
-        return event
+        """Set whenever a stream buffer drains below its low mark (made on first use, in the loop)."""
+        return asyncio.Event()
 
     async def _deliver(self, batch: Sequence[tuple[TP, Message]]) -> None:
         """Faust's per-message steps for a batch (see :func:`deliver_batch`)."""
