@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -62,9 +63,10 @@ class RouterSpec:
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})")
 
-    @property
+    @cached_property
     def router_id(self) -> str:
-        """Stable identifier recorded in every decision and used to scope cache keys."""
+        """Stable identifier recorded in every decision and used to scope cache keys (computed
+        once: every routed batch carries it)."""
         return (
             f"{self.kind}-v{self.vocab_size}-h{self.hidden}-e{self.num_experts}-k{self.top_k}"
             f"-w{self.window}-s{self.seed}-a{self.ambiguous_fraction:g}-c{self.context_scale:g}"

@@ -15,8 +15,9 @@ from . import budget_kernels, kernels
 from .array_cache import ArrayDecisionCache, hits_of
 from .budget import BudgetLedger
 from .cache import CachePolicy, DecisionArrays
+from .context import build_contexts
 from .engine import audit_threshold, key_salt
-from .events import KeyKind, Tier
+from .events import EventBatch, KeyKind, Tier
 from .route_types import DecisionRows
 from .table import RoutingTable
 
@@ -32,6 +33,7 @@ def warm_up() -> None:
     tab, wide = table.kernel_arrays(), np.zeros((2, 5), np.int64)
     contexts = wide[:, 1:]
     tokens = np.zeros(2, np.int64)
+    build_contexts(EventBatch.from_events([("warm-up", 1, 0), ("warm-up", 1, 0)]), {}, 4)  # one accepted, one not
     kernels.resolve(tokens - 1, tokens, 8, 0, tab)  # the table's own lookups (RoutingTable.resolve/routes)
     kernels.entry_routes(tokens, tokens, tokens, tokens - 1, tab, *DecisionRows.allocate(2, 2).columns()[:4])
     for ctx in (contexts, np.ascontiguousarray(contexts)):  # a window's columns of wider contexts (the
