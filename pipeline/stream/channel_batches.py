@@ -42,20 +42,29 @@ async def channel_batches(channel: Any, max_events: int, within_s: float) -> Asy
 
 
 async def _batches(queue: Any, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
+    """The batches of :func:`channel_batches`, until the channel is stopped.
+
+    A stopping agent throws StopAsyncIteration into its channel (faust/agents/actor.py): it ends
+    the iteration here, as it ends a Stream's. Raised out of this generator it would become a
+    RuntimeError (PEP 479), and the agent would log a crash at every shutdown. Events of a batch
+    still being gathered then are not routed, so not committed: they are read again."""
     loop = asyncio.get_running_loop()
-    while True:
-        events = [await queue.get()]
-        deadline = loop.time() + within_s
-        while len(events) < max_events:
-            if queue.qsize():  # events only (empty() also counts errors thrown into the channel)
-                events.append(queue.get_nowait())
-                continue
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                # an event taken by a get that the timeout then cancels stays queued (asyncio.Queue)
-                events.append(await asyncio.wait_for(queue.get(), left))
-            except asyncio.TimeoutError:
-                break
-        yield events
+    try:
+        while True:
+            events = [await queue.get()]
+            deadline = loop.time() + within_s
+            while len(events) < max_events:
+                if queue.qsize():  # events only (empty() also counts errors thrown into the channel)
+                    events.append(queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    # an event taken by a get that the timeout then cancels stays queued (asyncio.Queue)
+                    events.append(await asyncio.wait_for(queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            yield events
+    except StopAsyncIteration:
+        return

@@ -5,7 +5,7 @@ import asyncio
 from typing import Any
 
 import faust
-from mode.utils.queues import FlowControlEvent, FlowControlQueue
+from mode.utils.queues import FlowControlEvent, FlowControlQueue, ThrowableQueue
 
 from pipeline.stream.channel_batches import channel_batches
 
@@ -99,3 +99,26 @@ def test_closing_the_batches_ends_the_channel_s_iteration() -> None:
         return channel.iterated, channel.stopped
 
     assert asyncio.run(main()) == (1, 1)
+
+
+def test_a_stopping_agent_s_stop_iteration_ends_the_batches_without_an_error() -> None:
+    """Faust stops an agent by throwing StopAsyncIteration into its channel (agents/actor.py):
+    the iteration ends, as a Stream's does -- raised out of the async generator it would be a
+    RuntimeError, logged as an agent crash at every shutdown."""
+    async def main() -> tuple[list[list[int]], int]:
+        queue = ThrowableQueue(maxsize=0, flow_control=FlowControlEvent())  # a channel's queue
+        queue.put_nowait(1)
+        channel = _Channel(queue)
+        got = []
+        consumer = asyncio.ensure_future(_collect(channel_batches(channel, 10, 0.01), got))
+        await asyncio.sleep(0.05)  # the first batch is out; the generator waits for the next event
+        queue._throw(StopAsyncIteration())
+        await asyncio.wait_for(consumer, 1)
+        return got, channel.stopped
+
+    assert asyncio.run(main()) == ([[1]], 1)
+
+
+async def _collect(batches: Any, into: list) -> None:
+    async for batch in batches:
+        into.append(batch)
