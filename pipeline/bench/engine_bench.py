@@ -90,7 +90,7 @@ class TimedRouter:
     CUDA), so that VAR's time splits into the router's and VAR's own bookkeeping."""
 
     def __init__(self, router: TorchRouter) -> None:
-        self.router, self.spec, self.seconds, self.rows = router, router.spec, 0.0, 0
+        self.router, self.spec, self.seconds = router, router.spec, 0.0
 
     @property
     def router_id(self) -> str:
@@ -101,7 +101,6 @@ class TimedRouter:
         out = self.router.route(contexts, with_logits)
         _sync(self.router)
         self.seconds += time.perf_counter() - t0
-        self.rows += len(contexts)
         return out
 
 
@@ -195,7 +194,7 @@ def render(results: list[dict[str, Any]]) -> str:
             f"{r['ratio_var_vs_batched']:>12.2f}x{'>=' + format(target, '.2g') + 'x':>7}"
             f"{100 * r['learned_fraction']:>8.1f}%{r['ratio_ceiling']:>8.2f}x{r['batched_us_per_token']:>19.3f}"
             f"{us['router']:>12.3f}{us['bookkeeping']:>9.3f}")
-    lines += [f"routers: " + "; ".join(f"{r['size']} {r['router_id']} ({r['device']})" for r in results),
+    lines += ["routers: " + "; ".join(f"{r['size']} {r['router_id']} ({r['device']})" for r in results),
               "tokens/s; per-token = the seed's one router call per token (sampled); batched = always the learned "
               "router, one call per micro-batch;",
               "VAR router / own = µs per token inside VAR's router calls / in VAR's own work; ceiling = VAR/batched "

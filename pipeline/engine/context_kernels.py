@@ -33,6 +33,8 @@ def advance(stream_ids, seqs, offsets, tokens, ring, last_seq, last_offset):
     m = 0
     for i in range(n):
         s = stream_ids[i]
+        if s < 0 or s >= streams:  # a compiled loop has no bounds checks of its own
+            raise ValueError("a stream id is outside the batch's stream names")
         present[s] = True
         if seqs[i] <= last_seq[s]:
             redelivered[i] = 0 <= offsets[i] <= start_offset[s]

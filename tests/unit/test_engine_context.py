@@ -207,3 +207,10 @@ def test_stream_window_list_round_trip(window):
 def test_empty_window_is_pads():
     assert ContextWindow.empty(4) == ContextWindow((PAD_TOKEN,) * 3, -1, -1)
     assert ContextWindow.empty(1).tokens == ()
+
+
+def test_a_stream_id_outside_the_batch_s_names_is_an_error_not_a_wild_read():
+    batch = EventBatch(["a"], np.array([0, 1], np.int64), np.array([1, 2], np.int64), np.array([3, 4], np.int64),
+                       np.array([-1, -1], np.int64))
+    with pytest.raises(ValueError, match="stream id"):
+        build_contexts(batch, {}, 4)
