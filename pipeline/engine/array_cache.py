@@ -56,7 +56,7 @@ class ArrayDecisionCache:
                 np.zeros((size, self.top_k), np.int64), np.zeros((size, self.top_k), np.float32),
                 np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.int64))
 
-    def _reserve(self, adding: int) -> None:
+    def reserve(self, adding: int) -> None:
         """Grow the pool so that ``adding`` more keys fit before the evictions (doubling, but not
         beyond what ``max_entries`` plus this write needs)."""
         size, need = len(self._pool[2]), int(self._state[ck.COUNT]) + adding
@@ -67,6 +67,11 @@ class ArrayDecisionCache:
             new[:size] = old
         index = ck.reindex(grown[2], grown[3], self._state, len(grown[0]))
         self._pool = index + grown[2:]
+
+    def kernel_state(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(pool, state) as the compiled kernels read and update them in place (a fused batch,
+        :mod:`.batch_kernels`); the pool is replaced when :meth:`reserve` grows it."""
+        return self._pool, self._state
 
     def __len__(self) -> int:
         return int(self._state[ck.COUNT])
@@ -86,7 +91,7 @@ class ArrayDecisionCache:
     def store(self, keys: np.ndarray, decisions: DecisionArrays) -> None:
         if len(keys) == 0:
             return
-        self._reserve(len(keys))
+        self.reserve(len(keys))
         d, c = decisions, np.ascontiguousarray
         ck.store(c(keys, np.uint64), c(d.experts, np.int64), c(d.weights, np.float32), c(d.confidence, np.float32),
                  c(d.entropy, np.float32), float(self.clock()) + self.policy.ttl_s, self._pool, self._state,

@@ -84,6 +84,16 @@ class BudgetGovernor:
         self.admitted = 0
         self.denied = 0
 
+    def kernel_state(self) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
+        """(ring, state, window, cap, enabled) as a compiled caller admits with them
+        (:func:`~.batch_kernels.decide`), which then reports to :meth:`count`."""
+        return self._ring, self._state, self.policy.window, self.policy.cap, self.policy.enabled
+
+    def count(self, asked: int, admitted: int) -> None:
+        """Record a compiled caller's admissions: ``admitted`` of ``asked`` decisions."""
+        self.admitted += admitted
+        self.denied += asked - admitted
+
     def admit(self, positions: np.ndarray) -> np.ndarray:
         """Which of the decisions at ``positions`` (increasing, 0-based) may call the router.
 

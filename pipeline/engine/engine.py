@@ -21,8 +21,9 @@ in-memory dict here, Redis in the pipeline -- is called once per batch, between 
 
 :meth:`VAREngine.route_batch` chains the three steps with a synchronous store.
 
-The per-event work of both steps runs in a few compiled passes (:mod:`.kernels`); this module
-orders them and keeps the state (governor, counters, ledger) between batches.
+The per-event work of both steps runs in a few compiled passes (:mod:`.kernels`; with the
+engine's own array cache, two fused calls, :mod:`.batch_kernels`); this module orders them and
+keeps the state (governor, counters, ledger) between batches.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Mapping, MutableMapping, Sequence
 import numpy as np
 
 from .budget import BudgetGovernor, BudgetPolicy, BudgetLedger
-from . import kernels
+from . import batch_kernels, kernels
 from .array_cache import ArrayDecisionCache, CacheHits, columns_of, hits_of
 from .cache import CachePolicy, DecisionArrays, DecisionCache
 from .context import ContextResult, ContextWindow, build_contexts
@@ -192,7 +193,13 @@ class VAREngine:
         return self.table.resolve(previous_tokens(contexts), tokens)
 
     def route_batch(self, batch: EventBatch, windows: MutableMapping[str, ContextWindow]) -> RouteResult:
-        """Route with this engine's (synchronous) cache; updates ``windows`` in place."""
+        """Route with this engine's (synchronous) cache; updates ``windows`` in place.
+
+        With its own array cache and ``cache_scope="all"`` the passes run as two compiled calls
+        (:mod:`.batch_kernels`); otherwise -- and with a stage profiler attached, which times
+        every pass -- one by one, as :meth:`prepare` / :meth:`finish`. Both decide the same."""
+        if self.profile is None and isinstance(self.cache, ArrayDecisionCache) and self.config.cache_scope == "all":
+            return self._route_fused(batch, windows, self.cache)
         plan = self.prepare(batch, windows)
         hits = self.columns.lookup(plan.unique)
         lap(self.profile, "cache lookup")
@@ -202,6 +209,36 @@ class VAREngine:
         windows.update(result.windows)
         lap(self.profile, "cache write")
         return result
+
+    def _route_fused(self, batch: EventBatch, windows: MutableMapping[str, ContextWindow],
+                     cache: ArrayDecisionCache) -> RouteResult:
+        """:meth:`route_batch` with :mod:`.batch_kernels`: contexts, one call before the router
+        and one after it (the cache's writes included)."""
+        ctx = build_contexts(batch, windows, self.context_window)
+        events, contexts = (batch.select(ctx.accepted) if ctx.rejections else batch), ctx.contexts
+        position, c, ledger = self.counters.decisions, self.counters, self.ledger
+        out = DecisionRows.allocate(len(events), self.router.spec.top_k)
+        columns = out.columns()
+        hashes, keys, asked, is_audit, granted, admitted, miss_first, rows = batch_kernels.decide(
+            contexts, self._salt, float(cache.clock()), cache.kernel_state(), self.table.vocab_size,
+            self.table.thresholds.static_below, self.table.kernel_arrays(), self._audit, position,
+            self.governor.kernel_state(), columns)
+        self.governor.count(len(asked), admitted)
+        routed = self._route(contexts, rows)
+        cache.reserve(len(rows))  # the writes are some of the router's rows
+        first_block = ledger.first_block
+        writes, (hits, audited, agreed), blocks = batch_kernels.conclude_store(
+            asked, is_audit, granted, miss_first, routed, columns, out.audits, keys, self._min_confidence,
+            (c.tiers, c.tier_keys), ledger.kernel_state(), float(cache.clock()) + cache.policy.ttl_s,
+            cache.kernel_state(), cache.policy.max_entries)
+        ledger.add_blocks(first_block, blocks)
+        self._add_counts(len(events), len(ctx.rejections), len(keys), hits, audited, agreed)
+        write_keys, write_rows = (writes[0], DecisionArrays(*writes[1:])) if len(writes[0]) else (_NO_KEYS, None)
+        decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers, hashes,
+                                  self.table.version, self.router.router_id, self.config.layer, out.keys, out.audits)
+        windows.update(ctx.windows)
+        return RouteResult(events, ctx.accepted, position, contexts, decisions, ctx.windows, ctx.rejections,
+                           write_keys, write_rows)
 
     def _route(self, contexts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """ONE router call for ``rows`` (:func:`~.kernels.serve`'s: the granted missed keys' first

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import budget_kernels, kernels
+from . import batch_kernels, budget_kernels, kernels
 from .array_cache import ArrayDecisionCache, hits_of
-from .budget import BudgetLedger
+from .budget import BudgetGovernor, BudgetLedger, BudgetPolicy
 from .cache import CachePolicy, DecisionArrays
 from .context import build_contexts
 from .engine import audit_threshold, key_salt
@@ -45,7 +45,23 @@ def warm_up() -> None:
     cache = ArrayDecisionCache(CachePolicy(max_entries=1), 2, clock=lambda: 0.0)
     cache.store(keys, DecisionArrays(*routed))  # two keys: the pool grows (re-index), then one is evicted
     cache.lookup(keys)
+    _fused(np.ascontiguousarray(contexts), tab, cache)
     _warm = True
+
+
+def _fused(contexts: np.ndarray, tab: tuple[np.ndarray, ...], cache: ArrayDecisionCache) -> None:
+    """VAREngine._route_fused's two calls, with its argument types, governor on and off."""
+    for enabled in (True, False):
+        out = DecisionRows.allocate(2, 2)
+        columns = out.columns()
+        governor = BudgetGovernor(BudgetPolicy(0.5, 10, enabled=enabled)).kernel_state()
+        _, keys, asked, is_audit, granted, _, miss_first, rows = batch_kernels.decide(
+            contexts, key_salt(0), 0.0, cache.kernel_state(), 8, 0, tab, audit_threshold(0.5), 0, governor, columns)
+        routed = (out.experts[rows], out.weights[rows], out.confidence[rows], out.entropy[rows])
+        counts = (np.zeros(len(Tier), np.int64), np.zeros((len(Tier), len(KeyKind)), np.int64))
+        batch_kernels.conclude_store(asked, is_audit, granted, miss_first, routed, columns, out.audits, keys,
+                                     np.float32(0.5), counts, BudgetLedger(10).kernel_state(), 1.0,
+                                     cache.kernel_state(), 1)
 
 
 def _finish(contexts: np.ndarray, tab: tuple[np.ndarray, ...], keys: np.ndarray, unique: np.ndarray,

@@ -197,7 +197,7 @@ def test_tally_counts_tiers_keys_and_router_calls():
 
 WARM_UP_COVERS_ROUTING = """
 import numpy as np
-from pipeline.engine import budget_kernels, cache_kernels, context_kernels, kernels
+from pipeline.engine import batch_kernels, budget_kernels, cache_kernels, context_kernels, kernels
 from pipeline.engine.warm_up import warm_up
 from pipeline.engine.cache import CachePolicy, MemoryDecisionCache
 from pipeline.engine.budget import BudgetPolicy
@@ -207,7 +207,7 @@ from pipeline.engine.offline import collect_statistics
 from pipeline.engine.routers import RouterSpec, build_router
 from pipeline.engine.table import Thresholds, build_table
 warm_up()
-compiled = [getattr(m, n) for m in (kernels, cache_kernels, budget_kernels, context_kernels)
+compiled = [getattr(m, n) for m in (kernels, cache_kernels, budget_kernels, context_kernels, batch_kernels)
             for n in dir(m)]
 compiled = {f.__name__: f for f in compiled if hasattr(f, "signatures")}
 before = {n: set(f.signatures) for n, f in compiled.items()}
