@@ -166,13 +166,20 @@ class VAREngine:
         lookups = len(plan.inverse) if self.config.cache_scope == "all" else int((plan.inverse >= 0).sum())
         self._add_counts(len(plan.events), len(plan.rejections), lookups, hits, audited, agreed)
         lap(self.profile, "decision arrays")
-        write_keys, writes = (writes[0], DecisionArrays(*writes[1:])) if len(writes[0]) else (_NO_KEYS, None)
+        decisions, write_keys, write_rows = self._decided(out, plan.ctx_hash, writes)
         lap(self.profile, "cache write")  # fill_routed selected the writes: this only packs them
-        decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers,
-                                  plan.ctx_hash, self.table.version, self.router.router_id, self.config.layer,
-                                  out.keys, out.audits)
         return RouteResult(plan.events, plan.accepted, position, plan.contexts, decisions, plan.windows,
-                           plan.rejections, write_keys, writes)
+                           plan.rejections, write_keys, write_rows)
+
+    def _decided(self, out: DecisionRows, ctx_hash: np.ndarray, writes: tuple[np.ndarray, ...]
+                 ) -> tuple[DecisionBatch, np.ndarray, DecisionArrays | None]:
+        """A batch's filled rows as its :class:`DecisionBatch`, and ``conclude``'s cache writes
+        as (keys, columns; ``None`` when there are none)."""
+        decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers, ctx_hash,
+                                  self.table.version, self.router.router_id, self.config.layer, out.keys, out.audits)
+        if len(writes[0]) == 0:
+            return decisions, _NO_KEYS, None
+        return decisions, writes[0], DecisionArrays(*writes[1:])
 
     def complete_learned(self, plan: RoutePlan) -> RouteResult:
         """The always-learned baseline: every event through the learned router (no cache, no
@@ -233,9 +240,7 @@ class VAREngine:
             cache.kernel_state(), cache.policy.max_entries)
         ledger.add_blocks(first_block, blocks)
         self._add_counts(len(events), len(ctx.rejections), len(keys), hits, audited, agreed)
-        write_keys, write_rows = (writes[0], DecisionArrays(*writes[1:])) if len(writes[0]) else (_NO_KEYS, None)
-        decisions = DecisionBatch(out.experts, out.weights, out.confidence, out.entropy, out.tiers, hashes,
-                                  self.table.version, self.router.router_id, self.config.layer, out.keys, out.audits)
+        decisions, write_keys, write_rows = self._decided(out, hashes, writes)
         windows.update(ctx.windows)
         return RouteResult(events, ctx.accepted, position, contexts, decisions, ctx.windows, ctx.rejections,
                            write_keys, write_rows)

@@ -58,6 +58,7 @@ def _fused(contexts: np.ndarray, tab: tuple[np.ndarray, ...], cache: ArrayDecisi
         _, keys, asked, is_audit, granted, _, miss_first, rows = batch_kernels.decide(
             contexts, key_salt(0), 0.0, cache.kernel_state(), 8, 0, tab, audit_threshold(0.5), 0, governor, columns)
         routed = (out.experts[rows], out.weights[rows], out.confidence[rows], out.entropy[rows])
+        cache.reserve(len(rows))
         counts = (np.zeros(len(Tier), np.int64), np.zeros((len(Tier), len(KeyKind)), np.int64))
         batch_kernels.conclude_store(asked, is_audit, granted, miss_first, routed, columns, out.audits, keys,
                                      np.float32(0.5), counts, BudgetLedger(10).kernel_state(), 1.0,
