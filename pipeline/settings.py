@@ -202,7 +202,9 @@ class Settings:
                            groups="router_worker")
     take_max: int = _setting(1024, "VAR_TAKE_MAX", "router micro-batch: at most this many messages per batch",
                              at_least(1), groups="router_worker stats_worker")
-    take_within_s: float = _setting(0.01, "VAR_TAKE_WITHIN_S", "router micro-batch: flush after this many seconds",
+    take_within_s: float = _setting(0.01, "VAR_TAKE_WITHIN_S", "micro-batch: a worker that found no message waiting "
+                                    "gathers for this many seconds after the next one arrives; one that is behind "
+                                    "takes what is queued at once",
                                     at_least(0.001), groups="router_worker stats_worker")
     stream_idle_s: float = _setting(600.0, "VAR_STREAM_IDLE_S", "router: forget a stream's context window (changelog "
                                     "tombstone) after this many seconds without an event", at_least(1),

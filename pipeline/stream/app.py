@@ -22,6 +22,7 @@ it, they are recognised by offset and skipped.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -236,6 +237,10 @@ def run_worker(settings: Settings) -> None:
              settings.topic_tokens, settings.topic_outcomes, settings.namespace, settings.metrics_port or "off")
     worker = Worker(router_app.app, loglevel=settings.log_level, quiet=True, override_logging=False,
                     redirect_stdouts=False)
+    # What start-up built (torch, the model, numba's compiled kernels, Faust: ~300k objects) is
+    # moved out of the cyclic collector's reach. A full collection scanned all of it: 130 ms with
+    # the agent stopped, measured at half load. Objects made from here on are collected as usual.
+    gc.freeze()
     try:
         worker.execute_from_commandline()
     except SystemExit as done:

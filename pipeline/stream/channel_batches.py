@@ -30,9 +30,14 @@ from typing import Any, AsyncIterator
 
 
 async def channel_batches(channel: Any, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
-    """Yield lists of the events of ``channel`` (a Faust channel or topic): each starts with the
-    next event to arrive and holds every event queued or arriving within ``within_s`` after it,
-    at most ``max_events``. The events keep their order; none is dropped or repeated."""
+    """Yield lists of the events of ``channel`` (a Faust channel or topic), at most
+    ``max_events`` each, in order; none is dropped or repeated.
+
+    An agent that asks while events are already queued is behind: its batch is what is queued,
+    taken at once. An agent that finds the queue empty waits for the next event, and its batch
+    holds every event queued or arriving within ``within_s`` after that one. Waiting only pays
+    when it gathers events that would otherwise come one by one; behind, it added ``within_s`` to
+    every cycle (measured at half load, chunked messages, 2 vCPU: 10 ms of a ~55 ms cycle)."""
     iterator = channel.__aiter__()  # the iterator channel the conductor delivers to
     try:
         async for events in _batches(iterator.queue, max_events, within_s):
@@ -51,10 +56,11 @@ async def _batches(queue: Any, max_events: int, within_s: float) -> AsyncIterato
     loop = asyncio.get_running_loop()
     try:
         while True:
+            behind = queue.qsize() > 0  # events only (empty() also counts errors thrown into the channel)
             events = [await queue.get()]
-            deadline = loop.time() + within_s
+            deadline = loop.time() + (0.0 if behind else within_s)
             while len(events) < max_events:
-                if queue.qsize():  # events only (empty() also counts errors thrown into the channel)
+                if queue.qsize():
                     events.append(queue.get_nowait())
                     continue
                 left = deadline - loop.time()

@@ -55,6 +55,20 @@ def test_a_batch_waits_within_for_more_and_loses_nothing_at_its_end() -> None:
     assert asyncio.run(main()) == [[0, 1, 2], [3, 4]]
 
 
+def test_an_agent_that_is_behind_takes_what_is_queued_without_waiting() -> None:
+    """Events already queued when the agent asks are its batch; one arriving soon after (well
+    within the window) starts the next instead of joining it."""
+    async def main() -> list[list[int]]:
+        queue = _queue()
+        for i in range(3):
+            queue.put_nowait(i)
+        asyncio.get_running_loop().call_later(0.05, queue.put_nowait, 3)
+        batches = channel_batches(_Channel(queue), 100, 0.5)
+        return [await asyncio.wait_for(batches.__anext__(), 2) for _ in range(2)]
+
+    assert asyncio.run(main()) == [[0, 1, 2], [3]]
+
+
 def test_taking_events_endorses_pressure_drops() -> None:
     """A partition paused for a full buffer is fetched again once the agent drained the queue:
     the drop callback the conductor registered runs."""

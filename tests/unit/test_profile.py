@@ -10,7 +10,7 @@ from pipeline.bench.engine_profile import PROFILED, batch_messages
 from pipeline.cli.main import main
 from pipeline.engine.events import EventBatch, EventChunk
 from pipeline.engine.profile import STAGES, StageClock, lap
-from pipeline.engine.records import parse_record_bytes
+from pipeline.engine.records import RecordError, encode_chunk, parse_record_bytes
 from pipeline.outcomes import Outcomes, decode_outcome, encode_outcomes
 
 from .test_audit import layered_results
@@ -64,6 +64,23 @@ def test_outcomes_carry_float32_decisions_bit_exact():
             np.testing.assert_array_equal(got.experts, d.experts)
             np.testing.assert_array_equal(got.ctx, d.ctx_hash)
             np.testing.assert_array_equal(got.tiers, d.tiers)
+
+
+def test_the_pipeline_bench_counts_outcomes_and_forwarded_records_as_decoded():
+    """The measuring consumer reads only stream, seq and length: the same as a full decode, for
+    outcomes of every run length and for the token records a passthrough forwards."""
+    from pipeline.bench.pipeline_bench import _outcome_tokens
+    for result in layered_results(0.2):
+        n = len(result.events)
+        for size in (1, 5):
+            for _, value in encode_outcomes(result, np.arange(n) // size, "w"):
+                o = decode_outcome(value)
+                assert _outcome_tokens(value) == (o.streams[0], int(o.seqs[0]), len(o))
+    for chunk in (EventChunk("s", 3, (7,)), EventChunk("t", 0, (1, 2, 3))):
+        assert _outcome_tokens(encode_chunk(chunk)) == (chunk.stream, chunk.first_seq, len(chunk.tokens))
+    for junk in (b"not json", b"[1, 2]", b'{"stream": "s", "seq": 1}'):
+        with pytest.raises(RecordError):
+            _outcome_tokens(junk)
 
 
 def test_bench_engine_profile_reports_every_stage(capsys):
