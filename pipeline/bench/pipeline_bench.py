@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Callable
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
+from redis.exceptions import RedisError
 
 from pipeline.corpus.synthetic import SyntheticSpec, generate
 from pipeline.engine.events import EventChunk
@@ -43,15 +45,19 @@ from pipeline.engine.table import build_table
 from pipeline.corpus.jsonl import iter_batches
 from pipeline.assembly import router_spec, thresholds
 from pipeline.settings import Settings
+from pipeline.stores.namespace import drop_namespace
+from pipeline.stores.redis_access import RedisAccess
 from pipeline.stack.ports import free_port
 from pipeline.stream.kafka_replay import scoped_settings
 from pipeline.table_sets import publish_table_and_stats
 from pipeline.stream.producer import PRODUCER_BATCH_BYTES, rechunk
-from pipeline.stream.topics import ensure_topics, pipeline_topics, wait_for_group
+from pipeline.stream.topics import TopicError, delete_run_topics, ensure_topics, pipeline_topics, wait_for_group
 from pipeline.stream.kafka_access import KafkaAccess
 from pipeline.stream.worker_pool import WorkerPool
 
 from .pipeline_report import cpu_seconds, scrape, stage_costs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,7 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
         metrics = snapshot()
     finally:
         pool.stop_all()
+        asyncio.run(discard_run(run))
     batches = metrics.get("var_batch_size_count", 0.0)
     result: dict[str, object] = dict(figures)  # plus the entries below (of other types)
     result["redis_round_trips_per_batch"] = metrics.get("var_redis_round_trips_total", 0.0) / batches if batches else 0.0
@@ -255,6 +262,18 @@ def run_case(case: Case, base: Settings, cfg: BenchConfig, tables: dict, corpus:
     result["stage_us_per_token"] = stage_costs(phase)  # the throughput phase only
     return {"shape": case.shape, "size": case.size, "mode": case.mode, "intake": case.intake, "message_tokens": size,
             **result}
+
+
+async def discard_run(run: Settings) -> None:
+    """Delete a finished case's topics and Redis namespace: a bench leaves nothing behind on the
+    user's broker (each case made five topics, 8 partitions apiece), and later cases do not run
+    on a broker that grew by the earlier ones. A failure is logged, not raised: the case's
+    figures (or its own error) matter more."""
+    try:
+        await delete_run_topics(KafkaAccess.from_settings(run), run)
+        await drop_namespace(RedisAccess.from_settings(run), run.namespace)
+    except (TopicError, RedisError, OSError) as exc:
+        log.warning("could not remove the topics or Redis keys of run %s: %s", run.app_id, exc)
 
 
 def build_tables(base: Settings, train: list[EventChunk]) -> dict:

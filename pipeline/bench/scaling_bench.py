@@ -28,6 +28,7 @@ from pipeline.engine.routers import PRESETS, build_router
 from pipeline.engine.table import RoutingTable
 from pipeline.settings import Settings
 from pipeline.stores.keys import RedisKeys
+from pipeline.stores.namespace import drop_namespace
 from pipeline.stores.redis_access import RedisAccess
 from pipeline.stores.redis_store import RedisRoutingStore
 from pipeline.stream.processor import RouterProcessor
@@ -102,6 +103,7 @@ async def _route_streams(settings: Settings, table: RoutingTable, batches: list[
     seconds = time.perf_counter() - t0
     counted = await _count_keys(store.client, namespace)
     await store.close()
+    await drop_namespace(RedisAccess.from_settings(settings), namespace)  # counted: the bench leaves none
     c = engine.layers[0].counters
     return {"tokens": routed, "us_per_token": 1e6 * seconds / max(1, routed), "windows": len(windows),
             "learned_calls": int(c.tiers[Tier.LEARNED]), **counted}

@@ -119,3 +119,22 @@ async def wait_for_group(bootstrap: KafkaAccess | str, group_id: str, members: i
             return True
         await asyncio.sleep(0.5)
     return False
+
+
+async def delete_run_topics(bootstrap: KafkaAccess | str, settings: Settings) -> list[str]:
+    """Delete what a finished run created on the broker: the pipeline's topics
+    (:func:`pipeline_topics`) and Faust's internal ones of its app id (``<app id>-...``: the
+    window changelog, the assignor's leader topic). For run-scoped settings only (a bench case,
+    see :func:`pipeline.stream.kafka_replay.scoped_settings`): a deployment's topics are its
+    data. Returns the names deleted."""
+    admin = await started_admin(bootstrap)
+    try:
+        ours = set(pipeline_topics(settings))
+        names = sorted(t for t in await admin.list_topics() if t in ours or t.startswith(f"{settings.app_id}-"))
+        if names:
+            await admin.delete_topics(names)
+        return names
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc}") from None
+    finally:
+        await admin.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import redis
+
 from pipeline.cli.main import main
 
 
@@ -22,6 +24,7 @@ def test_windows_and_redis_keys_grow_as_documented(redis_url, tmp_path, capsys):
         assert r["redis_other_keys"] <= 4  # the table set: pointer, sequence, one layer (+ archive)
         assert 0 < r["redis_bytes_per_cache_key"] < 1000
     assert plot.stat().st_size > 10_000
+    assert not list(redis.Redis.from_url(redis_url).scan_iter(match="var:scaling-*"))  # the bench left nothing
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "streams" in table and "dc keys" in table and "documented" in table
