@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Awaitable, Callable, MutableMapping, Sequence, cast
+from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -86,6 +86,23 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek to the committed offsets, which it makes before every resume of the
+        streams (``perform_seek``), and for which it drops what a fetch returned while the flow was
+        stopped or the generation moved (``Consumer.getmany``). aiokafka's seek skips a partition
+        whose committed offset is 0 or missing (``if offset and offset > 0``,
+        aio-libs/aiokafka#1003): the partitions of a group that has committed nothing yet. Their
+        position stays past the dropped records, which then come only once the router's stall
+        check seeks, 3 s later (measured: 5 runs of 18 of a new four-worker group on a
+        finished backlog, 58k tokens/s against 196k--252k). Here those partitions are sought to
+        the log start, where a new group starts (``auto_offset_reset=earliest``); changelog
+        partitions are left to the table recovery, which seeks them itself."""
+        committed = await super().seek_to_committed()
+        fresh = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
+        if fresh:
+            await self._thread.seek_to_beginning(*fresh)
+        return committed
 
     def on_buffer_drop(self, tp: TP) -> None:
         """A stream buffer drained below its low mark: fetch for ``tp`` again, at once."""

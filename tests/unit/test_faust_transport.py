@@ -229,3 +229,36 @@ def test_with_every_partition_buffered_and_none_drained_nothing_is_fetched_and_n
 
     result, fetched, elapsed = asyncio.run(main())
     assert result == ({}, set()) and fetched == [] and elapsed < 0.5
+
+
+class _Thread:
+    """The consumer thread's two seeks: committed offsets as given, and what went to the log start."""
+
+    def __init__(self, committed: dict[TP, int | None]) -> None:
+        self.committed, self.to_beginning = committed, []
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self.committed)
+
+    async def seek_to_beginning(self, *partitions: TP) -> None:
+        self.to_beginning.extend(partitions)
+
+
+def test_faust_s_seek_to_committed_also_seeks_partitions_with_nothing_committed() -> None:
+    """aiokafka leaves a partition whose committed offset is 0 or missing where it is
+    (aio-libs/aiokafka#1003); Faust's perform_seek now sends those to the log start, leaves the
+    committed ones and the changelog partitions alone, and resets their read offsets as before."""
+    async def main() -> tuple[list[TP], dict[TP, int | None]]:
+        consumer = _app().consumer
+        changelog = TP("test-drain-windows-changelog", 0)
+        committed = {TP(TOKENS, 0): 120, TP(TOKENS, 1): None, TP(TOKENS, 2): 0, changelog: None}
+        thread = _Thread(committed)
+        consumer._thread = thread  # type: ignore[assignment]
+        consumer._is_changelog_tp = lambda tp: tp.topic.endswith("-changelog")  # type: ignore[method-assign]
+        consumer._read_offset.update({TP(TOKENS, 1): 500, TP(TOKENS, 2): 40})  # stale, from before
+        await consumer.perform_seek()
+        return thread.to_beginning, dict(consumer._read_offset)
+
+    to_beginning, read = asyncio.run(main())
+    assert sorted(to_beginning) == [TP(TOKENS, 1), TP(TOKENS, 2)]
+    assert read[TP(TOKENS, 0)] == 120 and read[TP(TOKENS, 1)] is None and read[TP(TOKENS, 2)] == 0
