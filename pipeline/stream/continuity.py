@@ -18,6 +18,7 @@ them, so no later message ever reveals the gap.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Awaitable, Callable, Iterable
@@ -160,16 +161,29 @@ class KafkaOffsets:
 
     def __init__(self, bootstrap: KafkaAccess | str, group_id: str, topic: str) -> None:
         self.kafka, self.group_id, self.topic = kafka_access(bootstrap), group_id, topic
-        self._admin: AIOKafkaAdminClient | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._clients_made: tuple[AIOKafkaAdminClient, AIOKafkaConsumer] | None = None
+        self._making = asyncio.Lock()
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
-        if self._admin is None or self._consumer is None:
-            self._admin = self.kafka.admin()
-            await self._admin.start()
-            self._consumer = self.kafka.consumer(group_id=None)
-            await self._consumer.start()
-        return self._admin, self._consumer
+        """The admin client and consumer, both started; made once, by the first caller.
+
+        The agent's admit path and the stall-check timer ask concurrently. Without the lock
+        a second caller, arriving while the first awaited ``start()``, made a second pair and
+        the first caller got that pair's consumer before it had started (its ``_fetcher`` still
+        None: a worker crashed in a chaos ``leave`` run with ``AttributeError: 'NoneType'
+        object has no attribute 'beginning_offsets'``, and the first consumer leaked)."""
+        async with self._making:
+            if self._clients_made is None:
+                admin = self.kafka.admin()
+                await admin.start()
+                consumer = self.kafka.consumer(group_id=None)
+                try:
+                    await consumer.start()
+                except BaseException:
+                    await admin.close()
+                    raise
+                self._clients_made = admin, consumer
+            return self._clients_made
 
     async def start(self, partitions: Iterable[int]) -> dict[int, int]:
         tps = [TopicPartition(self.topic, p) for p in partitions]
@@ -189,7 +203,7 @@ class KafkaOffsets:
         return {tp.partition: offset for tp, offset in ends.items()}
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        made, self._clients_made = self._clients_made, None
+        if made is not None:
+            await made[0].close()
+            await made[1].stop()
