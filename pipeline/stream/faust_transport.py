@@ -21,6 +21,19 @@ rebalance, and the router agent admits only contiguous offsets and seeks at gaps
 the read offsets of undelivered messages are not advanced (Faust advances them), so a message
 fetched again is never taken for a repeat.
 
+A fetch that returns after the flow stopped gives its records back
+(:class:`GiveBackConsumerThread`). A fetch is issued while the flow runs and waits up to a second
+for records, so it can span a whole rebalance: it then returns records of the *new* assignment --
+the table's changelog partitions read from the log start -- while the flow is still stopped, and
+Faust's ``getmany`` drops them. When that happens just after the table recovery has sought
+its changelog partitions, their position is already past every record the recovery waits for, and
+the worker never becomes ready: ``No event received for active tp ... since recovery start`` (two
+sightings in the chaos suite; faust-streaming/faust#74 describes the same hang). Logged in 11
+``join``/``leave`` runs: 2 had such a fetch, returning 3--4 ms *before* the recovery's seek,
+which rescued it. Here the thread seeks each partition of such a fetch back to its first returned
+offset, in the same step as the fetch (no other seek can come between), and the round ends
+without Faust's seek to the committed offsets (a 1.5--2.5 s stall of the recovery, measured).
+
 Two waits of Faust's fetch loop are shortened as well. When stream buffers are full, Faust
 leaves their partitions out of the fetch (back-pressure, faust-streaming/faust#53) and the
 fetch of the remaining ones waits its whole second for records -- so a buffer that drains in
@@ -87,6 +100,9 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return GiveBackConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust's seek to the committed offsets, which it makes before every resume of the
         streams (``perform_seek``), and for which it drops what a fetch returned while the flow was
@@ -120,7 +136,13 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
             await self.wait_first(drained.wait(), timeout=timeout)
             if self._all_buffered():
                 return {}, self._get_active_partitions()
-        return await super()._wait_next_records(timeout)
+        records, active = await super()._wait_next_records(timeout)
+        if not records and not self.flow_active:
+            # Nothing fetched, or given back (GiveBackConsumerThread): no position moved, so
+            # Faust's seek of every partition to its committed offset ("getmany called while
+            # flow not active") has nothing to undo; it costs one request per partition.
+            return None, active
+        return records, active
 
     def _all_buffered(self) -> bool:
         """Flow is on and every assigned partition is out of the fetch for a full buffer."""
@@ -189,6 +211,31 @@ async def deliver_batch(batch: Sequence[tuple[TP, Message]], to: Delivery) -> No
         await to.before_each()
         await to.callback(message)
         to.read_offsets[tp] = offset
+
+
+class GiveBackConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread; a fetch that returns once the flow has stopped gives its
+    records back (see the module docstring)."""
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                               max_records=max_records)
+        if records and not self.consumer.flow_active:
+            give_back(consumer, records)
+            self.log.info("A fetch returned after the flow stopped: %d records of %d partitions given back",
+                          sum(len(batch) for batch in records.values()), len(records))
+            return {}
+        return records
+
+
+def give_back(consumer: Any, records: Mapping[Any, Sequence[Any]]) -> None:
+    """Seek every partition of ``records`` (a fetch's result, just returned by ``consumer``) back
+    to its first record's offset, as if the fetch had not happened. Runs on the consumer thread
+    with no await between the fetch and the seeks."""
+    for tp, batch in records.items():
+        if batch:
+            consumer.seek(tp, batch[0].offset)
 
 
 class BatchDrainTransport(faust_aiokafka.Transport):

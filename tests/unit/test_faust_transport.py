@@ -262,3 +262,70 @@ def test_faust_s_seek_to_committed_also_seeks_partitions_with_nothing_committed(
     to_beginning, read = asyncio.run(main())
     assert sorted(to_beginning) == [TP(TOKENS, 1), TP(TOKENS, 2)]
     assert read[TP(TOKENS, 0)] == 120 and read[TP(TOKENS, 1)] is None and read[TP(TOKENS, 2)] == 0
+
+
+class _SeekRecorder:
+    """The aiokafka consumer as give_back uses it: seeks, recorded."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def _fetch_returning(records: dict[TP, list[Any]], stop_flow_of: Any = None) -> Any:
+    async def _fetch_records(self: Any, consumer: Any, active: Any, timeout: Any = None, max_records: Any = None) -> Any:
+        if stop_flow_of is not None:
+            stop_flow_of.flow_active = False  # a rebalance started while the fetch waited
+        return records
+    return _fetch_records
+
+
+def test_a_fetch_returning_after_the_flow_stopped_gives_its_records_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recovery's changelog records fetched into a stopped flow would be dropped by Faust
+    with the position past them (the stuck recovery): the thread seeks each partition back to
+    its first returned offset and returns nothing; with the flow running nothing is sought."""
+    changelog = TP("test-drain-windows-changelog", 3)
+    records = {changelog: [_message(3, o) for o in range(0, 30)], TP(TOKENS, 1): [_message(1, o) for o in (7, 8)],
+               TP(TOKENS, 2): []}
+
+    async def main(flow: bool) -> tuple[Any, list[tuple[TP, int]]]:
+        consumer = _app().consumer
+        thread = consumer._thread
+        assert isinstance(thread, faust_transport.GiveBackConsumerThread)
+        aiokafka_consumer = _SeekRecorder()
+        consumer.flow_active = flow
+        return await thread._fetch_records(aiokafka_consumer, set(records), timeout=1.0), aiokafka_consumer.seeks
+
+    monkeypatch.setattr(faust_transport.faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", _fetch_returning(records))
+    returned, seeks = asyncio.run(main(flow=False))
+    assert returned == {} and sorted(seeks) == sorted([(TP(TOKENS, 1), 7), (changelog, 0)])
+    returned, seeks = asyncio.run(main(flow=True))
+    assert returned is records and seeks == []
+
+
+def test_a_round_that_fetched_nothing_into_a_stopped_flow_skips_faust_s_seek_to_committed() -> None:
+    """Faust seeks every partition to its committed offset (one request each: 1.5-2.5 s measured,
+    with the recovery waiting) when a fetch returns into a stopped flow; when nothing was fetched
+    -- or it was given back -- no position moved and the round just ends."""
+    async def main() -> tuple[list[Any], int]:
+        consumer = _app().consumer
+        consumer._active_partitions = {TP(TOKENS, 0)}
+        consumer.flow_active = True
+        seeks = 0
+
+        async def _getmany(active_partitions: set[TP], timeout: float) -> dict:
+            consumer.flow_active = False
+            return {}
+
+        async def perform_seek() -> None:
+            nonlocal seeks
+            seeks += 1
+
+        consumer._getmany = _getmany  # type: ignore[method-assign]
+        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+        got = [item async for item in consumer.getmany(timeout=0.01)]
+        return got, seeks
+
+    assert asyncio.run(main()) == ([], 0)
