@@ -49,7 +49,7 @@ from .kafka_access import KafkaAccess
 from .processor import InMessage, RouterProcessor
 from .context_windows import ContextWindowTable
 from .faust_config import faust_settings, worker_name
-from .faust_transport import VarFaustApp
+from .faust_transport import FaustIntakeApp, VarFaustApp
 from .channel_batches import channel_batches
 from .worker_pool import WorkerFailed
 
@@ -89,7 +89,7 @@ def create_app(settings: Settings) -> RouterApp:
     name = worker_name(settings)
     processor, store = build_processor(settings, name)
     processor.engine.attach_profile(StageClock())  # a few clock reads per batch: always on
-    app_type = VarFaustApp if settings.intake == "batched" else faust.App
+    app_type = VarFaustApp if settings.intake == "batched" else FaustIntakeApp
     app = app_type(settings.app_id, **faust_settings(settings))
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over

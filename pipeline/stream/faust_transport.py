@@ -42,7 +42,8 @@ Measured in a per-token router worker: a second-long fetch after every ~8,000 me
 agent idle ~0.9 s of it. Here a fetch waits at most :data:`BUFFERED_FETCH_TIMEOUT_S` while
 some partition is out, and with every partition out the next fetch starts when a buffer drains.
 
-:class:`VarFaustApp` is a ``faust.App`` whose consumer transport uses it; the producer transport
+:class:`VarFaustApp` is a ``faust.App`` whose consumer transport uses it; :class:`FaustIntakeApp`
+keeps Faust's own intake with the give-back alone (``VAR_INTAKE=faust``). The producer transport
 is Faust's own.
 """
 from __future__ import annotations
@@ -64,7 +65,24 @@ FETCH_TIMEOUT_S = 1.0  # a fetch waits this long for records (Faust's own figure
 BUFFERED_FETCH_TIMEOUT_S = 0.02  # ... while some partitions are paused for a full stream buffer
 
 
-class BatchDrainConsumer(faust_aiokafka.Consumer):
+class GiveBackConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer whose thread gives back a fetch that returned into a stopped flow
+    (:class:`GiveBackConsumerThread`); the router worker's consumer under either intake."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return GiveBackConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active = await super()._wait_next_records(timeout)
+        if not records and not self.flow_active:
+            # Nothing fetched, or given back: no position moved, so Faust's seek of every
+            # partition to its committed offset ("getmany called while flow not active") has
+            # nothing to undo; it costs one request per partition, in sequence.
+            return None, active
+        return records, active
+
+
+class BatchDrainConsumer(GiveBackConsumer):
     """Faust's aiokafka consumer with one ``wait_first`` per fetched batch (see module docstring)."""
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the Fetcher service that runs it
@@ -100,9 +118,6 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return GiveBackConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust's seek to the committed offsets, which it makes before every resume of the
         streams (``perform_seek``), and for which it drops what a fetch returned while the flow was
@@ -136,13 +151,7 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
             await self.wait_first(drained.wait(), timeout=timeout)
             if self._all_buffered():
                 return {}, self._get_active_partitions()
-        records, active = await super()._wait_next_records(timeout)
-        if not records and not self.flow_active:
-            # Nothing fetched, or given back (GiveBackConsumerThread): no position moved, so
-            # Faust's seek of every partition to its committed offset ("getmany called while
-            # flow not active") has nothing to undo; it costs one request per partition.
-            return None, active
-        return records, active
+        return await super()._wait_next_records(timeout)
 
     def _all_buffered(self) -> bool:
         """Flow is on and every assigned partition is out of the fetch for a full buffer."""
@@ -238,6 +247,12 @@ def give_back(consumer: Any, records: Mapping[Any, Sequence[Any]]) -> None:
             consumer.seek(tp, batch[0].offset)
 
 
+class GiveBackTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`GiveBackConsumer` (Faust's own intake)."""
+
+    Consumer = GiveBackConsumer
+
+
 class BatchDrainTransport(faust_aiokafka.Transport):
     """Faust's aiokafka transport with :class:`BatchDrainConsumer`."""
 
@@ -249,3 +264,11 @@ class VarFaustApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return BatchDrainTransport(self.conf.broker_consumer, self)
+
+
+class FaustIntakeApp(faust.App):
+    """A ``faust.App`` with Faust's own intake (``VAR_INTAKE=faust``), consuming through
+    :class:`GiveBackTransport`."""
+
+    def _new_transport(self) -> TransportT:
+        return GiveBackTransport(self.conf.broker_consumer, self)

@@ -29,13 +29,14 @@ pytestmark = pytest.mark.integration
 INJECTION = Path(__file__).resolve().parent / "fetch_race"
 
 
+@pytest.mark.parametrize("intake", ["batched", "faust"])
 def test_a_fetch_returning_the_recovery_s_records_into_a_stopped_flow_loses_nothing(
-        kafka_bootstrap: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        kafka_bootstrap: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, intake: str) -> None:
     arm = tmp_path / "arm-fetch-race"
     monkeypatch.setenv("VAR_TEST_FETCH_RACE", str(arm))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(INJECTION), os.environ.get("PYTHONPATH")) if p))
     h = make_harness(kafka_bootstrap, redis_url, tmp_path,
-                     SyntheticSpec(vocab_size=500, num_streams=12, tokens_per_stream=400, seed=5))
+                     SyntheticSpec(vocab_size=500, num_streams=12, tokens_per_stream=400, seed=5), intake=intake)
     half = len(h.chunks) // 2
     first_wave = sum(len(c) for c in h.chunks[:half])
 
