@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from pipeline.errors import VARError
@@ -62,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    if threading.current_thread() is threading.main_thread():  # a worker's Faust installs its own over it
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return handler(args) or 0
     except VARError as exc:
@@ -72,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the command unwinds and stops what it started (a chaos run's or a
+    bench's broker, Redis and workers), where Python's default would end it at once and leave
+    them running."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
