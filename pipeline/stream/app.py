@@ -22,6 +22,7 @@ it, they are recognised by offset and skipped.
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -175,9 +176,26 @@ def _add_timers(app: faust.App, settings: Settings, agent: RouterAgent, processo
         # Faust waits only for messages of topics with acks, so wait for the batch in progress
         # here; then commit what the agent finished, so the next owner starts exactly there.
         # (The eager protocol revokes *every* partition; nothing is dropped from the table.)
-        await agent.idle.wait()
-        await agent.publish_certificates(flush=True)
-        await agent.commit(during_rebalance=True)
+        await wrap_up(agent)
+
+    # ignore: as above (this signal sends only the app)
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        # A graceful stop: Faust has stopped the flow (the agent routes nothing new) but not yet
+        # cancelled the agent. Finish its batch and commit, so the next owner does not route
+        # again what this worker finished since its last commit.
+        try:
+            await asyncio.wait_for(wrap_up(agent), settings.session_timeout_s)
+        except Exception as exc:  # the stop goes on; the next owner routes the rest again
+            log.warning("could not finish the batch and commit before stopping (%r)", exc)
+
+
+async def wrap_up(agent: RouterAgent) -> None:
+    """Wait for the batch in progress, send its certificates (sealing the open ranges), then
+    commit the finished frontier -- at a revoke and before a graceful stop."""
+    await agent.idle.wait()
+    await agent.publish_certificates(flush=True)
+    await agent.commit(during_rebalance=True)
 
 
 def _add_route(app: faust.App, tokens: Any, settings: Settings, agent: RouterAgent, metrics: RouterMetrics) -> None:

@@ -262,3 +262,35 @@ def test_a_failing_cache_write_loses_no_outcome_and_finishes_the_batch():
     asyncio.run(agent.handle(msgs))
     assert sum(1 for t, *_ in producer.sent if t == "out") == len(msgs)
     assert agent.continuity.committable() == {0: len(msgs)} and "window" in log
+
+
+def test_a_graceful_stop_waits_for_the_batch_in_progress_then_commits_it_even_though_quiet():
+    """wrap_up (at a revoke and before a graceful stop): the batch being routed finishes first,
+    then the frontier is committed although the flow is stopped -- so the next owner does not
+    route again what this worker finished since its last timer commit."""
+    from pipeline.stream.app import wrap_up
+
+    agent, producer, control, log = agent_for()
+    msgs = messages_for(corpus(20))
+    release = asyncio.Event()
+
+    async def slow_send(*msg: Any) -> asyncio.Future:
+        await release.wait()  # the broker has not acknowledged yet
+        return await producer.send(*msg)
+
+    agent.send = slow_send
+
+    async def main() -> None:
+        batch = asyncio.create_task(agent.handle(msgs))
+        await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(wrap_up(agent))
+        await asyncio.sleep(0.01)
+        assert not stopping.done() and control.commits == []
+        control.rebalancing = True  # Faust stopped the flow: quiet from now on
+        release.set()
+        await batch
+        await asyncio.wait_for(stopping, 5)
+
+    asyncio.run(main())
+    assert control.commits == [{0: len(msgs)}]
+    assert log[-1] == f"commit {[(0, len(msgs))]}"
