@@ -54,6 +54,7 @@ from functools import cached_property
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Sequence, cast
 
 import faust
+from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
@@ -236,6 +237,34 @@ class GiveBackConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                           sum(len(batch) for batch in records.values()), len(records))
             return {}
         return records
+
+
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """Faust's livelock check of one partition, except while the partition has no position.
+
+        Faust reads ``tp_state.position`` and expects None when there is none, but aiokafka
+        asserts there while a partition awaits an offset reset (a new assignment, a seek to the
+        log start): a router worker crashed in CI with that ``AssertionError`` from
+        ``_commit_livelock_detector`` (the detector crashing the app on a state it did not
+        expect, as in faust-streaming/faust#446). Such a partition has nothing to verify yet; an
+        ``AssertionError`` is swallowed only when the partition has (by then) lost its position."""
+        state = self._partition_state(tp)
+        if state is not None and not state.has_valid_position:
+            return None
+        try:
+            super().verify_event_path(now, tp)
+        except AssertionError:
+            state = self._partition_state(tp)
+            if state is None or state.has_valid_position:
+                raise
+        return None
+
+    def _partition_state(self, tp: TP) -> Any:
+        """aiokafka's state of ``tp`` in the current assignment (None when not assigned)."""
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        if subscription is None or subscription.assignment is None:
+            return None
+        return subscription.assignment.state_value(TopicPartition(tp.topic, tp.partition))
 
 
 def give_back(consumer: Any, records: Mapping[Any, Sequence[Any]]) -> None:

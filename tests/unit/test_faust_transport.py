@@ -331,3 +331,39 @@ def test_a_round_that_fetched_nothing_into_a_stopped_flow_skips_faust_s_seek_to_
         return got, seeks
 
     assert asyncio.run(main()) == ([], 0)
+
+
+def test_the_livelock_check_skips_a_partition_that_awaits_its_offset_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka asserts on ``position`` while a partition awaits a reset; Faust's livelock check
+    read it and crashed the worker. Such a partition is skipped; one with a position is checked
+    by Faust as before, and an AssertionError of any other cause still propagates."""
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    verified: list[TP] = []
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        state = TopicPartitionState(assignment=None)  # a new assignment's state: no position yet
+        subscription = SimpleNamespace(assignment=SimpleNamespace(state_value=lambda tp: state))
+        fake = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(subscription=subscription)))
+
+        def faust_verify(self: Any, now: float, tp: TP) -> None:
+            verified.append(tp)
+            if failure:
+                raise failure[0]
+            state.position  # Faust reads it; aiokafka asserts when there is none
+
+        monkeypatch.setattr(faust_transport.faust_aiokafka.AIOKafkaConsumerThread, "verify_event_path", faust_verify)
+        thread = _app().consumer._thread
+        thread._ensure_consumer = lambda: fake  # type: ignore[method-assign]
+        tp = TP(TOKENS, 0)
+        thread.verify_event_path(1.0, tp)
+        assert verified == []  # awaiting reset: skipped
+        state.seek(40)
+        thread.verify_event_path(1.0, tp)
+        assert verified == [tp]  # with a position: Faust's check
+        failure.append(AssertionError("another cause"))
+        with pytest.raises(AssertionError, match="another cause"):
+            thread.verify_event_path(1.0, tp)
+
+    asyncio.run(main())
