@@ -138,7 +138,7 @@ def _router_agent(app: faust.App, settings: Settings, processor: RouterProcessor
 def _add_timers(app: faust.App, settings: Settings, agent: RouterAgent, processor: RouterProcessor,
                 store: RedisRoutingStore, metrics: RouterMetrics, name: str) -> None:
     """Stall watch and lag gauges, the commit of the routed frontier, idle-stream sweeps, the
-    worker's registration in Redis, and the rebalance hook."""
+    worker's registration in Redis, and the rebalance and stop hooks."""
 
     @app.timer(interval=1.0)
     async def watch_for_stalls() -> None:
