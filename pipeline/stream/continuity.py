@@ -71,13 +71,20 @@ class OffsetContinuity:
                 state.clear()
 
     async def _learn(self, partitions: Iterable[int]) -> None:
+        """Start offsets for the partitions not known yet. The agent and the stall check learn
+        concurrently: a partition another caller learned (and maybe routed past) during the
+        lookup keeps its offset -- overwriting it with the start made the stall check seek back
+        over routed messages (a dead letter sent twice in CI)."""
         unknown = sorted(set(partitions) - self.expected.keys())
         if unknown:
             starts = await self._start_offsets(unknown)
-            self.expected.update(starts)
-            for p in unknown:
-                self.done.setdefault(p, starts[p])
-            log.info("routing starts at offsets %s", {p: self.expected[p] for p in unknown})
+            fresh = {p: starts[p] for p in unknown if p not in self.expected}
+            if not fresh:
+                return
+            self.expected.update(fresh)
+            for p, start in fresh.items():
+                self.done.setdefault(p, start)
+            log.info("routing starts at offsets %s", fresh)
 
     def _ask_seek(self, partition: int, why: str) -> int:
         target = self.expected[partition]

@@ -75,3 +75,32 @@ def test_concurrent_first_calls_share_one_started_pair() -> None:
     assert starts == {0: 5, 1: 5} and ends == {0: 9, 1: 9} and more == {2: 5}
     assert [type(c) for c in access.made] == [_Admin, _Consumer]  # one pair, nothing leaked
     assert all(c.closed for c in access.made)
+
+
+def test_a_partition_learned_and_routed_during_another_lookup_keeps_its_offset() -> None:
+    """The stall check and the agent learn start offsets concurrently; the slower lookup must not
+    put a partition the agent has meanwhile routed past back to its start."""
+    from pipeline.stream.continuity import OffsetContinuity
+
+    gate = asyncio.Event()
+    calls = 0
+
+    async def starts(partitions: list[int]) -> dict[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()  # the stall check's lookup, slow
+        return {p: 0 for p in partitions}
+
+    continuity = OffsetContinuity(starts)
+
+    async def run() -> dict[int, int]:
+        slow = asyncio.create_task(continuity._learn([0, 1, 2, 3]))
+        await asyncio.sleep(0)
+        await continuity._learn([3])  # the agent's, first to return
+        continuity.expected[3] = 1  # ... and it routed offset 0
+        gate.set()
+        await slow
+        return dict(continuity.expected)
+
+    assert asyncio.run(run()) == {0: 0, 1: 0, 2: 0, 3: 1}
