@@ -58,6 +58,9 @@ class RouterMetrics:
                                    registry=r).labels(**labels)
         self.offset_gaps = Counter("var_offset_gaps", "Undelivered offsets detected and re-fetched", ["worker"],
                                    registry=r).labels(**labels)
+        self.repeated = Counter("var_repeated_messages", "Messages delivered again within a consumer generation "
+                                "(a seek re-fetched them), dropped before routing", ["worker"],
+                                registry=r).labels(**labels)
         self.consumer_lag = Gauge("var_consumer_lag", "Messages behind the end of the token topic",
                                   ["worker", "partition"], registry=r)
         self.streams = Gauge("var_stream_windows", "Stream context windows held by this worker", ["worker"],
@@ -73,7 +76,7 @@ class RouterMetrics:
         self._stage_seen: dict[str, float] = {}
         self.audit_ledger = AuditLedger()
         self._worker = worker
-        self._seen = (0, 0, 0)
+        self._seen = (0, 0, 0, 0)
 
     def observe_stages(self, seconds: dict[str, float]) -> None:
         """Advance the per-stage counters to a stage clock's running totals."""
@@ -107,13 +110,13 @@ class RouterMetrics:
                 for bound, value in (("estimate", row["agreement"]), ("low", row["low"]), ("high", row["high"])):
                     self.audit_agreement.labels(**labels, bound=bound).set(value)
 
-    def observe_totals(self, round_trips: int, degraded: int, offset_gaps: int) -> None:
+    def observe_totals(self, round_trips: int, degraded: int, offset_gaps: int, repeated: int = 0) -> None:
         """Advance the counters kept elsewhere as running totals (Redis store, offset guard)."""
-        seen_trips, seen_degraded, seen_gaps = self._seen
-        self.redis_round_trips.inc(max(0, round_trips - seen_trips))
-        self.redis_degraded.inc(max(0, degraded - seen_degraded))
-        self.offset_gaps.inc(max(0, offset_gaps - seen_gaps))
-        self._seen = (round_trips, degraded, offset_gaps)
+        totals = (round_trips, degraded, offset_gaps, repeated)
+        for counter, total, seen in zip((self.redis_round_trips, self.redis_degraded, self.offset_gaps,
+                                         self.repeated), totals, self._seen):
+            counter.inc(max(0, total - seen))
+        self._seen = totals
 
 
 def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:

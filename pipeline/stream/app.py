@@ -215,7 +215,7 @@ def _add_route(app: faust.App, tokens: Any, settings: Settings, agent: RouterAge
                 continue
             try:
                 record_batch(metrics, agent.processor, out, len(events), time.perf_counter() - started,
-                             agent.continuity.gaps)
+                             agent.continuity.gaps, agent.continuity.repeats)
             except Exception:  # metrics are never worth a routing failure
                 log.exception("updating metrics failed")
 

@@ -12,7 +12,7 @@ log = logging.getLogger("pipeline.stream.app")
 
 
 def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchOutput, messages: int,
-                 seconds: float, offset_gaps: int) -> None:
+                 seconds: float, offset_gaps: int, repeated: int = 0) -> None:
     """Update the worker's metrics after a routed batch (counters follow the engines' totals).
 
     Tier counts add up every layer's decisions; the learned share, cache hit rate and window
@@ -36,7 +36,8 @@ def record_batch(metrics: RouterMetrics, processor: RouterProcessor, out: BatchO
     metrics.table_version.set(processor.table_version)
     metrics.deadletters.inc(len(out.deadletters))
     metrics.redelivered.inc(out.redelivered)
-    metrics.observe_totals(getattr(store, "round_trips", 0), getattr(store, "degraded", 0), offset_gaps)
+    metrics.observe_totals(getattr(store, "round_trips", 0), getattr(store, "degraded", 0), offset_gaps,
+                           repeated)
     if processor.engine.profile is not None:
         metrics.observe_stages(processor.engine.profile.seconds)
     log.debug("batch of %d messages: %d routed, %d dead letters, %d redelivered", messages, out.routed,

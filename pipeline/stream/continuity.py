@@ -59,15 +59,17 @@ class OffsetContinuity:
         self.committed: dict[int, int] = {}
         self.generation: int | None = None
         self._generation_at = clock()
+        self.behind: dict[int, tuple[int, float]] = {}  # partition -> (log end seen, when) while behind it
         self.gaps = 0
         self.dropped = 0
+        self.repeats = 0
         self.lag: dict[int, int] = {}
 
     def observe_generation(self, generation: int | None) -> None:
         """Forget everything when the consumer generation (the assignment) changes."""
         if generation != self.generation:
             self.generation, self._generation_at = generation, self.clock()
-            for state in (self.expected, self.last_progress, self.pending, self.done, self.committed):
+            for state in (self.expected, self.last_progress, self.pending, self.done, self.committed, self.behind):
                 state.clear()
 
     async def _learn(self, partitions: Iterable[int]) -> None:
@@ -97,15 +99,22 @@ class OffsetContinuity:
     async def admit(self, messages: list[InMessage]) -> tuple[list[InMessage], dict[int, int]]:
         """Messages that may be routed now (sorted by partition, offset) and the seeks to make.
 
-        Messages below the expected offset pass (they are redeliveries; the window decides);
-        a message beyond it means a gap: it and the rest of its partition are dropped (never
-        routed, never committed) and a seek back is asked for, once per gap.
+        A message below the expected offset is a repeat and is dropped (counted in ``repeats``):
+        this generation admitted it already, and finished it -- a failed batch rewinds
+        ``expected`` to what was finished -- or it lies below where routing started, which the
+        group finished. A seek can deliver a record twice (the copy already on its way, then the
+        re-fetched one; even in one batch); routing a malformed one twice dead-lettered it twice.
+        A message beyond the expected offset means a gap: it and the rest of its partition are
+        dropped (never routed, never committed) and a seek back is asked for, once per gap.
         """
         await self._learn(m.partition for m in messages)
         admitted: list[InMessage] = []
         seeks: dict[int, int] = {}
         for msg in sorted(messages, key=lambda m: (m.partition, m.offset)):
             p, expected = msg.partition, self.expected[msg.partition]
+            if msg.offset < expected:
+                self.repeats += 1
+                continue
             if msg.offset > expected:
                 self.dropped += 1
                 if p not in self.pending:
@@ -145,9 +154,14 @@ class OffsetContinuity:
         self.committed.update(offsets)
 
     async def stalls(self, assigned: list[int]) -> dict[int, int]:
-        """Seeks for assigned partitions whose log holds messages the router has not seen for
-        ``idle_s`` seconds -- records dropped by the consumer with nothing arriving after them
-        (so :meth:`admit` never sees the gap), or a pending seek whose offset never came."""
+        """Seeks for assigned partitions whose log has held, for ``idle_s`` seconds, a message the
+        router has not seen, while nothing arrived for ``idle_s`` -- records dropped by the
+        consumer with nothing arriving after them (so :meth:`admit` never sees the gap), or a
+        pending seek whose offset never came.
+
+        The age counts from the check that first saw the log end past the expected offset, not
+        from the last progress: a quiet partition's new message, still on its way, is not a stall
+        (sought anyway, it was delivered twice -- a dead letter sent twice in CI)."""
         if not assigned or self._end_offsets is None:
             return {}
         await self._learn(assigned)
@@ -155,11 +169,25 @@ class OffsetContinuity:
         self.lag = {p: max(0, ends.get(p, 0) - self.expected[p]) for p in assigned}
         now, seeks = self.clock(), {}
         for p in assigned:
+            end, expected = ends.get(p, 0), self.expected[p]
+            behind_since = self._behind_since(p, end, now)
             idle = now - self.last_progress.get(p, self._generation_at)
-            if ends.get(p, 0) > self.expected[p] and idle > self.idle_s:
-                seeks[p] = self._ask_seek(p, f"log ends at {ends[p]} but nothing past offset {self.expected[p]} "
+            if behind_since is not None and now - behind_since > self.idle_s and idle > self.idle_s:
+                seeks[p] = self._ask_seek(p, f"log ends at {end} but nothing past offset {expected} "
                                              f"arrived for {idle:.1f} s")
         return seeks
+
+    def _behind_since(self, partition: int, end: int, now: float) -> float | None:
+        """When a check first saw ``partition``'s log end past the expected offset, with the
+        messages then in the log still not all seen; None when nothing is missing."""
+        expected = self.expected[partition]
+        if end <= expected:
+            self.behind.pop(partition, None)
+            return None
+        seen = self.behind.get(partition)
+        if seen is None or seen[0] <= expected:  # caught up with what was seen then: a new wait
+            seen = self.behind[partition] = (end, now)
+        return seen[1]
 
 
 class KafkaOffsets:

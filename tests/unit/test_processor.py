@@ -144,7 +144,8 @@ def test_offset_continuity_cuts_a_batch_at_a_gap_and_asks_for_a_seek():
     assert [(m.partition, m.offset) for m in admitted] == [(0, 100), (0, 101), (1, 100)]
     assert seeks == {0: 102}
     admitted, seeks = asyncio.run(guard.admit([InMessage(b"k", b"v", 0, o) for o in (99, 102, 103)]))
-    assert [m.offset for m in admitted] == [99, 102, 103] and not seeks  # 99: a redelivery, passes
+    assert [m.offset for m in admitted] == [102, 103] and not seeks  # 99: below the start, a repeat
+    assert guard.repeats == 1
     guard.observe_generation(7)
     assert guard.expected == {}
 
