@@ -102,10 +102,15 @@ class _Fleet:
         self.stats += 1
 
     def oldest(self, prefix: str) -> WorkerProcess:
+        """The oldest live worker, retired: the scenario ends it on purpose."""
+        worker = self.oldest_alive(prefix)
+        self.retired.add(worker.name)
+        return worker
+
+    def oldest_alive(self, prefix: str) -> WorkerProcess:
         alive = [w for w in self.pool.workers if w.name.startswith(prefix) and w.alive()]
         if not alive:
-            raise RuntimeError(f"no live {prefix} worker to stop")
-        self.retired.add(alive[0].name)
+            raise RuntimeError(f"no live {prefix} worker to act on")
         return alive[0]
 
     def deaths(self) -> list[str]:
@@ -123,6 +128,8 @@ async def _act(step: Step, fleet: _Fleet, services: ChaosServices) -> None:
         fleet.start_stats()
     elif step.action == "kill_router":
         await asyncio.to_thread(fleet.pool.kill, fleet.oldest("router"))
+    elif step.action == "pause_router":
+        await asyncio.to_thread(fleet.pool.pause, fleet.oldest_alive("router"), step.seconds)
     elif step.action == "kill_stats":
         await asyncio.to_thread(fleet.pool.kill, fleet.oldest("stats"))
     elif step.action == "stop_router":

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ACTIONS = ("start_router", "stop_router", "kill_router", "restart_kafka", "kill_broker", "restart_redis",
-           "kill_stats", "start_stats")
+ACTIONS = ("start_router", "stop_router", "kill_router", "pause_router", "restart_kafka", "kill_broker",
+           "restart_redis", "kill_stats", "start_stats")
 
 
 @dataclass(frozen=True)
 class Step:
     at: float  # fraction of expected outcomes collected
     action: str  # one of ACTIONS
-    seconds: float = 0.0  # down time for restarts, delay before the action otherwise
+    seconds: float = 0.0  # down time for restarts and pauses, delay before the action otherwise
     # A recovery restores capacity after a fault (the replacement an orchestrator starts). It is
     # not a fault: when the survivors finished the stream before it was due, it is skipped.
     recovery: bool = False
@@ -42,6 +42,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("kill", "kill -9 of a worker, twice; each time a replacement starts (as an orchestrator would)",
              steps=(Step(0.25, "kill_router"), Step(0.25, "start_router", recovery=True),
                     Step(0.6, "kill_router"), Step(0.6, "start_router", recovery=True))),
+    Scenario("pause", "a worker freezes (SIGSTOP) for 8 s, past its session timeout, and resumes: the "
+             "group has moved its partitions on, and the zombie finishes what it was doing", routers=3,
+             steps=(Step(0.15, "pause_router", 8.0),)),
     Scenario("broker-restart", "Kafka is stopped and started again on the same data directory (5 s down)",
              steps=(Step(0.3, "restart_kafka", 5.0),)),
     Scenario("redis-restart", "Redis is restarted (cache and tables lost)", steps=(Step(0.3, "restart_redis", 0.5),)),
@@ -55,5 +58,5 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 # What CI runs (one run each; `var chaos --ci`): every fault once, sized to fit the CI budget.
 CI_RUNS: tuple[tuple[str, int], ...] = (
     ("kill", 1), ("kill", 64), ("poison", 1), ("broker-restart", 64), ("join", 1), ("leave", 64),
-    ("redis-restart", 1), ("stats-worker", 64),
+    ("redis-restart", 1), ("stats-worker", 64), ("pause", 64),
 )

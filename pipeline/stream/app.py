@@ -51,6 +51,7 @@ from .processor import InMessage, RouterProcessor
 from .context_windows import ContextWindowTable
 from .faust_config import faust_settings, worker_name
 from .faust_transport import FaustIntakeApp, VarFaustApp
+from .window_table import WindowTable
 from .channel_batches import channel_batches
 from .worker_pool import WorkerFailed
 
@@ -91,7 +92,7 @@ def create_app(settings: Settings) -> RouterApp:
     processor, store = build_processor(settings, name)
     processor.engine.attach_profile(StageClock())  # a few clock reads per batch: always on
     app_type = VarFaustApp if settings.intake == "batched" else FaustIntakeApp
-    app = app_type(settings.app_id, **faust_settings(settings))
+    app = app_type(settings.app_id, Table=WindowTable, **faust_settings(settings))  # window_table.py
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # acks=False: Faust neither acks nor commits the token topic, and never "fills gaps" over
     # offsets it did not deliver; the agent commits what it routed (see consumer_control).

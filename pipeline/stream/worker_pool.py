@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,16 @@ class WorkerPool:
         if worker.alive():
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(10)
+
+    def pause(self, worker: WorkerProcess, seconds: float) -> None:
+        """SIGSTOP, ``seconds`` frozen, SIGCONT: a stalled VM or a long collector pause. Frozen past
+        its session timeout, the worker is a zombie when it resumes -- the group moved on."""
+        if worker.alive():
+            worker.process.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(seconds)
+            finally:
+                worker.process.send_signal(signal.SIGCONT)
 
     def stop(self, worker: WorkerProcess, timeout_s: float = 30.0) -> bool:
         """SIGTERM: the worker leaves the group cleanly; False if it had to be SIGKILLed."""
