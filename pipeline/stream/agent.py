@@ -227,8 +227,13 @@ class RouterAgent:
         Skipped mid-rebalance unless ``during_rebalance`` -- the revoke callback, where Faust has
         already waited for the agent and the partitions are still this worker's.
         """
+        if self.control.quiet() and not during_rebalance:
+            return False
+        # After a rebalance the frontier of the old assignment is not this worker's to commit
+        # (the partitions may be another's now): forget it before the timer can commit it.
+        self.continuity.observe_generation(self.control.generation())
         offsets = self.continuity.committable()
-        if not offsets or (self.control.quiet() and not during_rebalance):
+        if not offsets:
             return False
         generation = self.control.generation()
         try:

@@ -149,8 +149,8 @@ def test_nothing_is_committed_mid_rebalance_or_across_generations():
     control.rebalancing = True
     assert not asyncio.run(agent.commit())
     control.rebalancing, control.gen = False, 2
-    agent.continuity.observe_generation(control.generation())
-    assert agent.continuity.committable() == {}  # the new generation re-learns where to start
+    assert not asyncio.run(agent.commit())  # the old assignment's frontier is not committed
+    assert control.commits == [] and agent.continuity.committable() == {}  # the new one re-learns its start
 
 
 def test_passthrough_forwards_each_admitted_message():
